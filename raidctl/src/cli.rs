@@ -1,0 +1,87 @@
+//! The command tree: what was typed, validated for shape only (no I/O here).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "raidctl",
+    version,
+    about = "Userspace software RAID with hot spares, md v1.2 metadata, served over NBD"
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RAIDCTL_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create an array: write md v1.2 superblocks on every member.
+    Create(CreateArgs),
+    /// Show the md superblock (and raidctl extension) of members, like mdadm --examine.
+    Examine(ExamineArgs),
+    /// Run a self-contained demonstration on member files in a temporary directory.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BitmapChoice {
+    Internal,
+    None,
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Array name (letters, digits, '.', '_' and '-'; at most 32 characters).
+    pub name: String,
+    /// RAID level: 0, 1, 5 or 10.
+    #[arg(long, short = 'l')]
+    pub level: String,
+    /// Chunk size (power of two, at least 4K).
+    #[arg(long, short = 'c', default_value = "512K")]
+    pub chunk: String,
+    /// Layout: RAID5 left-symmetric (default), right-symmetric, left-asymmetric,
+    /// right-asymmetric, parity-first, parity-last; RAID10 n2 (default), f2, o2, n3, ...
+    #[arg(long)]
+    pub layout: Option<String>,
+    /// Create member files of this size, or extend existing files to it (K/M/G/T).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// A hot spare (repeatable).
+    #[arg(long = "spare", value_name = "DEV")]
+    pub spares: Vec<String>,
+    /// Write-intent bitmap (default: internal for RAID1/5/10, none for RAID0).
+    #[arg(long, value_enum)]
+    pub bitmap: Option<BitmapChoice>,
+    /// Skip the initial sync: the members' contents are declared consistent.
+    #[arg(long)]
+    pub assume_clean: bool,
+    /// Overwrite devices that belong to another array.
+    #[arg(long)]
+    pub force: bool,
+    /// Member devices or files, in slot order.
+    #[arg(required = true, value_name = "DEV")]
+    pub devices: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExamineArgs {
+    /// Member devices or files.
+    #[arg(required = true, value_name = "DEV")]
+    pub devices: Vec<String>,
+    /// Machine-readable output (an array of reports).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Directory for the member files (default: a new temporary directory, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<String>,
+    /// Keep the member files afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,196 @@
+//! `raidctl create`: validate everything, then write superblocks. Bad input touches nothing.
+
+use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+use raidcore::raid::{create, CreateOptions};
+use raidcore::reactor::block_on;
+use raidcore::size::{format_size, parse_size};
+use raidcore::{Error, Result};
+
+use crate::cli::{BitmapChoice, CreateArgs};
+use crate::devices::{open_members, prepare_files, undo};
+
+pub fn run(args: CreateArgs) -> Result<i32> {
+    let opts = validate(&args)?;
+    let size = args
+        .size
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(Error::invalid)?;
+    let mut all: Vec<String> = args.devices.clone();
+    all.extend(args.spares.iter().cloned());
+    let prepared = prepare_files(&all, size)?;
+    let fresh = prepared.iter().all(|p| p.fresh);
+    let result = open_members(&all).and_then(|members| {
+        let (data, spares) = members.split_at(args.devices.len());
+        let (data, spares) = (data.to_vec(), spares.to_vec());
+        let opts = CreateOptions { fresh, ..opts };
+        block_on(async move { create(&data, &spares, &opts).await })
+            .map_err(|e| Error::io("reactor", e))?
+    });
+    let created = match result {
+        Ok(c) => c,
+        Err(e) => {
+            undo(&prepared);
+            return Err(e);
+        }
+    };
+    println!(
+        "created {} array {}: {} members{}, {}size {} ({} bytes), UUID {}",
+        level_label(opts_level(&args)?),
+        args.name,
+        args.devices.len(),
+        if args.spares.is_empty() {
+            String::new()
+        } else {
+            format!(" + {} spare(s)", args.spares.len())
+        },
+        if opts_level(&args)? == Level::Raid1 {
+            String::new()
+        } else {
+            format!("chunk {}, ", format_size(created.chunk_bytes))
+        },
+        format_size(created.size_bytes),
+        created.size_bytes,
+        created.uuid_text,
+    );
+    if created.needs_sync {
+        println!("initial sync pending: the members held data before; parity/copies are made consistent by the first rebuild (raidctl rebuild)");
+    }
+    Ok(0)
+}
+
+fn opts_level(args: &CreateArgs) -> Result<Level> {
+    parse_level(&args.level)
+}
+
+fn level_label(level: Level) -> &'static str {
+    match level {
+        Level::Raid0 => "raid0",
+        Level::Raid1 => "raid1",
+        Level::Raid5 => "raid5",
+        Level::Raid10 => "raid10",
+    }
+}
+
+pub fn parse_level(text: &str) -> Result<Level> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_prefix("raid").unwrap_or(&t);
+    match t {
+        "0" => Ok(Level::Raid0),
+        "1" => Ok(Level::Raid1),
+        "5" => Ok(Level::Raid5),
+        "10" => Ok(Level::Raid10),
+        "6" => Err(Error::new(
+            raidcore::ErrorKind::Unsupported,
+            "RAID6 is not supported yet: use --level 5 or 10",
+        )),
+        _ => Err(Error::invalid(format!(
+            "unknown RAID level {text:?}: use --level 0, 1, 5 or 10"
+        ))),
+    }
+}
+
+/// Checks the arguments (no I/O) and builds the library's options.
+fn validate(args: &CreateArgs) -> Result<CreateOptions> {
+    validate_name(&args.name)?;
+    let level = parse_level(&args.level)?;
+    let chunk_bytes = parse_size(&args.chunk).map_err(Error::invalid)?;
+    if !chunk_bytes.is_power_of_two() || chunk_bytes < 4096 {
+        return Err(Error::invalid(format!(
+            "invalid chunk size {}: it must be a power of two of at least 4K (e.g. 64K, 512K)",
+            args.chunk
+        )));
+    }
+    if chunk_bytes > (1 << 30) {
+        return Err(Error::invalid(format!(
+            "chunk size {} is too large: at most 1G",
+            args.chunk
+        )));
+    }
+    let kind = match (level, args.layout.as_deref()) {
+        (Level::Raid0, None) => LayoutKind::Raid0(Raid0Layout::Original),
+        (Level::Raid1, None) => LayoutKind::Raid1,
+        (Level::Raid5, None) => LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+        (Level::Raid10, None) => LayoutKind::Raid10(Raid10Layout { near: 2, far: 1, offset: false }),
+        (Level::Raid5, Some(l)) => LayoutKind::Raid5(Raid5Algorithm::parse(l).map_err(|_| {
+            Error::invalid(format!(
+                "unknown RAID5 layout {l:?}: use left-symmetric, right-symmetric, left-asymmetric, right-asymmetric, parity-first or parity-last"
+            ))
+        })?),
+        (Level::Raid10, Some(l)) => LayoutKind::Raid10(Raid10Layout::parse(l).map_err(|_| {
+            Error::invalid(format!("unknown RAID10 layout {l:?}: use n2, f2, o2 (or n3, f3, ...)"))
+        })?),
+        (_, Some(l)) => {
+            return Err(Error::invalid(format!("--layout {l:?} applies to RAID5 and RAID10 only")));
+        }
+    };
+    let (min, what) = match level {
+        Level::Raid0 => (2, "RAID0 needs at least 2 members"),
+        Level::Raid1 => (2, "RAID1 needs at least 2 members"),
+        Level::Raid5 => (3, "RAID5 needs at least 3 members"),
+        Level::Raid10 => (2, "RAID10 needs at least 2 members"),
+    };
+    if args.devices.len() < min {
+        return Err(Error::invalid(format!(
+            "{what}, {} given",
+            args.devices.len()
+        )));
+    }
+    if let LayoutKind::Raid10(l) = &kind {
+        if (l.near * l.far) as usize > args.devices.len() {
+            return Err(Error::invalid(format!(
+                "RAID10 layout {} keeps {} copies but only {} members were given",
+                l.name(),
+                l.near * l.far,
+                args.devices.len()
+            )));
+        }
+    }
+    if args.devices.len() + args.spares.len() > 384 {
+        return Err(Error::invalid(
+            "too many devices: at most 384 members and spares",
+        ));
+    }
+    let bitmap = match (level, args.bitmap) {
+        (Level::Raid0, Some(BitmapChoice::Internal)) => {
+            return Err(Error::invalid(
+                "RAID0 has no redundancy to resync: --bitmap internal is not allowed",
+            ));
+        }
+        (Level::Raid0, _) => false,
+        (_, Some(BitmapChoice::None)) => false,
+        _ => true,
+    };
+    if level == Level::Raid0 && !args.spares.is_empty() {
+        return Err(Error::invalid(
+            "RAID0 cannot use hot spares: it has no redundancy to rebuild",
+        ));
+    }
+    Ok(CreateOptions {
+        name: args.name.clone(),
+        kind,
+        chunk_bytes,
+        bitmap,
+        assume_clean: args.assume_clean,
+        force: args.force,
+        fresh: false,
+    })
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !name.starts_with('-')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid array name {name:?}: use 1-32 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}

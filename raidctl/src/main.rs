@@ -1,0 +1,45 @@
+//! `raidctl`: the one command. Parsing lives in `cli`, behaviour in raidcore; this file maps
+//! results to exit codes: 0 success, 1 any failure (one line on stderr), 2 bad usage (clap).
+
+mod cli;
+mod cmd_create;
+mod cmd_examine;
+mod demo;
+mod devices;
+mod status;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    init_logging(args.verbose);
+    let result = match args.command {
+        cli::Command::Create(a) => cmd_create::run(a),
+        cli::Command::Examine(a) => cmd_examine::run(a),
+        cli::Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("raidctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAIDCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,183 @@
+//! Page-aligned I/O buffers shared between a request and the kernel.
+//!
+//! O_DIRECT needs buffers aligned to the device's logical block; we align every buffer to 4096 so
+//! any member accepts it. A request often splits one buffer into many member I/Os (one per chunk),
+//! so a buffer is reference-counted and handed out as [`BufSlice`]s: each in-flight operation
+//! keeps its own `Arc` until its completion arrives, which keeps the memory alive even if the
+//! future that started it were dropped.
+//!
+//! Aliasing rule (the one `unsafe` contract of this module): while an operation is in flight on
+//! a slice, no other code reads or writes those bytes. The engine upholds it by never issuing two
+//! operations on overlapping slices and by touching bytes only after their I/O completed.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Alignment of every buffer: the largest logical block size of real devices.
+pub const BUF_ALIGN: usize = 4096;
+
+/// A zero-initialised, 4096-aligned heap buffer.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively (like Vec<u8>); concurrent access to the
+// bytes is governed by the aliasing rule in the module docs.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: see above; shared references only hand out raw pointers or slices under that rule.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (a zero-length buffer still owns one aligned page).
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let layout = Self::layout(len);
+        // SAFETY: layout has non-zero size (at least one page) and a power-of-two alignment.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn from_slice(data: &[u8]) -> AlignedBuf {
+        let mut buf = AlignedBuf::zeroed(data.len());
+        buf.as_mut_slice().copy_from_slice(data);
+        buf
+    }
+
+    fn layout(len: usize) -> Layout {
+        let size = len.max(1).next_multiple_of(BUF_ALIGN);
+        Layout::from_size_align(size, BUF_ALIGN).expect("buffer size overflows")
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes for the lifetime of &self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Shares the buffer so it can be split into slices for concurrent member I/O.
+    pub fn into_shared(self) -> BufSlice {
+        let len = self.len;
+        BufSlice {
+            buf: Arc::new(self),
+            start: 0,
+            len,
+        }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from alloc_zeroed with exactly this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// A window onto a shared [`AlignedBuf`]. Cheap to clone and to narrow.
+#[derive(Clone)]
+pub struct BufSlice {
+    buf: Arc<AlignedBuf>,
+    start: usize,
+    len: usize,
+}
+
+impl BufSlice {
+    /// A new zeroed buffer of `len` bytes, shared.
+    pub fn zeroed(len: usize) -> BufSlice {
+        AlignedBuf::zeroed(len).into_shared()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A narrower window: `offset..offset+len` relative to this slice.
+    pub fn slice(&self, offset: usize, len: usize) -> BufSlice {
+        assert!(
+            offset + len <= self.len,
+            "slice {offset}+{len} beyond {}",
+            self.len
+        );
+        BufSlice {
+            buf: self.buf.clone(),
+            start: self.start + offset,
+            len,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        // SAFETY: start <= buf.len by construction, so the offset stays inside the allocation.
+        unsafe { self.buf.ptr.as_ptr().add(self.start) }
+    }
+
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.as_ptr() as *mut u8
+    }
+
+    /// The bytes. Caller guarantees no operation writing them is in flight.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the window lies within the allocation; the aliasing rule (module docs) rules
+        // out concurrent writes while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    /// Mutable bytes. Caller guarantees nothing else reads or writes this window meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: the window lies within the allocation; exclusivity of the window is the
+        // caller's obligation under the module's aliasing rule.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
+    }
+
+    /// Copies the bytes out (tests and the control plane).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.bytes().to_vec()
+    }
+}
+
+impl std::fmt::Debug for BufSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BufSlice({}..{})", self.start, self.start + self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_and_zeroed() {
+        for len in [0, 1, 512, 4095, 4096, 1 << 20] {
+            let b = AlignedBuf::zeroed(len);
+            assert_eq!(b.as_slice().as_ptr() as usize % BUF_ALIGN, 0);
+            assert!(b.as_slice().iter().all(|&x| x == 0));
+        }
+    }
+
+    #[test]
+    fn slices_share_memory() {
+        let s = BufSlice::zeroed(8192);
+        s.slice(4096, 4096).bytes_mut().fill(7);
+        assert_eq!(s.bytes()[4095], 0);
+        assert_eq!(s.bytes()[4096], 7);
+        assert_eq!(s.slice(4096, 4096).as_ptr() as usize % BUF_ALIGN, 0);
+    }
+}

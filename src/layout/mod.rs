@@ -1,0 +1,589 @@
+//! Where every array byte lives: the md RAID0/1/5/10 data layouts as pure arithmetic.
+//!
+//! The engine asks three questions, all answered here without I/O and, per request, without
+//! allocation:
+//!
+//! * how to cut a request into pieces that stay inside one chunk ([`Geometry::pieces`]),
+//! * where the copies of a byte are ([`Geometry::map_copies`], RAID0/1/10) or where its data
+//!   and parity chunks are ([`Geometry::raid5_locate`], RAID5),
+//! * and backwards, for rebuild and check, which array byte a member byte holds
+//!   ([`Geometry::reverse`]).
+//!
+//! ```text
+//!   array offset ──pieces()──▶ Piece (never crosses a chunk)
+//!        │
+//!        ├─map_copies()──▶ [Placement { slot, member_offset }; copies()]   RAID0/1/10
+//!        └─raid5_locate()──▶ Raid5Loc { stripe, slot, parity_slot, .. }    RAID5
+//!   (slot, member_offset) ──reverse()──▶ Data { array_offset } | Parity { stripe } | Unused
+//! ```
+//!
+//! Sizes and offsets are bytes. Member offsets count from the member's data area; the caller
+//! adds md's `data_offset`. The arithmetic follows the Linux md drivers so that arrays made by
+//! mdadm read back byte for byte, and array sizes equal md's to the sector.
+
+mod kinds;
+mod raid0;
+mod raid10;
+mod raid5;
+#[cfg(test)]
+mod tests;
+
+pub use kinds::{LayoutError, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+
+/// RAID1 has no chunk; requests are still split and locked in units of this size.
+pub const RAID1_UNIT_BYTES: u64 = 64 * 1024;
+/// Most copies [`Copies`] can hold, hence most RAID1 members and RAID10 copies we accept.
+pub const MAX_COPIES: usize = 32;
+/// Most members md supports in a v1.x superblock.
+pub const MAX_MEMBERS: usize = 1920;
+const SECTOR_BYTES: u64 = 512;
+const PAGE_BYTES: u64 = 4096;
+
+/// One part of a request that stays inside one chunk (RAID1: one 64 KiB unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// First array byte of the piece.
+    pub array_offset: u64,
+    /// Length in bytes, at least 1.
+    pub len: u64,
+}
+
+/// Iterator returned by [`Geometry::pieces`].
+#[derive(Clone, Debug)]
+pub struct Pieces {
+    next: u64,
+    end: u64,
+    unit: u64,
+}
+
+impl Iterator for Pieces {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        if self.next >= self.end {
+            return None;
+        }
+        let unit_start = self.next - self.next % self.unit;
+        let piece_end = unit_start.saturating_add(self.unit).min(self.end);
+        let piece = Piece {
+            array_offset: self.next,
+            len: piece_end - self.next,
+        };
+        self.next = piece_end;
+        Some(piece)
+    }
+}
+
+impl std::iter::FusedIterator for Pieces {}
+
+/// A place on one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// Member slot (raid role), `0..members`.
+    pub slot: usize,
+    /// Byte offset from the start of the member's data area.
+    pub member_offset: u64,
+}
+
+/// All copies of one byte, held inline so that mapping never allocates.
+#[derive(Clone, Copy, Debug)]
+pub struct Copies {
+    len: usize,
+    places: [Placement; MAX_COPIES],
+}
+
+impl Copies {
+    fn new() -> Copies {
+        Copies {
+            len: 0,
+            places: [Placement {
+                slot: 0,
+                member_offset: 0,
+            }; MAX_COPIES],
+        }
+    }
+
+    fn push(&mut self, place: Placement) {
+        // Geometry::new caps copies at MAX_COPIES, so this index is always in range.
+        self.places[self.len] = place;
+        self.len += 1;
+    }
+
+    /// The places, first copy first (md's order).
+    pub fn as_slice(&self) -> &[Placement] {
+        &self.places[..self.len]
+    }
+
+    /// Iterates over the places.
+    pub fn iter(&self) -> std::slice::Iter<'_, Placement> {
+        self.as_slice().iter()
+    }
+
+    /// Number of places (equals [`Geometry::copies`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no places (never for a mapped byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl PartialEq for Copies {
+    fn eq(&self, other: &Copies) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Copies {}
+
+impl<'a> IntoIterator for &'a Copies {
+    type Item = &'a Placement;
+    type IntoIter = std::slice::Iter<'a, Placement>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// Where a RAID5 array byte lives, with its stripe's parity slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Raid5Loc {
+    /// Stripe (row) number; every chunk of the stripe sits at `stripe * chunk` on its member.
+    pub stripe: u64,
+    /// Position of the byte's chunk among the stripe's data chunks, `0..members-1`.
+    pub data_index: usize,
+    /// Member slot holding the byte.
+    pub slot: usize,
+    /// Member slot holding the stripe's parity.
+    pub parity_slot: usize,
+    /// `stripe * chunk + offset in chunk`.
+    pub member_offset: u64,
+}
+
+/// What a member byte holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reverse {
+    /// A copy of this array byte.
+    Data {
+        /// The array byte stored there.
+        array_offset: u64,
+    },
+    /// Parity of this RAID5 stripe.
+    Parity {
+        /// The stripe.
+        stripe: u64,
+    },
+    /// Nothing: past the part of the member the layout uses.
+    Unused,
+}
+
+#[derive(Clone, Debug)]
+enum Detail {
+    Raid0(raid0::Zones),
+    Raid1,
+    Raid5(Raid5Algorithm),
+    Raid10(raid10::Raid10Map),
+}
+
+/// The validated shape of one array: level, layout, chunk, members and their sizes.
+#[derive(Clone, Debug)]
+pub struct Geometry {
+    kind: LayoutKind,
+    detail: Detail,
+    members: usize,
+    chunk_bytes: u64,
+    array_bytes: u64,
+    member_used_bytes: u64,
+    stripe_bytes: u64,
+    copies: usize,
+}
+
+fn invalid<T>(why: String) -> Result<T, LayoutError> {
+    Err(LayoutError::Invalid(why))
+}
+
+impl Geometry {
+    /// Validates a geometry. `member_bytes` has one entry per slot (`raid_disks`):
+    /// for RAID0 each member's usable data bytes (md `data_size`), rounded down to the chunk
+    /// here; for RAID1/5/10 md's `sb.size` in bytes, the same value for every slot.
+    /// `chunk_bytes` is ignored for RAID1 (pass 0). Never panics.
+    pub fn new(
+        kind: LayoutKind,
+        chunk_bytes: u64,
+        member_bytes: &[u64],
+    ) -> Result<Geometry, LayoutError> {
+        let level = kind.level();
+        let members = member_bytes.len();
+        check_members(level, members, member_bytes)?;
+        let chunk_bytes = if level == Level::Raid1 {
+            0
+        } else {
+            chunk_bytes
+        };
+        check_chunk(level, chunk_bytes)?;
+        let size = member_bytes[0];
+        let (detail, array_bytes, member_used_bytes, copies) = match &kind {
+            LayoutKind::Raid0(layout) => {
+                let (zones, array_bytes) = raid0::Zones::new(*layout, chunk_bytes, member_bytes)?;
+                let used = zones.max_member_bytes();
+                (Detail::Raid0(zones), array_bytes, used, 1)
+            }
+            LayoutKind::Raid1 => {
+                if members > MAX_COPIES {
+                    return Err(LayoutError::Unsupported(format!(
+                        "RAID1 with {members} members; at most {MAX_COPIES} mirrors are supported"
+                    )));
+                }
+                (Detail::Raid1, size, size, members)
+            }
+            LayoutKind::Raid5(algorithm) => {
+                let used = size - size % chunk_bytes;
+                let array_bytes = used.checked_mul(members as u64 - 1);
+                let array_bytes = array_bytes.ok_or_else(|| overflow(level))?;
+                (Detail::Raid5(*algorithm), array_bytes, used, 1)
+            }
+            LayoutKind::Raid10(layout) => {
+                let copies = check_raid10(*layout, members)?;
+                let (map, array_bytes) =
+                    raid10::Raid10Map::new(*layout, members, chunk_bytes, size)?;
+                let used = map.used_bytes();
+                (Detail::Raid10(map), array_bytes, used, copies)
+            }
+        };
+        if array_bytes == 0 {
+            return invalid(format!(
+                "{level} members of {size} bytes are too small to hold any data"
+            ));
+        }
+        let stripe_bytes = match level {
+            Level::Raid1 => RAID1_UNIT_BYTES,
+            Level::Raid5 => chunk_bytes
+                .checked_mul(members as u64 - 1)
+                .ok_or_else(|| overflow(level))?,
+            Level::Raid0 | Level::Raid10 => chunk_bytes,
+        };
+        Ok(Geometry {
+            kind,
+            detail,
+            members,
+            chunk_bytes,
+            array_bytes,
+            member_used_bytes,
+            stripe_bytes,
+            copies,
+        })
+    }
+
+    /// The RAID level.
+    pub fn level(&self) -> Level {
+        self.kind.level()
+    }
+
+    /// Level and layout.
+    pub fn kind(&self) -> &LayoutKind {
+        &self.kind
+    }
+
+    /// Number of member slots (`raid_disks`).
+    pub fn members(&self) -> usize {
+        self.members
+    }
+
+    /// Chunk size in bytes; 0 for RAID1.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+
+    /// Array size in bytes, equal to md's.
+    pub fn array_bytes(&self) -> u64 {
+        self.array_bytes
+    }
+
+    /// How many places hold each array byte: RAID0 and RAID5 1, RAID1 members, RAID10
+    /// near * far.
+    pub fn copies(&self) -> usize {
+        self.copies
+    }
+
+    /// Bytes of a member's data area the layout can touch (RAID0: of the largest member).
+    pub fn member_used_bytes(&self) -> u64 {
+        self.member_used_bytes
+    }
+
+    /// Bytes of one slot's data area the layout can touch (differs per slot only for RAID0).
+    pub fn slot_used_bytes(&self, slot: usize) -> u64 {
+        assert!(slot < self.members, "slot {slot} out of range");
+        match &self.detail {
+            Detail::Raid0(zones) => zones.member_used_bytes(slot),
+            _ => self.member_used_bytes,
+        }
+    }
+
+    /// True for a RAID0 whose members differ in size (after chunk rounding): only then do
+    /// the original and alternate layouts differ.
+    pub fn is_multi_zone(&self) -> bool {
+        matches!(&self.detail, Detail::Raid0(zones) if zones.zone_count() > 1)
+    }
+
+    /// Unit of locking and splitting: the chunk for RAID0/10, a full stripe row's data bytes
+    /// (`chunk * (members - 1)`) for RAID5, 64 KiB for RAID1.
+    pub fn stripe_bytes(&self) -> u64 {
+        self.stripe_bytes
+    }
+
+    /// Splits `[offset, offset + len)` into pieces that never cross a chunk boundary (RAID1:
+    /// a 64 KiB boundary).
+    ///
+    /// # Panics
+    /// If the range is not inside the array.
+    pub fn pieces(&self, offset: u64, len: u64) -> Pieces {
+        let end = offset.checked_add(len);
+        assert!(
+            end.is_some_and(|end| end <= self.array_bytes),
+            "range {offset}+{len} outside array of {} bytes",
+            self.array_bytes
+        );
+        let unit = match self.detail {
+            Detail::Raid1 => RAID1_UNIT_BYTES,
+            _ => self.chunk_bytes,
+        };
+        Pieces {
+            next: offset,
+            end: offset + len,
+            unit,
+        }
+    }
+
+    /// Every place that holds `array_offset` (exactly [`Geometry::copies`] of them). Each stays
+    /// valid for the rest of the byte's piece: `array_offset + d` is at `member_offset + d`.
+    /// For RAID5 this is the single data place; parity is found with [`Geometry::raid5_locate`].
+    ///
+    /// # Panics
+    /// If `array_offset` is not inside the array.
+    pub fn map_copies(&self, array_offset: u64) -> Copies {
+        self.assert_in_array(array_offset);
+        let mut out = Copies::new();
+        match &self.detail {
+            Detail::Raid0(zones) => out.push(zones.map(array_offset)),
+            Detail::Raid1 => (0..self.members).for_each(|slot| {
+                out.push(Placement {
+                    slot,
+                    member_offset: array_offset,
+                })
+            }),
+            Detail::Raid5(_) => {
+                let loc = self.raid5_locate(array_offset);
+                out.push(Placement {
+                    slot: loc.slot,
+                    member_offset: loc.member_offset,
+                });
+            }
+            Detail::Raid10(map) => map.map(array_offset, &mut out),
+        }
+        out
+    }
+
+    /// RAID5: where `array_offset` lives and where its stripe's parity is.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5 or `array_offset` is not inside the array.
+    pub fn raid5_locate(&self, array_offset: u64) -> Raid5Loc {
+        let algorithm = self.raid5_algorithm();
+        self.assert_in_array(array_offset);
+        let chunk = self.chunk_bytes;
+        let chunk_number = array_offset / chunk;
+        let data_chunks = self.members as u64 - 1;
+        let stripe = chunk_number / data_chunks;
+        let data_index = (chunk_number % data_chunks) as usize;
+        Raid5Loc {
+            stripe,
+            data_index,
+            slot: raid5::data_slot(algorithm, self.members, stripe, data_index),
+            parity_slot: raid5::parity_slot(algorithm, self.members, stripe),
+            member_offset: stripe * chunk + array_offset % chunk,
+        }
+    }
+
+    /// RAID5: the slot of data chunk `data_index` (`0..members-1`) of `stripe`.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5 or `data_index` is out of range.
+    pub fn raid5_data_slot(&self, stripe: u64, data_index: usize) -> usize {
+        let algorithm = self.raid5_algorithm();
+        assert!(
+            data_index < self.members - 1,
+            "data index {data_index} out of range"
+        );
+        raid5::data_slot(algorithm, self.members, stripe, data_index)
+    }
+
+    /// RAID5: the slot holding the parity of `stripe`.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5.
+    pub fn raid5_parity_slot(&self, stripe: u64) -> usize {
+        raid5::parity_slot(self.raid5_algorithm(), self.members, stripe)
+    }
+
+    /// RAID5: the data index `slot` holds in `stripe`, or `None` if it holds the parity.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5 or `slot` is out of range.
+    pub fn raid5_data_index(&self, stripe: u64, slot: usize) -> Option<usize> {
+        let algorithm = self.raid5_algorithm();
+        assert!(slot < self.members, "slot {slot} out of range");
+        raid5::data_index(algorithm, self.members, stripe, slot)
+    }
+
+    /// RAID5: number of stripes (rows) in the array.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5.
+    pub fn raid5_stripes(&self) -> u64 {
+        self.raid5_algorithm();
+        self.member_used_bytes / self.chunk_bytes
+    }
+
+    /// RAID5: array offset of the first byte of `stripe` (`stripe * stripe_bytes()`);
+    /// `stripe == raid5_stripes()` gives the array end.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5 or `stripe` is past the end.
+    pub fn raid5_stripe_offset(&self, stripe: u64) -> u64 {
+        assert!(
+            stripe <= self.raid5_stripes(),
+            "stripe {stripe} out of range"
+        );
+        stripe * self.stripe_bytes
+    }
+
+    /// The inverse map: what `slot` holds at `member_offset`. For mirrored layouts every copy
+    /// reverses to the same array byte.
+    ///
+    /// # Panics
+    /// If `slot` is out of range.
+    pub fn reverse(&self, slot: usize, member_offset: u64) -> Reverse {
+        assert!(slot < self.members, "slot {slot} out of range");
+        match &self.detail {
+            Detail::Raid0(zones) => zones.reverse(slot, member_offset),
+            Detail::Raid10(map) => map.reverse(slot, member_offset),
+            _ if member_offset >= self.member_used_bytes => Reverse::Unused,
+            Detail::Raid1 => Reverse::Data {
+                array_offset: member_offset,
+            },
+            Detail::Raid5(algorithm) => {
+                let chunk = self.chunk_bytes;
+                let stripe = member_offset / chunk;
+                match raid5::data_index(*algorithm, self.members, stripe, slot) {
+                    None => Reverse::Parity { stripe },
+                    Some(index) => Reverse::Data {
+                        array_offset: stripe * self.stripe_bytes
+                            + index as u64 * chunk
+                            + member_offset % chunk,
+                    },
+                }
+            }
+        }
+    }
+
+    fn raid5_algorithm(&self) -> Raid5Algorithm {
+        match self.detail {
+            Detail::Raid5(algorithm) => algorithm,
+            _ => panic!("RAID5 mapping asked of a {} geometry", self.level()),
+        }
+    }
+
+    fn assert_in_array(&self, array_offset: u64) {
+        assert!(
+            array_offset < self.array_bytes,
+            "offset {array_offset} outside array of {} bytes",
+            self.array_bytes
+        );
+    }
+}
+
+/// mdadm's `sb.size` ("Used Dev Size") from the smallest member's available data bytes:
+/// rounded down to the chunk for RAID0/5/10 and to 64 KiB for RAID1.
+pub fn used_dev_bytes(level: Level, chunk_bytes: u64, smallest_available_bytes: u64) -> u64 {
+    let unit = match level {
+        Level::Raid1 => RAID1_UNIT_BYTES,
+        _ => chunk_bytes,
+    };
+    match unit {
+        0 => 0,
+        unit => smallest_available_bytes - smallest_available_bytes % unit,
+    }
+}
+
+fn overflow(level: Level) -> LayoutError {
+    LayoutError::Invalid(format!("{level} array size overflows 64 bits"))
+}
+
+fn check_members(level: Level, members: usize, member_bytes: &[u64]) -> Result<(), LayoutError> {
+    if members < level.min_members() {
+        return invalid(format!(
+            "{level} needs at least {} members, got {members}",
+            level.min_members()
+        ));
+    }
+    if members > MAX_MEMBERS {
+        return invalid(format!(
+            "{members} members; md supports at most {MAX_MEMBERS}"
+        ));
+    }
+    if let Some(slot) = member_bytes.iter().position(|b| b % SECTOR_BYTES != 0) {
+        return invalid(format!(
+            "member {slot} size {} is not a multiple of 512 bytes",
+            member_bytes[slot]
+        ));
+    }
+    let first = member_bytes[0];
+    if level != Level::Raid0 {
+        if let Some(slot) = member_bytes.iter().position(|&b| b != first) {
+            return invalid(format!(
+                "{level} member sizes must all equal sb.size: slot 0 has {first}, slot {slot} \
+                 has {}",
+                member_bytes[slot]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_chunk(level: Level, chunk_bytes: u64) -> Result<(), LayoutError> {
+    match level {
+        Level::Raid1 => Ok(()),
+        Level::Raid0 if chunk_bytes == 0 || chunk_bytes % SECTOR_BYTES != 0 => invalid(format!(
+            "RAID0 chunk {chunk_bytes} must be a non-zero multiple of 512 bytes"
+        )),
+        Level::Raid5 | Level::Raid10
+            if !chunk_bytes.is_power_of_two() || chunk_bytes < PAGE_BYTES =>
+        {
+            invalid(format!(
+                "{level} chunk {chunk_bytes} must be a power of two of at least 4096 bytes"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a RAID10 layout against the member count; returns the number of copies.
+fn check_raid10(layout: Raid10Layout, members: usize) -> Result<usize, LayoutError> {
+    layout.check()?;
+    let copies = layout.copies();
+    if copies > members {
+        return invalid(format!(
+            "RAID10 {} keeps {copies} copies but has only {members} members",
+            layout.name()
+        ));
+    }
+    if copies > MAX_COPIES {
+        return Err(LayoutError::Unsupported(format!(
+            "RAID10 {} keeps {copies} copies; at most {MAX_COPIES} are supported",
+            layout.name()
+        )));
+    }
+    Ok(copies)
+}

@@ -1,0 +1,352 @@
+//! Assembling an array from its members: read and check every superblock, let the assembly
+//! rules (`metadata::plan_assembly`) put each member in its slot, refuse what md would refuse
+//! (stale members, degraded without `--run`, dirty and degraded RAID5 without `--force`,
+//! features we do not implement), and build the [`Array`].
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use super::meta::{MetaDisk, MetaState, SUPERBLOCK_OFFSET_BYTES};
+use super::slots::{Disk, SlotState};
+use super::{Array, IoCounters};
+use crate::buf::AlignedBuf;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{Geometry, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+use crate::member::Member;
+use crate::metadata::{
+    format_uuid, plan_assembly, AssemblyOptions, BitmapSuper, Candidate, Superblock,
+    FEATURE_BITMAP_OFFSET, FEATURE_CLUSTERED, FEATURE_JOURNAL, FEATURE_MULTIPLE_PPLS, FEATURE_PPL,
+    FEATURE_RAID0_LAYOUT, FEATURE_RECOVERY_OFFSET, FEATURE_RESHAPE_ACTIVE,
+};
+use crate::reactor::{AsyncMutex, KeyedLocks};
+
+/// What the user allowed.
+#[derive(Clone, Debug, Default)]
+pub struct AssembleOptions {
+    /// Start even with members missing (`--run`).
+    pub run: bool,
+    /// Use stale members, start dirty and degraded RAID5 (`--force`).
+    pub force: bool,
+    /// Refuse writes; touch no superblock.
+    pub read_only: bool,
+    /// Only accept members of this array.
+    pub expected_uuid: Option<[u8; 16]>,
+}
+
+/// An assembled array and what the user should be told about it.
+pub struct Assembled {
+    pub array: Rc<Array>,
+    /// One line per member left out, and why.
+    pub notes: Vec<String>,
+}
+
+const SECTOR: u64 = 512;
+
+/// Reads every member's superblock and assembles the array they agree on.
+pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> Result<Assembled> {
+    let mut candidates = Vec::new();
+    for m in &members {
+        candidates.push(Candidate {
+            path: m.path().to_string(),
+            superblock: read_raw_superblock(m.as_ref()).await?,
+        });
+    }
+    let plan = plan_assembly(
+        &candidates,
+        &AssemblyOptions {
+            force: opts.force,
+            expected_uuid: opts.expected_uuid,
+        },
+    )
+    .map_err(|e| Error::new(ErrorKind::Inconsistent, e.to_string()))?;
+    let reference = plan.reference.clone();
+    let name = reference.array_name();
+    check_supported(&reference, &name)?;
+    let kind = layout_kind(&reference, &candidates, &plan.slots)?;
+    let level = kind.level();
+
+    let mut notes = plan.exclusion_messages(&candidates);
+    let own_sb = |i: usize| {
+        candidates[i]
+            .superblock
+            .as_ref()
+            .expect("planned members decoded")
+            .clone()
+    };
+    let mut slots = Vec::new();
+    let mut meta_disks = Vec::new();
+    for (slot, entry) in plan.slots.iter().enumerate() {
+        let Some(i) = *entry else {
+            slots.push(SlotState::Missing);
+            continue;
+        };
+        let sb = own_sb(i);
+        if sb.has_feature(FEATURE_RECOVERY_OFFSET) && sb.recovery_offset_sectors != u64::MAX {
+            notes.push(format!(
+                "{} is part-way through a rebuild of slot {slot} ({} of its sectors recovered): left out until it is rebuilt",
+                candidates[i].path, sb.recovery_offset_sectors
+            ));
+            slots.push(SlotState::Missing);
+            continue;
+        }
+        let disk = Rc::new(Disk {
+            member: members[i].clone(),
+            data_offset: sb.data_offset_sectors * SECTOR,
+            dev_number: sb.dev_number,
+        });
+        meta_disks.push(meta_disk(disk.clone(), sb).await);
+        slots.push(SlotState::Active(disk));
+    }
+    let mut spares = Vec::new();
+    for &i in &plan.spares {
+        let sb = own_sb(i);
+        let disk = Rc::new(Disk {
+            member: members[i].clone(),
+            data_offset: sb.data_offset_sectors * SECTOR,
+            dev_number: sb.dev_number,
+        });
+        meta_disks.push(meta_disk(disk.clone(), sb).await);
+        spares.push(disk);
+    }
+
+    let member_bytes: Vec<u64> = if level == Level::Raid0 {
+        plan.slots
+            .iter()
+            .map(|entry| {
+                entry
+                    .map(|i| own_sb(i).data_size_sectors * SECTOR)
+                    .unwrap_or(0)
+            })
+            .collect()
+    } else {
+        vec![reference.size_sectors * SECTOR; reference.raid_disks as usize]
+    };
+    if level == Level::Raid0 && slots.iter().any(|s| !s.is_active()) {
+        return Err(Error::new(
+            ErrorKind::ArrayFailed,
+            format!(
+                "cannot start RAID0 array {name}: a member is missing and RAID0 has no redundancy"
+            ),
+        ));
+    }
+    let geo = Geometry::new(kind, reference.chunk_sectors as u64 * SECTOR, &member_bytes)
+        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("array {name}: {e}")))?;
+    for s in &slots {
+        if let Some(d) = s.disk() {
+            let avail = d.member.size_bytes().saturating_sub(d.data_offset);
+            if avail < geo.member_used_bytes() {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{} is smaller than array {name} needs ({} data bytes, {} needed)",
+                        d.member.path(),
+                        avail,
+                        geo.member_used_bytes()
+                    ),
+                ));
+            }
+        }
+    }
+
+    let sync_offset = if reference.resync_offset == u64::MAX {
+        u64::MAX
+    } else {
+        reference.resync_offset.saturating_mul(SECTOR)
+    };
+    let array = Rc::new(Array {
+        name: name.clone(),
+        geo,
+        slots: RefCell::new(slots),
+        spares: RefCell::new(spares),
+        locks: KeyedLocks::new(),
+        meta: MetaState::new(reference.clone(), meta_disks),
+        meta_lock: AsyncMutex::default(),
+        sync_offset: Cell::new(sync_offset),
+        failed: Cell::new(false),
+        read_only: opts.read_only,
+        counters: RefCell::new(IoCounters::default()),
+    });
+
+    let missing = array.missing_description();
+    if !array.has_redundancy_for_all_data() {
+        return Err(Error::new(
+            ErrorKind::ArrayFailed,
+            format!(
+                "cannot start array {name}: too many members are missing ({missing}){}",
+                first_note(&notes)
+            ),
+        ));
+    }
+    if plan.degraded || array.slots.borrow().iter().any(|s| !s.is_active()) {
+        if !opts.run {
+            return Err(Error::new(
+                ErrorKind::Inconsistent,
+                format!(
+                    "array {name} is degraded ({missing}){}: start it anyway with --run",
+                    first_note(&notes)
+                ),
+            ));
+        }
+        if level == Level::Raid5 && reference.resync_offset != u64::MAX && !opts.force {
+            return Err(Error::new(
+                ErrorKind::Inconsistent,
+                format!(
+                    "array {name} is degraded and was not stopped cleanly: parity may be stale, so the missing member's data could be rebuilt wrong; use --force to start it anyway"
+                ),
+            ));
+        }
+    }
+    if !plan.forced.is_empty() && !opts.read_only {
+        // Bring the forced members' events up to the array's before anything else happens.
+        array.persist_now().await?;
+        for &i in &plan.forced {
+            notes.push(format!(
+                "{} was stale and is used anyway (--force)",
+                candidates[i].path
+            ));
+        }
+    }
+    for n in &notes {
+        tracing::warn!(array = %name, "{n}");
+    }
+    Ok(Assembled { array, notes })
+}
+
+fn first_note(notes: &[String]) -> String {
+    notes.first().map(|n| format!("; {n}")).unwrap_or_default()
+}
+
+/// Reads the superblock bytes at 4096 and decodes them (errors are the candidate's reason).
+async fn read_raw_superblock(
+    m: &dyn Member,
+) -> Result<std::result::Result<Superblock, crate::metadata::MetadataError>> {
+    if m.size_bytes() < SUPERBLOCK_OFFSET_BYTES + 4096 {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no md superblock on {}: the device is too small", m.path()),
+        ));
+    }
+    let buf = AlignedBuf::zeroed(4096).into_shared();
+    m.read(SUPERBLOCK_OFFSET_BYTES, buf.clone())
+        .await
+        .map_err(|e| Error::io(format!("reading the superblock of {}", m.path()), e))?;
+    Ok(Superblock::decode(buf.bytes()))
+}
+
+async fn meta_disk(disk: Rc<Disk>, sb: Superblock) -> MetaDisk {
+    let mut bitmap_sector = None;
+    if sb.has_feature(FEATURE_BITMAP_OFFSET) {
+        let at = SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * SECTOR as i64;
+        if at > 0 {
+            let buf = AlignedBuf::zeroed(SECTOR as usize).into_shared();
+            if disk.member.read(at as u64, buf.clone()).await.is_ok() {
+                match BitmapSuper::decode(buf.bytes()).and_then(|b| b.check_uuid(&sb.set_uuid)) {
+                    Ok(()) => bitmap_sector = Some(AlignedBuf::from_slice(buf.bytes())),
+                    Err(e) => tracing::warn!(member = disk.member.path(), "bitmap ignored: {e}"),
+                }
+            }
+        }
+    }
+    MetaDisk {
+        disk,
+        sb,
+        bitmap_sector,
+        present: true,
+    }
+}
+
+fn check_supported(sb: &Superblock, name: &str) -> Result<()> {
+    let unsupported = |what: &str| {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("array {name}: {what} is not supported yet"),
+        ))
+    };
+    if sb.level == 6 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("array {name} is RAID6: RAID6 is not supported yet"),
+        ));
+    }
+    if sb.has_feature(FEATURE_RESHAPE_ACTIVE) {
+        return unsupported("an interrupted reshape (finish it with mdadm --grow --continue)");
+    }
+    if sb.has_feature(FEATURE_JOURNAL) {
+        return unsupported("a raid5-cache journal");
+    }
+    if sb.feature_map & (FEATURE_PPL | FEATURE_MULTIPLE_PPLS) != 0 {
+        return unsupported("a partial parity log (PPL)");
+    }
+    if sb.has_feature(FEATURE_CLUSTERED) {
+        return unsupported("clustered md");
+    }
+    Ok(())
+}
+
+/// The layout the superblock records, refusing what md itself would refuse.
+fn layout_kind(
+    sb: &Superblock,
+    candidates: &[Candidate],
+    slots: &[Option<usize>],
+) -> Result<LayoutKind> {
+    let level =
+        Level::from_md(sb.level).map_err(|e| Error::new(ErrorKind::Unsupported, e.to_string()))?;
+    let bad = |e: crate::layout::LayoutError| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("array {}: {e}", sb.array_name()),
+        )
+    };
+    Ok(match level {
+        Level::Raid1 => LayoutKind::Raid1,
+        Level::Raid5 => LayoutKind::Raid5(Raid5Algorithm::from_md(sb.layout).map_err(bad)?),
+        Level::Raid10 => LayoutKind::Raid10(Raid10Layout::from_md(sb.layout).map_err(bad)?),
+        Level::Raid0 => {
+            if sb.has_feature(FEATURE_RAID0_LAYOUT) {
+                match sb.layout {
+                    1 => LayoutKind::Raid0(Raid0Layout::Original),
+                    2 => LayoutKind::Raid0(Raid0Layout::Alternate),
+                    other => {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!("array {}: unknown RAID0 layout {other}", sb.array_name()),
+                        ))
+                    }
+                }
+            } else {
+                // Without a recorded layout, only a single-zone RAID0 is unambiguous (Linux 5.4+
+                // refuses the others too).
+                let chunk = sb.chunk_sectors.max(1) as u64;
+                let zones: std::collections::BTreeSet<u64> = slots
+                    .iter()
+                    .flatten()
+                    .filter_map(|&i| candidates[i].superblock.as_ref().ok())
+                    .map(|s| s.data_size_sectors / chunk)
+                    .collect();
+                if zones.len() > 1 {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "array {}: multi-zone RAID0 without a recorded layout; set one with mdadm --update=layout-original (or layout-alternate) first",
+                            sb.array_name()
+                        ),
+                    ));
+                }
+                LayoutKind::Raid0(Raid0Layout::Original)
+            }
+        }
+    })
+}
+
+impl Array {
+    /// Writes the current state to every member's superblock now (events bumped).
+    pub(super) async fn persist_now(&self) -> Result<()> {
+        let _guard = self.meta_lock.lock().await;
+        self.write_all_superblocks().await
+    }
+
+    /// The array UUID as mdadm prints it.
+    pub fn uuid_text(&self) -> String {
+        format_uuid(&self.meta.reference().set_uuid)
+    }
+}

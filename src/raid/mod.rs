@@ -1,0 +1,280 @@
+//! The RAID engine: block requests in, member I/O out.
+//!
+//! ```text
+//!   read / write(fua) / flush / trim / write_zeroes      (byte offsets, 512-aligned)
+//!          │
+//!          ▼
+//!   Array ── layout::Geometry maps bytes to (slot, member offset)
+//!     ├── striped.rs  RAID0, RAID1, RAID10: copies, read balancing, per-copy writes
+//!     ├── raid5.rs    RAID5: full-stripe / reconstruct-write / read-modify-write, degraded paths
+//!     ├── slots.rs    member I/O per slot; an I/O error fails the slot (persisted) before anyone
+//!     │               sees the error, and callers fall back on redundancy
+//!     └── meta.rs     superblock updates: member failed, dirty/clean, events
+//! ```
+//!
+//! Everything runs on the reactor thread, so state is in `Cell`/`RefCell`. Writes to redundant
+//! levels hold stripe locks ([`crate::reactor::KeyedLocks`]) for their whole read-compute-write,
+//! so concurrent overlapping writes never interleave on a stripe.
+
+mod assemble;
+mod create;
+mod meta;
+mod raid5;
+mod slots;
+mod striped;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+pub use assemble::{assemble, AssembleOptions, Assembled};
+pub use create::{create, CreateOptions, CreatedArray};
+pub use slots::{Disk, SlotState};
+
+use crate::buf::BufSlice;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{Geometry, Level};
+use crate::reactor::{AsyncMutex, KeyedLocks};
+
+/// Counters for `raidctl status`.
+#[derive(Default, Debug, Clone, Copy, serde::Serialize)]
+pub struct IoCounters {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub trims: u64,
+    pub zeroes: u64,
+    pub errors: u64,
+    pub degraded_reads: u64,
+}
+
+/// Overall condition, as `raidctl status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrayState {
+    Clean,
+    Active,
+    Degraded,
+    Failed,
+}
+
+/// An assembled array on the current reactor.
+pub struct Array {
+    name: String,
+    geo: Geometry,
+    slots: RefCell<Vec<SlotState>>,
+    spares: RefCell<Vec<Rc<Disk>>>,
+    locks: Rc<KeyedLocks>,
+    meta: meta::MetaState,
+    meta_lock: AsyncMutex,
+    /// Member-space byte offset up to which redundancy is known to be consistent (md's
+    /// resync_offset). Stripes at or past it are written with reconstruct-write only.
+    sync_offset: Cell<u64>,
+    failed: Cell<bool>,
+    read_only: bool,
+    counters: RefCell<IoCounters>,
+}
+
+impl Array {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.geo.array_bytes()
+    }
+    pub fn level(&self) -> Level {
+        self.geo.level()
+    }
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    pub fn is_failed(&self) -> bool {
+        self.failed.get()
+    }
+    pub fn counters(&self) -> IoCounters {
+        *self.counters.borrow()
+    }
+    pub fn slots(&self) -> Vec<SlotState> {
+        self.slots.borrow().clone()
+    }
+    pub fn spares(&self) -> Vec<Rc<Disk>> {
+        self.spares.borrow().clone()
+    }
+    /// Member-space offset up to which parity/copies are known in sync (u64::MAX: all).
+    pub fn sync_offset(&self) -> u64 {
+        self.sync_offset.get()
+    }
+
+    pub fn state(&self) -> ArrayState {
+        if self.failed.get() {
+            ArrayState::Failed
+        } else if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            ArrayState::Degraded
+        } else if self.meta.is_clean() {
+            ArrayState::Clean
+        } else {
+            ArrayState::Active
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf`.
+    pub async fn read(&self, offset: u64, buf: BufSlice) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.count(|c| {
+            c.reads += 1;
+            c.read_bytes += buf.len() as u64
+        });
+        let r = match self.geo.level() {
+            Level::Raid5 => self.read_raid5(offset, buf).await,
+            _ => self.read_striped(offset, buf).await,
+        };
+        self.count_error(&r);
+        r
+    }
+
+    /// Writes `data` at `offset`. With `fua`, the data is on stable storage of every member
+    /// when this returns.
+    pub async fn write(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        self.check_writable()?;
+        self.count(|c| {
+            c.writes += 1;
+            c.write_bytes += data.len() as u64
+        });
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.mark_dirty().await?;
+        let r = match self.geo.level() {
+            Level::Raid5 => self.write_raid5(offset, data, fua).await,
+            _ => self.write_striped(offset, data, fua).await,
+        };
+        self.count_error(&r);
+        r
+    }
+
+    /// Makes every acknowledged write durable on every active member.
+    pub async fn flush(&self) -> Result<()> {
+        self.count(|c| c.flushes += 1);
+        let r = self.flush_members().await;
+        self.count_error(&r);
+        r
+    }
+
+    /// Discards a range. Afterwards it reads back as zeroes (members punch holes where they can).
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.check_writable()?;
+        self.count(|c| c.trims += 1);
+        self.mark_dirty().await?;
+        let r = self.zero_range(offset, len, true).await;
+        self.count_error(&r);
+        r
+    }
+
+    /// Zeroes a range (allocating: later writes there will not fail for lack of space).
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.check_writable()?;
+        self.count(|c| c.zeroes += 1);
+        self.mark_dirty().await?;
+        let r = self.zero_range(offset, len, false).await;
+        self.count_error(&r);
+        r
+    }
+
+    async fn zero_range(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        match self.geo.level() {
+            Level::Raid5 => self.zero_raid5(offset, len, discard).await,
+            _ => self.zero_striped(offset, len, discard).await,
+        }
+    }
+
+    /// Flushes and marks the array clean on disk (the last step of `stop`).
+    pub async fn close(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush_members().await?;
+        self.mark_clean().await
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset % 512 != 0 || len % 512 != 0 {
+            return Err(Error::invalid(format!(
+                "request at {offset}+{len} is not aligned to 512 bytes"
+            )));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size_bytes() => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::OutOfRange,
+                format!(
+                    "request at {offset}+{len} ends past the array size {}",
+                    self.size_bytes()
+                ),
+            )),
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!("array {} is read-only", self.name),
+            ));
+        }
+        if self.failed.get() {
+            return Err(self.failed_error());
+        }
+        Ok(())
+    }
+
+    fn failed_error(&self) -> Error {
+        Error::new(
+            ErrorKind::ArrayFailed,
+            format!(
+                "array {} has failed: too many members are missing ({})",
+                self.name,
+                self.missing_description()
+            ),
+        )
+    }
+
+    /// "slot 1 (/tmp/m1) faulty, slot 2 missing".
+    pub fn missing_description(&self) -> String {
+        let parts: Vec<String> = self
+            .slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                SlotState::Active(_) => None,
+                SlotState::Missing => Some(format!("slot {i} missing")),
+                SlotState::Faulty(d) => Some(format!("slot {i} ({}) faulty", d.member.path())),
+            })
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut IoCounters)) {
+        f(&mut self.counters.borrow_mut())
+    }
+
+    fn count_error<T>(&self, r: &Result<T>) {
+        if r.is_err() {
+            self.count(|c| c.errors += 1);
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! RAID5: one parity chunk per stripe row, rotating over the members (md's six algorithms).
+//!
+//! Writes, per stripe row and under that row's lock, pick the cheapest safe way:
+//! - full-stripe write: every data chunk is new, parity = XOR of the new data, no reads;
+//! - read-modify-write: read old data of the written pieces and old parity, parity ^= old ^ new;
+//! - reconstruct-write: read the data the request does not cover, parity = XOR of all data.
+//! RMW trusts the old parity, so it is only used below the sync point (md's resync_offset);
+//! past it, and whenever the read count favours it, reconstruct-write recomputes parity.
+//!
+//! Degraded (one member missing): a lost parity member means data is simply written; a lost
+//! data member is reconstructed from the row before its new parity is computed. A read or write
+//! error part-way marks the member faulty and the row is retried in the new (degraded) mode.
+
+use futures::future::join_all;
+
+use super::slots::SlotGone;
+use super::Array;
+use crate::buf::BufSlice;
+use crate::error::Result;
+use crate::parity::{xor_all, xor_into};
+
+/// A write's part in one data chunk of a row: `chunk_offset..+len` from `src`.
+#[derive(Clone)]
+struct ChunkWrite {
+    chunk_offset: u64,
+    src: BufSlice,
+}
+
+impl ChunkWrite {
+    fn end(&self) -> u64 {
+        self.chunk_offset + self.src.len() as u64
+    }
+}
+
+/// Why one attempt at a row did not finish: a member dropped out while reading.
+struct Retry;
+
+/// Stripes zeroed per lock batch: bounded lock memory and latency for whole-device trims.
+const ZERO_BATCH_BYTES: u64 = 64 << 20;
+
+impl Array {
+    pub(super) async fn read_raid5(&self, offset: u64, buf: BufSlice) -> Result<()> {
+        let results = join_all(self.geo.pieces(offset, buf.len() as u64).map(|p| {
+            self.read_raid5_piece(
+                p.array_offset,
+                buf.slice((p.array_offset - offset) as usize, p.len as usize),
+            )
+        }))
+        .await;
+        results.into_iter().collect()
+    }
+
+    async fn read_raid5_piece(&self, array_offset: u64, buf: BufSlice) -> Result<()> {
+        let loc = self.geo.raid5_locate(array_offset);
+        if self
+            .read_slot(loc.slot, loc.member_offset, buf.clone())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.count(|c| c.degraded_reads += 1);
+        // Reconstruct under the row lock: a concurrent write must not change the row between
+        // our reads of its members.
+        let _guard = self.locks.lock(loc.stripe).await;
+        self.reconstruct(loc.slot, loc.member_offset, buf)
+            .await
+            .map_err(|_| self.lost_error(array_offset))
+    }
+
+    /// Fills `out` with the bytes of `missing_slot` at `member_offset`: the XOR of every other
+    /// member's bytes at the same offset (data and parity alike).
+    async fn reconstruct(
+        &self,
+        missing_slot: usize,
+        member_offset: u64,
+        out: BufSlice,
+    ) -> std::result::Result<(), SlotGone> {
+        let len = out.len();
+        let others: Vec<usize> = (0..self.geo.members())
+            .filter(|&s| s != missing_slot)
+            .collect();
+        let bufs: Vec<BufSlice> = others
+            .iter()
+            .skip(1)
+            .map(|_| BufSlice::zeroed(len))
+            .collect();
+        let mut reads = vec![self.read_slot(others[0], member_offset, out.clone())];
+        for (slot, b) in others.iter().skip(1).zip(&bufs) {
+            reads.push(self.read_slot(*slot, member_offset, b.clone()));
+        }
+        for r in join_all(reads).await {
+            r?;
+        }
+        let dst = out.bytes_mut();
+        for b in &bufs {
+            xor_into(dst, b.bytes());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn write_raid5(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
+        let row = self.geo.stripe_bytes();
+        let end = offset + data.len() as u64;
+        let _guards = self
+            .locks
+            .lock_range(offset / row..(end - 1) / row + 1)
+            .await;
+        let rows = (offset / row..=(end - 1) / row).map(|stripe| {
+            let from = offset.max(stripe * row);
+            let to = end.min((stripe + 1) * row);
+            self.write_row(
+                stripe,
+                from,
+                data.slice((from - offset) as usize, (to - from) as usize),
+                fua,
+            )
+        });
+        join_all(rows).await.into_iter().collect()
+    }
+
+    /// Writes `data` (at array offset `array_offset`, inside row `stripe`); the row is locked.
+    async fn write_row(
+        &self,
+        stripe: u64,
+        array_offset: u64,
+        data: BufSlice,
+        fua: bool,
+    ) -> Result<()> {
+        let chunk = self.geo.chunk_bytes();
+        let mut writes: Vec<Option<ChunkWrite>> = vec![None; self.geo.members() - 1];
+        for p in self.geo.pieces(array_offset, data.len() as u64) {
+            let loc = self.geo.raid5_locate(p.array_offset);
+            debug_assert_eq!(loc.stripe, stripe);
+            writes[loc.data_index] = Some(ChunkWrite {
+                chunk_offset: loc.member_offset - stripe * chunk,
+                src: data.slice((p.array_offset - array_offset) as usize, p.len as usize),
+            });
+        }
+        // Each failure removes a member; after two the array has failed and we stop.
+        for _ in 0..self.geo.members() {
+            if self.failed.get() {
+                return Err(self.failed_error());
+            }
+            if self.write_row_once(stripe, &writes, fua).await.is_ok() {
+                if self.failed.get() {
+                    return Err(self.failed_error());
+                }
+                return Ok(());
+            }
+        }
+        Err(self.failed_error())
+    }
+
+    async fn write_row_once(
+        &self,
+        stripe: u64,
+        writes: &[Option<ChunkWrite>],
+        fua: bool,
+    ) -> std::result::Result<(), Retry> {
+        let chunk = self.geo.chunk_bytes();
+        let row_base = stripe * chunk;
+        let parity_slot = self.geo.raid5_parity_slot(stripe);
+        let data_slots: Vec<usize> = (0..writes.len())
+            .map(|k| self.geo.raid5_data_slot(stripe, k))
+            .collect();
+        let lo = writes
+            .iter()
+            .flatten()
+            .map(|w| w.chunk_offset)
+            .min()
+            .unwrap_or(0);
+        let hi = writes.iter().flatten().map(|w| w.end()).max().unwrap_or(0);
+        let missing_data = data_slots.iter().position(|&s| !self.is_slot_active(s));
+        let parity_active = self.is_slot_active(parity_slot);
+
+        let full = writes.iter().all(|w| {
+            w.as_ref()
+                .is_some_and(|w| w.chunk_offset == 0 && w.end() == chunk)
+        });
+        let parity = if full {
+            let p = BufSlice::zeroed(chunk as usize);
+            let srcs: Vec<&[u8]> = writes.iter().flatten().map(|w| w.src.bytes()).collect();
+            xor_all(p.bytes_mut(), &srcs);
+            Some(p)
+        } else if !parity_active {
+            None
+        } else if let Some(missing) = missing_data {
+            Some(
+                self.parity_reconstructing(
+                    row_base,
+                    &data_slots,
+                    parity_slot,
+                    missing,
+                    writes,
+                    lo,
+                    hi,
+                )
+                .await?,
+            )
+        } else {
+            let rmw_reads = (hi - lo)
+                + writes
+                    .iter()
+                    .flatten()
+                    .map(|w| w.src.len() as u64)
+                    .sum::<u64>();
+            let rcw_reads: u64 = writes
+                .iter()
+                .map(|w| (hi - lo) - w.as_ref().map_or(0, |w| w.src.len() as u64))
+                .sum();
+            let parity_trusted = row_base + hi <= self.sync_offset.get();
+            if parity_trusted && rmw_reads < rcw_reads {
+                Some(
+                    self.parity_read_modify_write(
+                        row_base,
+                        &data_slots,
+                        parity_slot,
+                        writes,
+                        lo,
+                        hi,
+                    )
+                    .await?,
+                )
+            } else {
+                Some(
+                    self.parity_reconstruct_write(row_base, &data_slots, writes, lo, hi)
+                        .await?,
+                )
+            }
+        };
+
+        let mut ios = Vec::new();
+        for (k, w) in writes.iter().enumerate() {
+            if let Some(w) = w {
+                ios.push(self.write_slot(
+                    data_slots[k],
+                    row_base + w.chunk_offset,
+                    w.src.clone(),
+                    fua,
+                ));
+            }
+        }
+        if let Some(p) = parity {
+            let (at, buf) = if full {
+                (row_base, p)
+            } else {
+                (row_base + lo, p)
+            };
+            ios.push(self.write_slot(parity_slot, at, buf, fua));
+        }
+        // A failed write leaves the row consistent for the degraded array: data that missed its
+        // member is in the parity, parity that missed its member is not needed.
+        join_all(ios).await;
+        Ok(())
+    }
+
+    /// Parity over `lo..hi` when no member is missing, from old parity and old data of the
+    /// written pieces.
+    async fn parity_read_modify_write(
+        &self,
+        row_base: u64,
+        data_slots: &[usize],
+        parity_slot: usize,
+        writes: &[Option<ChunkWrite>],
+        lo: u64,
+        hi: u64,
+    ) -> std::result::Result<BufSlice, Retry> {
+        let parity = BufSlice::zeroed((hi - lo) as usize);
+        let olds: Vec<(usize, BufSlice)> = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(k, w)| w.as_ref().map(|w| (k, BufSlice::zeroed(w.src.len()))))
+            .collect();
+        let mut reads = vec![self.read_slot(parity_slot, row_base + lo, parity.clone())];
+        for (k, old) in &olds {
+            let w = writes[*k]
+                .as_ref()
+                .expect("old buffer only for written chunks");
+            reads.push(self.read_slot(data_slots[*k], row_base + w.chunk_offset, old.clone()));
+        }
+        if join_all(reads).await.iter().any(|r| r.is_err()) {
+            return Err(Retry);
+        }
+        let p = parity.bytes_mut();
+        for (k, old) in &olds {
+            let w = writes[*k].as_ref().expect("written chunk");
+            let at = (w.chunk_offset - lo) as usize;
+            let window = &mut p[at..at + w.src.len()];
+            xor_into(window, old.bytes());
+            xor_into(window, w.src.bytes());
+        }
+        Ok(parity)
+    }
+
+    /// Parity over `lo..hi` computed from all data: the new pieces plus whatever data the write
+    /// does not cover, read from the members.
+    async fn parity_reconstruct_write(
+        &self,
+        row_base: u64,
+        data_slots: &[usize],
+        writes: &[Option<ChunkWrite>],
+        lo: u64,
+        hi: u64,
+    ) -> std::result::Result<BufSlice, Retry> {
+        // (position in lo..hi, buffer) of every byte range read from a member.
+        let mut segments: Vec<(u64, BufSlice, usize)> = Vec::new();
+        for (k, w) in writes.iter().enumerate() {
+            let (gap_a, gap_b) = match w {
+                None => ((lo, hi), (hi, hi)),
+                Some(w) => ((lo, w.chunk_offset.max(lo)), (w.end().min(hi), hi)),
+            };
+            for (a, b) in [gap_a, gap_b] {
+                if b > a {
+                    segments.push((a - lo, BufSlice::zeroed((b - a) as usize), data_slots[k]));
+                }
+            }
+        }
+        let reads = segments
+            .iter()
+            .map(|(at, buf, slot)| self.read_slot(*slot, row_base + lo + at, buf.clone()));
+        if join_all(reads).await.iter().any(|r| r.is_err()) {
+            return Err(Retry);
+        }
+        let parity = BufSlice::zeroed((hi - lo) as usize);
+        let p = parity.bytes_mut();
+        for (at, buf, _) in &segments {
+            xor_into(&mut p[*at as usize..*at as usize + buf.len()], buf.bytes());
+        }
+        for w in writes.iter().flatten() {
+            let at = (w.chunk_offset - lo) as usize;
+            xor_into(&mut p[at..at + w.src.len()], w.src.bytes());
+        }
+        Ok(parity)
+    }
+
+    /// Parity over `lo..hi` when data member `missing` (a data index) is gone: rebuild its old
+    /// bytes from the row, lay the new pieces over the row, and XOR it all.
+    #[allow(clippy::too_many_arguments)]
+    async fn parity_reconstructing(
+        &self,
+        row_base: u64,
+        data_slots: &[usize],
+        parity_slot: usize,
+        missing: usize,
+        writes: &[Option<ChunkWrite>],
+        lo: u64,
+        hi: u64,
+    ) -> std::result::Result<BufSlice, Retry> {
+        let width = (hi - lo) as usize;
+        let row: Vec<BufSlice> = data_slots.iter().map(|_| BufSlice::zeroed(width)).collect();
+        let parity = BufSlice::zeroed(width);
+        let mut reads = vec![self.read_slot(parity_slot, row_base + lo, parity.clone())];
+        for (k, slot) in data_slots.iter().enumerate() {
+            if k != missing {
+                reads.push(self.read_slot(*slot, row_base + lo, row[k].clone()));
+            }
+        }
+        if join_all(reads).await.iter().any(|r| r.is_err()) {
+            return Err(Retry);
+        }
+        {
+            let lost = row[missing].bytes_mut();
+            lost.copy_from_slice(parity.bytes());
+            for (k, b) in row.iter().enumerate() {
+                if k != missing {
+                    xor_into(lost, b.bytes());
+                }
+            }
+        }
+        for (k, w) in writes.iter().enumerate() {
+            if let Some(w) = w {
+                let at = (w.chunk_offset - lo) as usize;
+                row[k].bytes_mut()[at..at + w.src.len()].copy_from_slice(w.src.bytes());
+            }
+        }
+        let srcs: Vec<&[u8]> = row.iter().map(|b| b.bytes()).collect();
+        xor_all(parity.bytes_mut(), &srcs);
+        Ok(parity)
+    }
+
+    /// Zeroes: whole rows by zeroing every member (parity of zeroes is zeroes), partial rows
+    /// through the normal write path.
+    pub(super) async fn zero_raid5(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
+        let row = self.geo.stripe_bytes();
+        let end = offset + len;
+        let first_full = offset.div_ceil(row);
+        let end_full = end / row;
+        if first_full >= end_full {
+            return self
+                .write_raid5(offset, BufSlice::zeroed(len as usize), false)
+                .await;
+        }
+        if offset < first_full * row {
+            let head = first_full * row - offset;
+            self.write_raid5(offset, BufSlice::zeroed(head as usize), false)
+                .await?;
+        }
+        let chunk = self.geo.chunk_bytes();
+        let batch = (ZERO_BATCH_BYTES / row).max(1);
+        let mut stripe = first_full;
+        while stripe < end_full {
+            let upto = end_full.min(stripe + batch);
+            let _guards = self.locks.lock_range(stripe..upto).await;
+            let zeroing = (0..self.geo.members())
+                .map(|slot| self.zero_slot(slot, stripe * chunk, (upto - stripe) * chunk, discard));
+            join_all(zeroing).await;
+            if self.failed.get() {
+                return Err(self.failed_error());
+            }
+            stripe = upto;
+        }
+        if end > end_full * row {
+            self.write_raid5(
+                end_full * row,
+                BufSlice::zeroed((end - end_full * row) as usize),
+                false,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

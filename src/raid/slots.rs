@@ -1,0 +1,214 @@
+//! Member I/O by slot, and what happens when a member fails.
+//!
+//! Every member operation of the engine goes through here. On an I/O error the slot is marked
+//! faulty at once (so new requests avoid it), the other members' superblocks record it (events
+//! bumped) and only then does the caller see [`SlotGone`] and fall back on redundancy. That
+//! order matters: a write must not be acknowledged while the disks still call a member in sync
+//! that missed it, or a crash could bring the stale member back as good.
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+
+use super::Array;
+use crate::buf::BufSlice;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::Level;
+use crate::member::Member;
+
+/// One member device of an array, with where its data area begins.
+pub struct Disk {
+    pub member: Rc<dyn Member>,
+    /// Byte offset of the data area on the device (md's data_offset).
+    pub data_offset: u64,
+    /// Permanent index into the superblocks' dev_roles table.
+    pub dev_number: u32,
+}
+
+#[derive(Clone)]
+pub enum SlotState {
+    Active(Rc<Disk>),
+    Missing,
+    Faulty(Rc<Disk>),
+}
+
+impl SlotState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, SlotState::Active(_))
+    }
+    pub fn disk(&self) -> Option<&Rc<Disk>> {
+        match self {
+            SlotState::Active(d) | SlotState::Faulty(d) => Some(d),
+            SlotState::Missing => None,
+        }
+    }
+}
+
+/// The slot's member is not (or no longer) usable; its failure has been recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotGone;
+
+pub(super) type SlotResult = std::result::Result<(), SlotGone>;
+
+impl Array {
+    pub(super) fn active_disk(&self, slot: usize) -> Option<Rc<Disk>> {
+        match self.slots.borrow().get(slot) {
+            Some(SlotState::Active(d)) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_slot_active(&self, slot: usize) -> bool {
+        self.slots.borrow().get(slot).is_some_and(|s| s.is_active())
+    }
+
+    pub(super) async fn read_slot(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        buf: BufSlice,
+    ) -> SlotResult {
+        let disk = self.active_disk(slot).ok_or(SlotGone)?;
+        match disk
+            .member
+            .read(disk.data_offset + member_offset, buf)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .slot_failed(slot, &disk, "read", member_offset, e)
+                .await),
+        }
+    }
+
+    pub(super) async fn write_slot(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        buf: BufSlice,
+        fua: bool,
+    ) -> SlotResult {
+        let disk = self.active_disk(slot).ok_or(SlotGone)?;
+        match disk
+            .member
+            .write(disk.data_offset + member_offset, buf, fua)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .slot_failed(slot, &disk, "write", member_offset, e)
+                .await),
+        }
+    }
+
+    /// Zeroes (or discards) a member range; either way it reads back as zeroes.
+    pub(super) async fn zero_slot(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        len: u64,
+        discard: bool,
+    ) -> SlotResult {
+        let disk = self.active_disk(slot).ok_or(SlotGone)?;
+        let at = disk.data_offset + member_offset;
+        let r = if discard {
+            disk.member.discard(at, len).await
+        } else {
+            disk.member.write_zeroes(at, len).await
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .slot_failed(slot, &disk, "zero", member_offset, e)
+                .await),
+        }
+    }
+
+    pub(super) async fn flush_members(&self) -> Result<()> {
+        let disks: Vec<(usize, Rc<Disk>)> = (0..self.geo.members())
+            .filter_map(|slot| self.active_disk(slot).map(|d| (slot, d)))
+            .collect();
+        let results = join_all(disks.iter().map(|(slot, disk)| async move {
+            match disk.member.flush().await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.slot_failed(*slot, disk, "flush", 0, e).await),
+            }
+        }))
+        .await;
+        drop(results);
+        if self.failed.get() {
+            return Err(self.failed_error());
+        }
+        Ok(())
+    }
+
+    /// Marks `slot` faulty (once), persists it, and decides whether the array has failed.
+    async fn slot_failed(
+        &self,
+        slot: usize,
+        disk: &Rc<Disk>,
+        op: &str,
+        member_offset: u64,
+        e: std::io::Error,
+    ) -> SlotGone {
+        let newly = {
+            let mut slots = self.slots.borrow_mut();
+            match &slots[slot] {
+                SlotState::Active(d) if Rc::ptr_eq(d, disk) => {
+                    slots[slot] = SlotState::Faulty(disk.clone());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if newly {
+            tracing::error!(
+                array = %self.name, slot, member = disk.member.path(),
+                "member failed: {op} at data offset {member_offset}: {e}; marking it faulty"
+            );
+            if !self.has_redundancy_for_all_data() {
+                self.failed.set(true);
+                tracing::error!(array = %self.name, "array failed: {}", self.missing_description());
+            }
+        }
+        // Whether we marked it or another request did, wait until the record is on disk.
+        if let Err(err) = self.record_failures().await {
+            tracing::error!(array = %self.name, "could not record member failure: {err}");
+        }
+        SlotGone
+    }
+
+    /// Whether every array byte still has at least one readable copy (or can be rebuilt).
+    pub(super) fn has_redundancy_for_all_data(&self) -> bool {
+        let active: Vec<bool> = self.slots.borrow().iter().map(|s| s.is_active()).collect();
+        let missing = active.iter().filter(|a| !**a).count();
+        match self.geo.level() {
+            Level::Raid0 => missing == 0,
+            Level::Raid1 => missing < active.len(),
+            Level::Raid5 => missing <= 1,
+            Level::Raid10 => {
+                // The pattern of copies repeats; checking a few periods of chunks is exhaustive.
+                let chunk = self.geo.chunk_bytes();
+                let period = (self.geo.members() * self.geo.copies() * 2) as u64;
+                let chunks = self.geo.array_bytes() / chunk;
+                (0..period.min(chunks)).all(|c| {
+                    self.geo
+                        .map_copies(c * chunk)
+                        .iter()
+                        .any(|p| active[p.slot])
+                })
+            }
+        }
+    }
+
+    /// Error for a request whose data is not available any more.
+    pub(super) fn lost_error(&self, offset: u64) -> Error {
+        if self.failed.get() {
+            return self.failed_error();
+        }
+        Error::new(
+            ErrorKind::Io,
+            format!("array {}: no readable copy of offset {offset}", self.name),
+        )
+    }
+}

@@ -1,0 +1,256 @@
+//! A minimal single-threaded executor driven by io_uring completions.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use io_uring::IoUring;
+
+use super::ops::OpTable;
+
+type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Ring entries: enough for many members times a deep queue; the SQ is flushed when full.
+const RING_ENTRIES: u32 = 1024;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
+}
+
+/// Task ids woken and waiting to be polled. A mutex because `Waker` must be `Send`; in practice
+/// only the reactor thread touches it (other threads go through the [`super::Inbox`]).
+#[derive(Default)]
+struct ReadyQueue {
+    ids: Mutex<VecDeque<usize>>,
+}
+
+struct TaskWaker {
+    id: usize,
+    queued: AtomicBool,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.ids.lock().unwrap().push_back(self.id);
+        }
+    }
+}
+
+struct TaskSlot {
+    future: Option<LocalTask>,
+    waker: Arc<TaskWaker>,
+}
+
+/// The reactor of the current thread. Create one with [`Reactor::new`] and drive it with
+/// [`block_on`]; tasks and ops find it through a thread-local.
+pub struct Reactor {
+    pub(crate) ring: RefCell<IoUring>,
+    pub(crate) ops: OpTable,
+    tasks: RefCell<Vec<Option<TaskSlot>>>,
+    free_tasks: RefCell<Vec<usize>>,
+    ready: Arc<ReadyQueue>,
+    live_tasks: Cell<usize>,
+}
+
+impl Reactor {
+    fn new() -> std::io::Result<Rc<Reactor>> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        Ok(Rc::new(Reactor {
+            ring: RefCell::new(ring),
+            ops: OpTable::default(),
+            tasks: RefCell::new(Vec::new()),
+            free_tasks: RefCell::new(Vec::new()),
+            ready: Arc::new(ReadyQueue::default()),
+            live_tasks: Cell::new(0),
+        }))
+    }
+
+    /// The reactor of this thread. Panics outside [`block_on`]: a programming error.
+    pub fn current() -> Rc<Reactor> {
+        CURRENT
+            .with(|c| c.borrow().clone())
+            .expect("no reactor on this thread: use reactor::block_on")
+    }
+
+    fn spawn_local(&self, future: LocalTask) {
+        let id = self.free_tasks.borrow_mut().pop().unwrap_or_else(|| {
+            let mut tasks = self.tasks.borrow_mut();
+            tasks.push(None);
+            tasks.len() - 1
+        });
+        let waker = Arc::new(TaskWaker {
+            id,
+            queued: AtomicBool::new(false),
+            ready: self.ready.clone(),
+        });
+        self.tasks.borrow_mut()[id] = Some(TaskSlot {
+            future: Some(future),
+            waker: waker.clone(),
+        });
+        self.live_tasks.set(self.live_tasks.get() + 1);
+        waker.wake_by_ref();
+    }
+
+    /// Polls every ready task until none is ready. Returns how many polls ran.
+    fn run_ready(&self) -> usize {
+        let mut polls = 0;
+        loop {
+            let next = self.ready.ids.lock().unwrap().pop_front();
+            let Some(id) = next else { return polls };
+            // Take the future out so the task may spawn or wake others while it runs.
+            let (mut future, waker) = {
+                let mut tasks = self.tasks.borrow_mut();
+                let Some(slot) = tasks.get_mut(id).and_then(|s| s.as_mut()) else {
+                    continue;
+                };
+                slot.waker.queued.store(false, Ordering::Release);
+                let Some(f) = slot.future.take() else {
+                    continue;
+                };
+                (f, slot.waker.clone())
+            };
+            let std_waker = Waker::from(waker);
+            let mut cx = Context::from_waker(&std_waker);
+            polls += 1;
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(()) => {
+                    self.tasks.borrow_mut()[id] = None;
+                    self.free_tasks.borrow_mut().push(id);
+                    self.live_tasks.set(self.live_tasks.get() - 1);
+                }
+                Poll::Pending => {
+                    if let Some(slot) = self.tasks.borrow_mut()[id].as_mut() {
+                        slot.future = Some(future);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Submits queued SQEs and waits for at least one completion, then wakes its owners.
+    fn wait_for_completions(&self) -> std::io::Result<()> {
+        self.ops.submit_and_wait(&self.ring, 1)
+    }
+}
+
+/// Spawns a task on the current thread's reactor. The task runs until it finishes; its result
+/// is available through the returned handle (which may be dropped to detach the task).
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let state = Rc::new(RefCell::new(JoinState {
+        result: None,
+        waiter: None,
+    }));
+    let task_state = state.clone();
+    Reactor::current().spawn_local(Box::pin(async move {
+        let out = future.await;
+        let mut st = task_state.borrow_mut();
+        st.result = Some(out);
+        if let Some(w) = st.waiter.take() {
+            w.wake();
+        }
+    }));
+    JoinHandle { state }
+}
+
+struct JoinState<T> {
+    result: Option<T>,
+    waiter: Option<Waker>,
+}
+
+/// Awaits a spawned task's output.
+pub struct JoinHandle<T> {
+    state: Rc<RefCell<JoinState<T>>>,
+}
+
+impl<T> JoinHandle<T> {
+    pub fn is_finished(&self) -> bool {
+        self.state.borrow().result.is_some()
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut st = self.state.borrow_mut();
+        match st.result.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                st.waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Runs `future` to completion on a new reactor owned by this thread, together with every task
+/// it spawns. Tasks still pending when `future` finishes are dropped only after their in-flight
+/// I/O has completed (the op table drains).
+pub fn block_on<F: Future + 'static>(future: F) -> std::io::Result<F::Output>
+where
+    F::Output: 'static,
+{
+    let reactor = Reactor::new()?;
+    let previous = CURRENT.with(|c| c.replace(Some(reactor.clone())));
+    let result = drive(&reactor, future);
+    // Let in-flight kernel operations finish before their buffers can be freed.
+    reactor.ops.drain(&reactor.ring);
+    reactor.tasks.borrow_mut().clear();
+    CURRENT.with(|c| *c.borrow_mut() = previous);
+    result
+}
+
+fn drive<F: Future + 'static>(reactor: &Rc<Reactor>, future: F) -> std::io::Result<F::Output>
+where
+    F::Output: 'static,
+{
+    let handle = spawn(future);
+    loop {
+        reactor.run_ready();
+        if let Some(out) = handle.state.borrow_mut().result.take() {
+            return Ok(out);
+        }
+        if reactor.ops.in_flight() == 0 {
+            // Nothing can wake a task any more: a task awaits something that cannot happen.
+            return Err(std::io::Error::other(
+                "reactor stalled: tasks wait but no I/O is in flight",
+            ));
+        }
+        reactor.wait_for_completions()?;
+    }
+}
+
+/// Yields once to let other ready tasks run (used by simulated members to reorder completions).
+pub fn yield_now() -> YieldNow {
+    YieldNow { yielded: false }
+}
+
+pub struct YieldNow {
+    yielded: bool,
+}
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            Poll::Ready(())
+        } else {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
