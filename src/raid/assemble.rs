@@ -131,18 +131,14 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     }
     let geo = Geometry::new(kind, reference.chunk_sectors as u64 * SECTOR, &member_bytes)
         .map_err(|e| Error::new(ErrorKind::Corrupt, format!("array {name}: {e}")))?;
-    for s in &slots {
+    for (slot, s) in slots.iter().enumerate() {
         if let Some(d) = s.disk() {
             let avail = d.member.size_bytes().saturating_sub(d.data_offset);
-            if avail < geo.member_used_bytes() {
+            let needed = geo.slot_used_bytes(slot);
+            if avail < needed {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
-                    format!(
-                        "{} is smaller than array {name} needs ({} data bytes, {} needed)",
-                        d.member.path(),
-                        avail,
-                        geo.member_used_bytes()
-                    ),
+                    format!("{} is smaller than array {name} needs ({avail} data bytes, {needed} needed)", d.member.path()),
                 ));
             }
         }
