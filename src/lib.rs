@@ -14,11 +14,13 @@
 //! `layout` and `parity` are pure; everything that does I/O runs on a [`reactor`].
 
 pub mod buf;
+pub mod daemon;
 pub mod error;
 pub mod inspect;
 pub mod layout;
 pub mod member;
 pub mod metadata;
+pub mod nbd;
 pub mod parity;
 pub mod raid;
 pub mod reactor;

@@ -12,6 +12,9 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RAIDCTL_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Run directory for sockets, pid and log files (default $RAIDCTL_RUN_DIR or /run/raidctl).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub run_dir: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,8 +25,56 @@ pub enum Command {
     Create(CreateArgs),
     /// Show the md superblock (and raidctl extension) of members, like mdadm --examine.
     Examine(ExamineArgs),
+    /// Start the daemon for an array and serve it over NBD.
+    Assemble(AssembleArgs),
+    /// Show the state of running arrays.
+    Status(StatusArgs),
+    /// Stop an array: finish requests, flush, mark it clean, release the members.
+    Stop(StopArgs),
     /// Run a self-contained demonstration on member files in a temporary directory.
     Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct AssembleArgs {
+    /// Array name: the export name and the run-directory file names.
+    pub name: String,
+    /// Member devices or files (any order; spares too).
+    #[arg(value_name = "DEV")]
+    pub devices: Vec<String>,
+    /// Stay in the foreground (for systemd); logs go to stderr.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Extra NBD listener: unix:PATH, tcp:HOST:PORT, or tcp::PORT (127.0.0.1). Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Start even if members are missing (degraded).
+    #[arg(long)]
+    pub run: bool,
+    /// Use stale members, and start a degraded RAID5 that was not stopped cleanly.
+    #[arg(long)]
+    pub force: bool,
+    /// Serve read-only and never write a superblock.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Array name (default: every array in the run directory).
+    pub name: Option<String>,
+    /// Machine-readable output (stable fields, see the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Array name.
+    pub name: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

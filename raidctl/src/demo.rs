@@ -17,7 +17,8 @@ use raidcore::size::format_size;
 use raidcore::{Error, Result};
 
 use crate::cli::DemoArgs;
-use crate::status::print_status;
+use crate::cmd_status::print_report;
+use raidcore::daemon::status::StatusReport;
 
 const MEMBER_BYTES: u64 = 64 << 20;
 const IO_BYTES: usize = 1 << 20;
@@ -139,7 +140,10 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         array.counters().degraded_reads
     );
     println!();
-    print_status(&array);
+    print_report(&StatusReport {
+        pid: 0,
+        ..StatusReport::build(&array, None, Vec::new())
+    });
     println!(
         "\nThe spare stands by; automatic promotion and rebuild come with the rebuild scheduler."
     );

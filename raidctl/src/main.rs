@@ -2,11 +2,12 @@
 //! results to exit codes: 0 success, 1 any failure (one line on stderr), 2 bad usage (clap).
 
 mod cli;
+mod cmd_assemble;
 mod cmd_create;
 mod cmd_examine;
+mod cmd_status;
 mod demo;
 mod devices;
-mod status;
 
 use clap::Parser;
 
@@ -16,11 +17,17 @@ fn main() {
     let result = match args.command {
         cli::Command::Create(a) => cmd_create::run(a),
         cli::Command::Examine(a) => cmd_examine::run(a),
+        cli::Command::Assemble(a) => cmd_assemble::run(a, args.run_dir.as_deref()),
+        cli::Command::Status(a) => cmd_status::run(a, args.run_dir.as_deref()),
+        cli::Command::Stop(a) => cmd_status::stop(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            if cmd_assemble::notify_mode() {
+                cmd_assemble::notify_error(&e.to_string());
+            }
             eprintln!("raidctl: {e}");
             std::process::exit(1);
         }

@@ -187,6 +187,18 @@ impl Array {
         r
     }
 
+    /// Whether zeroing this range is cheaper than writing zeroes (NBD FAST_ZERO): RAID5 only
+    /// zeroes whole stripe rows without a read-modify-write.
+    pub fn zeroes_fast(&self, offset: u64, len: u64) -> bool {
+        match self.geo.level() {
+            Level::Raid5 => {
+                let row = self.geo.stripe_bytes();
+                offset % row == 0 && len % row == 0
+            }
+            _ => true,
+        }
+    }
+
     async fn zero_range(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
         if len == 0 {
             return Ok(());

@@ -117,8 +117,24 @@ impl OpTable {
         }
     }
 
-    /// Waits (bounded) until no operation is in flight, so no kernel write can hit freed memory.
+    /// Cancels every operation still in flight (accepts and reads that would never finish on
+    /// their own) and waits, bounded, for the kernel to give all of them back, so no kernel
+    /// write can hit freed memory.
     pub(crate) fn drain(&self, ring: &RefCell<IoUring>) {
+        let pending: Vec<u64> = self
+            .slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Slot::Waiting { .. } | Slot::Abandoned { .. }))
+            .map(|(i, _)| i as u64)
+            .collect();
+        for user_data in pending {
+            let cancel = opcode::AsyncCancel::new(user_data)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            let _ = self.push(ring, cancel);
+        }
         for _ in 0..10_000 {
             if self.in_flight() == 0 {
                 return;
@@ -133,6 +149,9 @@ impl OpTable {
         }
     }
 }
+
+/// user_data of cancel requests: matches no slot, so its completion is ignored.
+const CANCEL_USER_DATA: u64 = u64::MAX;
 
 /// A future for one io_uring operation. Resolves to the CQE result (negative errno on error).
 pub struct Op {

@@ -177,3 +177,43 @@ mod tests {
         assert_eq!(order, expected);
     }
 }
+
+/// A counting semaphore (bounds requests in flight per connection).
+pub struct Semaphore {
+    permits: Cell<usize>,
+    waiters: RefCell<VecDeque<Waker>>,
+}
+
+impl Semaphore {
+    pub fn new(permits: usize) -> Semaphore {
+        Semaphore {
+            permits: Cell::new(permits),
+            waiters: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits for a permit; give it back with [`Semaphore::release`].
+    pub async fn acquire(&self) {
+        std::future::poll_fn(|cx| {
+            if self.permits.get() > 0 {
+                self.permits.set(self.permits.get() - 1);
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    pub fn release(&self) {
+        self.permits.set(self.permits.get() + 1);
+        if let Some(w) = self.waiters.borrow_mut().pop_front() {
+            w.wake();
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.permits.get()
+    }
+}

@@ -1,0 +1,175 @@
+//! `raidctl status` and `raidctl stop`: clients of the control socket.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use raidcore::daemon::control::{request, ControlRequest};
+use raidcore::daemon::rundir::RunDir;
+use raidcore::daemon::status::StatusReport;
+use raidcore::size::format_size;
+use raidcore::{Error, ErrorKind, Result};
+
+use crate::cli::{StatusArgs, StopArgs};
+
+pub fn run(args: StatusArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    loop {
+        let reports = collect(&args, &run_dir)?;
+        if args.watch && std::io::stdout().is_terminal() {
+            print!("\x1b[2J\x1b[H");
+        }
+        if args.json {
+            let text = match (&args.name, reports.as_slice()) {
+                (Some(_), [one]) => serde_json::to_string_pretty(one),
+                _ => serde_json::to_string_pretty(&reports),
+            };
+            println!("{}", text.map_err(|e| Error::invalid(e.to_string()))?);
+        } else if reports.is_empty() {
+            println!(
+                "no arrays are running (run directory {})",
+                run_dir.dir.display()
+            );
+        } else {
+            for (i, r) in reports.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_report(r);
+            }
+        }
+        if !args.watch {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn collect(args: &StatusArgs, run_dir: &RunDir) -> Result<Vec<StatusReport>> {
+    let names = match &args.name {
+        Some(n) => vec![n.clone()],
+        None => run_dir.arrays(),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        match query(run_dir, &name) {
+            Ok(r) => out.push(r),
+            Err(e) if args.name.is_some() => return Err(e),
+            Err(e) => eprintln!("raidctl: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn query(run_dir: &RunDir, name: &str) -> Result<StatusReport> {
+    if run_dir.running_pid(name).is_none() {
+        return Err(not_running(run_dir, name));
+    }
+    let answer = request(
+        &run_dir.ctl(name),
+        &ControlRequest::Status,
+        Duration::from_secs(10),
+    )?;
+    match (answer.ok, answer.status, answer.error) {
+        (true, Some(s), _) => Ok(s),
+        (_, _, Some(e)) => Err(Error::new(ErrorKind::Io, format!("array {name}: {e}"))),
+        _ => Err(Error::new(
+            ErrorKind::Io,
+            format!("array {name}: empty answer from the daemon"),
+        )),
+    }
+}
+
+fn not_running(run_dir: &RunDir, name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("array {name} is not running (no daemon in {}): start it with raidctl assemble {name} DEV...", run_dir.dir.display()),
+    )
+}
+
+pub fn stop(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    if run_dir.running_pid(&args.name).is_none() {
+        return Err(not_running(&run_dir, &args.name));
+    }
+    let answer = request(
+        &run_dir.ctl(&args.name),
+        &ControlRequest::Stop,
+        Duration::from_secs(120),
+    )?;
+    if !answer.ok {
+        return Err(Error::new(
+            ErrorKind::Io,
+            answer.error.unwrap_or_else(|| "stop failed".into()),
+        ));
+    }
+    // The daemon answers after the array is clean; wait for it to let go of its lock.
+    for _ in 0..200 {
+        if run_dir.running_pid(&args.name).is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    println!("array {} stopped: flushed and marked clean", args.name);
+    Ok(0)
+}
+
+pub fn print_report(r: &StatusReport) {
+    println!(
+        "{}: {} {}{}, {} ({} bytes), state {}{}",
+        r.name,
+        r.level,
+        r.layout,
+        if r.chunk_bytes > 0 {
+            format!(", chunk {}", format_size(r.chunk_bytes))
+        } else {
+            String::new()
+        },
+        format_size(r.size_bytes),
+        r.size_bytes,
+        r.state,
+        if r.read_only { ", read-only" } else { "" }
+    );
+    println!(
+        "  uuid {}  events {}  {}",
+        r.uuid,
+        r.events,
+        if r.in_sync {
+            "in sync"
+        } else {
+            "resync pending"
+        }
+    );
+    for m in &r.members {
+        let slot = m.slot.map_or("spare".to_string(), |s| format!("slot {s}"));
+        println!(
+            "  {:<8} {:<40} {}",
+            slot,
+            m.path.as_deref().unwrap_or("-"),
+            m.state
+        );
+    }
+    if r.missing != "none" {
+        println!("  missing: {}", r.missing);
+    }
+    let io = &r.io;
+    println!(
+        "  io: {} reads ({}), {} writes ({}), {} flushes, {} trims, {} degraded reads, {} errors",
+        io.reads,
+        format_size(io.read_bytes),
+        io.writes,
+        format_size(io.write_bytes),
+        io.flushes,
+        io.trims,
+        io.degraded_reads,
+        io.errors
+    );
+    if r.pid != 0 {
+        println!(
+            "  daemon pid {}, {} connection(s), {} since start",
+            r.pid, r.connections, r.total_connections
+        );
+    }
+    for u in &r.export_uris {
+        println!("  export {u}");
+    }
+}

@@ -1,0 +1,75 @@
+//! The control socket: one JSON object per line each way.
+//!
+//! Request:  `{"cmd":"status"}` or `{"cmd":"stop"}`
+//! Response: `{"ok":true,"status":{...}}` or `{"ok":false,"error":"one line"}`
+//!
+//! `raidctl` is the usual client ([`request`]); anything that can write a line to a unix socket
+//! can drive the daemon the same way.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::status::StatusReport;
+use crate::error::{Error, ErrorKind, Result};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    Stop,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ControlResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusReport>,
+}
+
+impl ControlResponse {
+    pub fn error(message: impl Into<String>) -> ControlResponse {
+        ControlResponse {
+            ok: false,
+            error: Some(message.into()),
+            status: None,
+        }
+    }
+}
+
+/// Sends one request to the daemon behind `ctl` and waits for its answer.
+pub fn request(ctl: &Path, req: &ControlRequest, timeout: Duration) -> Result<ControlResponse> {
+    let stream = UnixStream::connect(ctl).map_err(|e| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("cannot reach the daemon at {}: {e}", ctl.display()),
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    let mut line = serde_json::to_string(req).expect("requests serialise");
+    line.push('\n');
+    (&stream)
+        .write_all(line.as_bytes())
+        .map_err(|e| Error::io(ctl.display(), e))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| Error::io(ctl.display(), e))?;
+    if answer.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("the daemon at {} closed the connection", ctl.display()),
+        ));
+    }
+    serde_json::from_str(&answer).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("bad answer from the daemon at {}: {e}", ctl.display()),
+        )
+    })
+}

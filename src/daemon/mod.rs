@@ -1,0 +1,335 @@
+//! The per-array daemon: assemble, serve over NBD, answer the control socket, stop cleanly.
+//!
+//! ```text
+//!  run(): lock NAME.pid ─► block_on {
+//!            open + claim members ─► assemble ─► NBD listeners (NAME.sock, --listen ...)
+//!            control socket NAME.ctl ─► signals (SIGTERM/SIGINT/SIGHUP via signalfd)
+//!            ready() ─► wait for stop ─► drain connections ─► flush, mark clean ─► answer stop
+//!         } ─► remove run-dir files
+//! ```
+//!
+//! Crash-only: nothing here is needed for safety after a `kill -9`; the next `assemble` finds
+//! the pid file unlocked, replaces the stale sockets and goes on from the superblocks.
+
+pub mod control;
+pub mod rundir;
+pub mod status;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use control::{ControlRequest, ControlResponse};
+use io_uring::{opcode, types};
+use rundir::RunDir;
+use status::StatusReport;
+
+use crate::buf::{AlignedBuf, BufSlice};
+use crate::error::{Error, ErrorKind, Result};
+use crate::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
+use crate::nbd::{sock, Export, Server};
+use crate::raid::{assemble, Array, AssembleOptions};
+use crate::reactor::{block_on, spawn, submit, Semaphore};
+
+/// An extra NBD listening address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Listen {
+    /// `unix:PATH`, `tcp:HOST:PORT`, or `tcp::PORT` (binds 127.0.0.1: anything wider must be
+    /// written out).
+    pub fn parse(text: &str) -> Result<Listen> {
+        let bad = || {
+            Error::invalid(format!(
+                "invalid --listen {text:?}: use unix:PATH, tcp:HOST:PORT or tcp::PORT"
+            ))
+        };
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        let addr = text.strip_prefix("tcp:").ok_or_else(bad)?;
+        let addr = if let Some(port) = addr.strip_prefix(':') {
+            format!("127.0.0.1:{port}")
+        } else {
+            addr.to_string()
+        };
+        let parsed = if addr.starts_with('[') || addr.matches(':').count() == 1 {
+            addr.parse::<SocketAddr>().ok()
+        } else {
+            None
+        };
+        parsed.map(Listen::Tcp).ok_or_else(bad)
+    }
+
+    fn uri(&self, name: &str) -> String {
+        match self {
+            Listen::Unix(p) => format!("nbd+unix:///{name}?socket={}", p.display()),
+            Listen::Tcp(a) => format!("nbd://{a}/{name}"),
+        }
+    }
+}
+
+/// Everything `raidctl assemble` decided.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub name: String,
+    pub devices: Vec<String>,
+    pub run_dir: RunDir,
+    pub listen: Vec<Listen>,
+    pub assemble: AssembleOptions,
+}
+
+/// Told to the caller once the export is served.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub status: StatusReport,
+    pub notes: Vec<String>,
+}
+
+struct Daemon {
+    config: DaemonConfig,
+    array: Rc<Array>,
+    server: Rc<Server>,
+    uris: Vec<String>,
+    stop: Semaphore,
+    stop_waiters: RefCell<Vec<RawFd>>,
+    /// Fault handles by member path (for drills; `inject` drives them).
+    _faults: HashMap<String, FaultHandle>,
+}
+
+/// Runs the daemon on this thread until it is stopped. `ready` is called once it serves.
+pub fn run(config: DaemonConfig, ready: impl FnOnce(&Ready) + 'static) -> Result<()> {
+    let lock = config.run_dir.lock(&config.name)?;
+    let signal_fd = block_signals()?;
+    let name = config.name.clone();
+    let run_dir = config.run_dir.clone();
+    let result = block_on(async move { serve(config, signal_fd, ready).await })
+        .map_err(|e| Error::io("reactor", e))?;
+    run_dir.cleanup(&name);
+    drop(lock);
+    result
+}
+
+async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready)) -> Result<()> {
+    let opts = if config.assemble.read_only {
+        OpenOptions {
+            read_only: true,
+            no_claim: false,
+        }
+    } else {
+        OpenOptions::default()
+    };
+    let mut faults = HashMap::new();
+    let mut members: Vec<Rc<dyn Member>> = Vec::new();
+    for path in &config.devices {
+        let handle = FaultHandle::default();
+        let file: Rc<dyn Member> = Rc::new(FileMember::open(path, opts)?);
+        members.push(Rc::new(FaultMember::new(file, handle.clone())));
+        faults.insert(path.clone(), handle);
+    }
+    let assembled = assemble(members, &config.assemble).await?;
+    let array = assembled.array;
+    if array.name() != config.name {
+        tracing::info!(
+            "the members call their array {:?}; serving it as {:?}",
+            array.name(),
+            config.name
+        );
+    }
+    let mut export = Export::new(array.clone(), config.assemble.read_only);
+    export.name = config.name.clone();
+    let server = Server::new(export);
+
+    let mut listens = vec![Listen::Unix(config.run_dir.sock(&config.name))];
+    listens.extend(config.listen.iter().cloned());
+    let mut uris = Vec::new();
+    for l in &listens {
+        server.listen(bind(l)?);
+        uris.push(l.uri(&config.name));
+    }
+    rundir::chmod(&config.run_dir.sock(&config.name), 0o660)?;
+    let ctl_path = config.run_dir.ctl(&config.name);
+    let ctl = std::os::unix::net::UnixListener::bind(&ctl_path)
+        .map_err(|e| Error::io(ctl_path.display(), e))?;
+    rundir::chmod(&ctl_path, 0o600)?;
+
+    let daemon = Rc::new(Daemon {
+        config,
+        array: array.clone(),
+        server: server.clone(),
+        uris,
+        stop: Semaphore::new(0),
+        stop_waiters: RefCell::new(Vec::new()),
+        _faults: faults,
+    });
+    spawn(control_loop(daemon.clone(), ctl.into_raw_fd()));
+    spawn(signal_loop(daemon.clone(), signal_fd));
+    let status = StatusReport::build(&array, Some(&server), daemon.uris.clone());
+    tracing::info!(array = %daemon.config.name, "serving {} ({} bytes) at {}", status.level, status.size_bytes, daemon.uris.join(" "));
+    ready(&Ready {
+        status,
+        notes: assembled.notes,
+    });
+
+    daemon.stop.acquire().await;
+    tracing::info!(array = %daemon.config.name, "stopping: finishing requests in flight");
+    server.shutdown(Duration::from_secs(30)).await;
+    let closed = array.close().await;
+    match &closed {
+        Ok(()) => {
+            tracing::info!(array = %daemon.config.name, "stopped cleanly (events {})", array.events())
+        }
+        Err(e) => tracing::error!(array = %daemon.config.name, "stop: {e}"),
+    }
+    let answer = match &closed {
+        Ok(()) => ControlResponse {
+            ok: true,
+            ..Default::default()
+        },
+        Err(e) => ControlResponse::error(e.to_string()),
+    };
+    for fd in daemon.stop_waiters.borrow_mut().drain(..) {
+        let _ = send_line(fd, &answer).await;
+        sock::close(fd);
+    }
+    closed
+}
+
+fn bind(l: &Listen) -> Result<RawFd> {
+    match l {
+        Listen::Unix(path) => {
+            if path.exists() {
+                // Only a socket may be replaced: a stale one from a dead daemon.
+                let meta =
+                    std::fs::symlink_metadata(path).map_err(|e| Error::io(path.display(), e))?;
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    return Err(Error::invalid(format!(
+                        "{} exists and is not a socket",
+                        path.display()
+                    )));
+                }
+                let _ = std::fs::remove_file(path);
+            }
+            let listener = std::os::unix::net::UnixListener::bind(path)
+                .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
+            Ok(listener.into_raw_fd())
+        }
+        Listen::Tcp(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| Error::io(format!("cannot listen on {addr}"), e))?;
+            Ok(listener.into_raw_fd())
+        }
+    }
+}
+
+async fn control_loop(daemon: Rc<Daemon>, fd: RawFd) {
+    loop {
+        match sock::accept(fd).await {
+            Ok(conn) => {
+                spawn(control_connection(daemon.clone(), conn));
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                crate::reactor::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Answers requests on one control connection until it closes.
+async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
+    let mut pending: Vec<u8> = Vec::new();
+    let chunk = BufSlice::zeroed(4096);
+    loop {
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let request: std::result::Result<ControlRequest, _> = serde_json::from_slice(&line);
+            let answer = match request {
+                Ok(ControlRequest::Status) => ControlResponse {
+                    ok: true,
+                    status: Some(StatusReport::build(
+                        &daemon.array,
+                        Some(&daemon.server),
+                        daemon.uris.clone(),
+                    )),
+                    ..Default::default()
+                },
+                Ok(ControlRequest::Stop) => {
+                    // Answered once the array is stopped and clean.
+                    daemon.stop_waiters.borrow_mut().push(fd);
+                    daemon.stop.release();
+                    return;
+                }
+                Err(e) => ControlResponse::error(format!("bad request: {e}")),
+            };
+            if send_line(fd, &answer).await.is_err() {
+                sock::close(fd);
+                return;
+            }
+        }
+        if pending.len() > 1 << 16 {
+            let _ = send_line(fd, &ControlResponse::error("request line too long")).await;
+            sock::close(fd);
+            return;
+        }
+        let entry =
+            opcode::Recv::new(types::Fd(fd), chunk.as_mut_ptr(), chunk.len() as u32).build();
+        let n = submit(entry, Some(Box::new(chunk.clone()))).await;
+        if n <= 0 {
+            sock::close(fd);
+            return;
+        }
+        pending.extend_from_slice(&chunk.bytes()[..n as usize]);
+    }
+}
+
+async fn send_line(fd: RawFd, answer: &ControlResponse) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).expect("responses serialise");
+    line.push(b'\n');
+    sock::write_all(fd, &[AlignedBuf::from_slice(&line).into_shared()]).await
+}
+
+async fn signal_loop(daemon: Rc<Daemon>, fd: RawFd) {
+    let info = BufSlice::zeroed(std::mem::size_of::<libc::signalfd_siginfo>());
+    let entry = opcode::Read::new(types::Fd(fd), info.as_mut_ptr(), info.len() as u32).build();
+    let n = submit(entry, Some(Box::new(info.clone()))).await;
+    if n > 0 {
+        let signo = u32::from_ne_bytes(info.bytes()[..4].try_into().expect("4 bytes"));
+        tracing::info!("signal {signo} received: stopping");
+        daemon.stop.release();
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP for this thread and returns a signalfd that reports them.
+fn block_signals() -> Result<RawFd> {
+    // SAFETY: sigset_t is plain data; the libc calls only read/write the set we own, and
+    // signalfd returns a new descriptor or -1 (checked).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("signalfd: {}", std::io::Error::last_os_error()),
+            ));
+        }
+        Ok(fd)
+    }
+}

@@ -1,0 +1,133 @@
+//! What `raidctl status` shows, as a stable serialisable report (`--json` prints it as is).
+
+use serde::{Deserialize, Serialize};
+
+use crate::nbd::Server;
+use crate::raid::{Array, IoCounters, SlotState};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberReport {
+    /// Slot (raid role) for active members; None for spares.
+    pub slot: Option<usize>,
+    /// Device path; None when the slot has no device.
+    pub path: Option<String>,
+    /// "active" or "spare".
+    pub role: String,
+    /// "in_sync", "faulty", "missing" or "spare".
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoReport {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub trims: u64,
+    pub zeroes: u64,
+    pub errors: u64,
+    pub degraded_reads: u64,
+}
+
+impl From<IoCounters> for IoReport {
+    fn from(c: IoCounters) -> IoReport {
+        IoReport {
+            reads: c.reads,
+            writes: c.writes,
+            read_bytes: c.read_bytes,
+            write_bytes: c.write_bytes,
+            flushes: c.flushes,
+            trims: c.trims,
+            zeroes: c.zeroes,
+            errors: c.errors,
+            degraded_reads: c.degraded_reads,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub name: String,
+    pub uuid: String,
+    /// "clean", "active", "degraded" or "failed".
+    pub state: String,
+    /// "raid0", "raid1", "raid5" or "raid10".
+    pub level: String,
+    /// md's layout name ("left-symmetric", "near=2", "original"); empty for RAID1.
+    pub layout: String,
+    pub size_bytes: u64,
+    pub chunk_bytes: u64,
+    pub raid_devices: usize,
+    pub events: u64,
+    pub read_only: bool,
+    /// Whether redundancy is known consistent everywhere (no resync pending).
+    pub in_sync: bool,
+    pub members: Vec<MemberReport>,
+    /// Human description of what is missing, "none" when complete.
+    pub missing: String,
+    pub pid: u32,
+    pub connections: usize,
+    pub total_connections: u64,
+    /// NBD URIs clients can use (`nbd+unix:///NAME?socket=...`, `nbd://HOST:PORT/NAME`).
+    pub export_uris: Vec<String>,
+    pub io: IoReport,
+}
+
+impl StatusReport {
+    pub fn build(array: &Array, server: Option<&Server>, export_uris: Vec<String>) -> StatusReport {
+        let geo = array.geometry();
+        let mut members: Vec<MemberReport> = array
+            .slots()
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| {
+                let (path, state) = match s {
+                    SlotState::Active(d) => (Some(d.member.path().to_string()), "in_sync"),
+                    SlotState::Faulty(d) => (Some(d.member.path().to_string()), "faulty"),
+                    SlotState::Missing => (None, "missing"),
+                };
+                MemberReport {
+                    slot: Some(slot),
+                    path,
+                    role: "active".into(),
+                    state: state.into(),
+                }
+            })
+            .collect();
+        for d in array.spares() {
+            members.push(MemberReport {
+                slot: None,
+                path: Some(d.member.path().to_string()),
+                role: "spare".into(),
+                state: "spare".into(),
+            });
+        }
+        let sb = array.superblock();
+        StatusReport {
+            name: array.name().to_string(),
+            uuid: array.uuid_text(),
+            state: format!("{:?}", array.state()).to_lowercase(),
+            level: geo.level().to_string(),
+            layout: crate::metadata::layout_name(
+                sb.level,
+                sb.layout,
+                sb.has_feature(crate::metadata::FEATURE_RAID0_LAYOUT),
+            )
+            .unwrap_or_default(),
+            size_bytes: array.size_bytes(),
+            chunk_bytes: geo.chunk_bytes(),
+            raid_devices: geo.members(),
+            events: array.events(),
+            read_only: array.is_read_only(),
+            in_sync: array.sync_offset() == u64::MAX,
+            members,
+            missing: array.missing_description(),
+            pid: std::process::id(),
+            connections: server.map_or(0, |s| s.stats.connections.get()),
+            total_connections: server.map_or(0, |s| s.stats.total_connections.get()),
+            export_uris,
+            io: array.counters().into(),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The transmission phase of one connection.
+//!
+//! The connection task reads request headers (and WRITE payloads straight into aligned
+//! buffers), validates them here at the edge, and spawns one task per request, so replies go
+//! out in completion order with up to [`MAX_IN_FLIGHT`] requests running. Each reply is written
+//! whole under the connection's write lock, so messages never interleave on the socket.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+
+use super::handshake::Negotiated;
+use super::proto::*;
+use super::sock::{discard, read_exact, write_all};
+use super::Export;
+use crate::buf::{AlignedBuf, BufSlice};
+use crate::reactor::{spawn, AsyncMutex, Semaphore};
+use crate::Error;
+
+/// Requests a connection may have in flight before we stop reading from it.
+pub const MAX_IN_FLIGHT: usize = 128;
+/// A rejected WRITE payload larger than this is not drained: the connection is closed.
+const MAX_DRAIN_BYTES: u64 = 128 << 20;
+
+pub(super) struct Conn {
+    pub fd: RawFd,
+    pub export: Rc<Export>,
+    pub negotiated: Negotiated,
+    write_lock: AsyncMutex,
+    in_flight: Semaphore,
+    broken: Cell<bool>,
+}
+
+impl Conn {
+    pub fn new(fd: RawFd, export: Rc<Export>, negotiated: Negotiated) -> Rc<Conn> {
+        Rc::new(Conn {
+            fd,
+            export,
+            negotiated,
+            write_lock: AsyncMutex::default(),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            broken: Cell::new(false),
+        })
+    }
+
+    /// Serves requests until the client disconnects, sends DISC, or breaks the protocol.
+    /// Returns once every request it started has been answered.
+    pub async fn serve(self: &Rc<Self>) -> io::Result<()> {
+        let header = BufSlice::zeroed(Request::BYTES);
+        let result = loop {
+            if self.broken.get() {
+                break Ok(());
+            }
+            match read_exact(self.fd, &header).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
+                Err(e) => break Err(e),
+            }
+            let bytes: &[u8; Request::BYTES] = header.bytes().try_into().expect("28 bytes");
+            let Some(req) = Request::parse(bytes) else {
+                break Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad request magic",
+                ));
+            };
+            if req.kind == CMD_DISC {
+                break Ok(());
+            }
+            if let Err(e) = self.start(req).await {
+                break Err(e);
+            }
+        };
+        // Wait for every request still running, so their replies go out before we close.
+        for _ in 0..MAX_IN_FLIGHT {
+            self.in_flight.acquire().await;
+        }
+        result
+    }
+
+    /// Validates one request and starts it. Errors here end the connection.
+    async fn start(self: &Rc<Self>, req: Request) -> io::Result<()> {
+        let payload = if req.kind == CMD_WRITE {
+            req.length as u64
+        } else {
+            0
+        };
+        if let Err((errno, msg)) = self.validate(&req) {
+            if payload > 0 {
+                if payload > MAX_DRAIN_BYTES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "oversized WRITE payload",
+                    ));
+                }
+                discard(self.fd, payload).await?;
+            }
+            self.reply_error(&req, errno, &msg).await;
+            return Ok(());
+        }
+        let data = if payload > 0 {
+            let buf = BufSlice::zeroed(payload as usize);
+            read_exact(self.fd, &buf).await?;
+            Some(buf)
+        } else {
+            None
+        };
+        self.in_flight.acquire().await;
+        let conn = self.clone();
+        spawn(async move {
+            conn.execute(req, data).await;
+            conn.in_flight.release();
+        });
+        Ok(())
+    }
+
+    /// The NBD spec's error for a request, checked before anything is done.
+    fn validate(&self, req: &Request) -> Result<(), (u32, String)> {
+        let e = &self.export;
+        let size = e.size_bytes();
+        let end = req.offset.checked_add(req.length as u64);
+        let in_range = end.is_some_and(|end| end <= size);
+        let aligned =
+            req.offset % e.min_block as u64 == 0 && req.length as u64 % e.min_block as u64 == 0;
+        let allowed = match req.kind {
+            CMD_READ => {
+                CMD_FLAG_FUA
+                    | if self.negotiated.structured {
+                        CMD_FLAG_DF
+                    } else {
+                        0
+                    }
+            }
+            CMD_WRITE | CMD_TRIM | CMD_FLUSH | CMD_CACHE => CMD_FLAG_FUA,
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            other => return Err((EINVAL, format!("unknown command {other}"))),
+        };
+        if req.flags & !allowed != 0 {
+            return Err((
+                EINVAL,
+                format!("flags {:#x} are not valid for this command", req.flags),
+            ));
+        }
+        let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+        if writes && e.read_only {
+            return Err((EPERM, "the export is read-only".into()));
+        }
+        match req.kind {
+            CMD_FLUSH => {
+                if req.offset != 0 || req.length != 0 {
+                    return Err((EINVAL, "FLUSH must have offset and length 0".into()));
+                }
+            }
+            CMD_BLOCK_STATUS if !self.negotiated.base_allocation => {
+                return Err((
+                    EINVAL,
+                    "BLOCK_STATUS needs a negotiated base:allocation context".into(),
+                ));
+            }
+            CMD_BLOCK_STATUS if req.length == 0 => {
+                return Err((EINVAL, "BLOCK_STATUS of zero bytes".into()));
+            }
+            CMD_READ | CMD_WRITE if req.length > e.max_payload => {
+                return Err((
+                    EINVAL,
+                    format!(
+                        "request of {} bytes exceeds the maximum {}",
+                        req.length, e.max_payload
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if !in_range {
+            // Writes past the end are "no space"; everything else is an invalid range.
+            let errno = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
+                ENOSPC
+            } else {
+                EINVAL
+            };
+            return Err((
+                errno,
+                format!(
+                    "range {}+{} is beyond the export size {size}",
+                    req.offset, req.length
+                ),
+            ));
+        }
+        if !aligned && req.kind != CMD_FLUSH {
+            return Err((
+                EINVAL,
+                format!(
+                    "range {}+{} is not aligned to {} bytes",
+                    req.offset, req.length, e.min_block
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, req: Request, data: Option<BufSlice>) {
+        let array = &self.export.array;
+        let fua = req.flags & CMD_FLAG_FUA != 0;
+        let len = req.length as u64;
+        let result = match req.kind {
+            CMD_READ => {
+                let buf = BufSlice::zeroed(req.length as usize);
+                match array.read(req.offset, buf.clone()).await {
+                    Ok(()) => return self.reply_read(&req, buf).await,
+                    Err(e) => Err(e),
+                }
+            }
+            CMD_WRITE => {
+                array
+                    .write(req.offset, data.unwrap_or_else(|| BufSlice::zeroed(0)), fua)
+                    .await
+            }
+            CMD_FLUSH => array.flush().await,
+            CMD_TRIM => with_fua(array.trim(req.offset, len).await, fua, array).await,
+            CMD_WRITE_ZEROES => {
+                if req.flags & CMD_FLAG_FAST_ZERO != 0 && !array.zeroes_fast(req.offset, len) {
+                    return self
+                        .reply_error(
+                            &req,
+                            ENOTSUP,
+                            "zeroing this range is not faster than writing",
+                        )
+                        .await;
+                }
+                // Without NO_HOLE we may deallocate: both leave zeroes behind.
+                let r = if req.flags & CMD_FLAG_NO_HOLE != 0 {
+                    array.write_zeroes(req.offset, len).await
+                } else {
+                    array.trim(req.offset, len).await
+                };
+                with_fua(r, fua, array).await
+            }
+            CMD_CACHE => Ok(()),
+            CMD_BLOCK_STATUS => return self.reply_block_status(&req).await,
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => self.reply_ok(&req).await,
+            Err(e) => {
+                let errno = errno_of(&e);
+                self.reply_error(&req, errno, &e.to_string()).await
+            }
+        }
+    }
+
+    async fn reply_ok(&self, req: &Request) {
+        if self.negotiated.structured && req.kind == CMD_READ {
+            let hdr = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
+            return self.send(vec![bytes(&hdr)]).await;
+        }
+        self.send(vec![bytes(&simple_reply(0, req.cookie))]).await
+    }
+
+    async fn reply_read(&self, req: &Request, data: BufSlice) {
+        if self.negotiated.structured {
+            if data.is_empty() {
+                return self.reply_ok(req).await;
+            }
+            let mut head = chunk_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                req.cookie,
+                8 + data.len() as u32,
+            )
+            .to_vec();
+            head.extend_from_slice(&req.offset.to_be_bytes());
+            return self.send(vec![bytes(&head), data]).await;
+        }
+        self.send(vec![bytes(&simple_reply(0, req.cookie)), data])
+            .await
+    }
+
+    async fn reply_block_status(&self, req: &Request) {
+        // Everything is allocated data: always a correct answer, and it never promises zeroes.
+        let mut payload = META_BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+        payload.extend_from_slice(&req.length.to_be_bytes());
+        payload.extend_from_slice(&0u32.to_be_bytes());
+        let mut msg = chunk_header(
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_BLOCK_STATUS,
+            req.cookie,
+            payload.len() as u32,
+        )
+        .to_vec();
+        msg.extend_from_slice(&payload);
+        self.send(vec![bytes(&msg)]).await
+    }
+
+    async fn reply_error(&self, req: &Request, errno: u32, message: &str) {
+        tracing::debug!(
+            cookie = req.cookie,
+            kind = req.kind,
+            "request failed: {message}"
+        );
+        let structured_needed =
+            self.negotiated.structured && matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS);
+        if structured_needed {
+            return self
+                .send(vec![bytes(&error_chunk(errno, req.cookie, message))])
+                .await;
+        }
+        self.send(vec![bytes(&simple_reply(errno, req.cookie))])
+            .await
+    }
+
+    async fn send(&self, parts: Vec<BufSlice>) {
+        let _guard = self.write_lock.lock().await;
+        if self.broken.get() {
+            return;
+        }
+        if let Err(e) = write_all(self.fd, &parts).await {
+            tracing::debug!("connection write failed: {e}");
+            self.broken.set(true);
+            super::sock::shutdown(self.fd);
+        }
+    }
+}
+
+async fn with_fua(
+    r: crate::Result<()>,
+    fua: bool,
+    array: &crate::raid::Array,
+) -> crate::Result<()> {
+    r?;
+    if fua {
+        array.flush().await?;
+    }
+    Ok(())
+}
+
+fn bytes(b: &[u8]) -> BufSlice {
+    AlignedBuf::from_slice(b).into_shared()
+}
+
+/// The spec's errno for an engine error (never a raw OS errno outside the spec's list).
+fn errno_of(e: &Error) -> u32 {
+    match e.errno() {
+        libc::EPERM => EPERM,
+        libc::EINVAL => EINVAL,
+        libc::ENOSPC => ENOSPC,
+        libc::ENOTSUP => ENOTSUP,
+        _ => EIO,
+    }
+}

@@ -1,0 +1,112 @@
+//! Socket I/O on the reactor's ring: exact reads, whole writes, vectored writes, accept.
+//!
+//! A connection's bytes never block the reactor thread: every call is an io_uring operation
+//! whose buffers the op table keeps alive until completion.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, types};
+
+use crate::buf::BufSlice;
+use crate::reactor::submit;
+
+fn check(res: i32) -> io::Result<usize> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as usize)
+    }
+}
+
+/// Fills `buf` completely; `UnexpectedEof` when the peer closes first.
+pub async fn read_exact(fd: RawFd, buf: &BufSlice) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let part = buf.slice(done, buf.len() - done);
+        let entry = opcode::Recv::new(types::Fd(fd), part.as_mut_ptr(), part.len() as u32).build();
+        let n = check(submit(entry, Some(Box::new(part))).await)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection",
+            ));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Reads and throws away `len` bytes (the payload of a rejected WRITE).
+pub async fn discard(fd: RawFd, mut len: u64) -> io::Result<()> {
+    const STEP: usize = 1 << 20;
+    let scratch = BufSlice::zeroed(STEP.min(len as usize).max(1));
+    while len > 0 {
+        let n = (len as usize).min(STEP);
+        read_exact(fd, &scratch.slice(0, n)).await?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// Writes every byte of every slice, in order (one `writev` per round, no copying).
+pub async fn write_all(fd: RawFd, parts: &[BufSlice]) -> io::Result<()> {
+    let mut parts: Vec<BufSlice> = parts.iter().filter(|p| !p.is_empty()).cloned().collect();
+    while !parts.is_empty() {
+        let iovecs: Box<Vec<libc::iovec>> = Box::new(
+            parts
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                })
+                .collect(),
+        );
+        let entry =
+            opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), iovecs.len() as u32).build();
+        let keep: Box<(Box<Vec<libc::iovec>>, Vec<BufSlice>)> = Box::new((iovecs, parts.clone()));
+        let mut n = check(submit(entry, Some(keep)).await)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "peer stopped reading",
+            ));
+        }
+        // Drop what went out; keep the rest for the next round.
+        let mut rest = Vec::new();
+        for p in parts {
+            if n >= p.len() {
+                n -= p.len();
+            } else {
+                rest.push(p.slice(n, p.len() - n));
+                n = 0;
+            }
+        }
+        parts = rest;
+    }
+    Ok(())
+}
+
+/// Accepts one connection on a listening socket (close-on-exec).
+pub async fn accept(fd: RawFd) -> io::Result<RawFd> {
+    let entry = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+        .flags(libc::SOCK_CLOEXEC)
+        .build();
+    check(submit(entry, None).await).map(|fd| fd as RawFd)
+}
+
+/// Closes a descriptor (synchronously: close never blocks on a socket without SO_LINGER).
+pub fn close(fd: RawFd) {
+    // SAFETY: closes a descriptor this module's caller owns and no longer uses.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Shuts a socket down both ways, waking any operation blocked on it.
+pub fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown takes no memory; an already-closed fd just returns an error.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
