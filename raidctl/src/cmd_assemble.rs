@@ -71,6 +71,17 @@ pub fn run(args: AssembleArgs, run_dir: Option<&str>) -> Result<i32> {
             ),
         ));
     }
+    // Absolute paths: the daemon reports them, and they must mean the same from anywhere.
+    let devices: Vec<String> = args
+        .devices
+        .iter()
+        .map(|d| {
+            std::fs::canonicalize(d)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| d.clone())
+        })
+        .collect();
+    let args = AssembleArgs { devices, ..args };
     let config = DaemonConfig {
         name: args.name.clone(),
         devices: args.devices.clone(),

@@ -49,11 +49,11 @@ pub fn run(args: DemoArgs) -> Result<i32> {
             )
         })
         .collect();
-    let result = run_in(&paths);
+    let result = run_in(&paths).and_then(|()| serve(&dir, &paths, args.keep));
     if temporary && !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        println!("\nmember files kept in {dir}");
+    } else if result.is_ok() {
+        println!("member files kept in {dir}");
     }
     result.map(|()| 0)
 }
@@ -204,4 +204,60 @@ fn parent(p: &str) -> String {
         .parent()
         .map(|d| d.display().to_string())
         .unwrap_or_default()
+}
+
+/// Serves the (degraded) array through the daemon, as `raidctl assemble` would, and shows how
+/// clients reach it.
+fn serve(dir: &str, paths: &[String], keep: bool) -> Result<()> {
+    let run_dir = format!("{dir}/run");
+    println!(
+        "\n== serving it over NBD: raidctl --run-dir {run_dir} assemble demo --run {}",
+        paths.join(" ")
+    );
+    let args = crate::cli::AssembleArgs {
+        name: "demo".into(),
+        devices: paths.to_vec(),
+        foreground: false,
+        listen: Vec::new(),
+        run: true,
+        force: false,
+        read_only: false,
+    };
+    crate::cmd_assemble::run(args, Some(&run_dir))?;
+    let uri = format!("nbd+unix:///demo?socket={run_dir}/demo.sock");
+    println!("\nReach it with any NBD client:");
+    println!("  nbdinfo '{uri}'");
+    println!("  qemu-img convert -n -f raw -O raw disk.img '{uri}'");
+    println!("  nbdfuse {dir}/mnt/ '{uri}' &   # then: losetup -f --show {dir}/mnt/nbd; mkfs.ext4; mount");
+    if let Ok(out) = std::process::Command::new("nbdinfo").arg(&uri).output() {
+        if out.status.success() {
+            println!("\n$ nbdinfo '{uri}'");
+            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| {
+                [
+                    "export-size",
+                    "can_multi_conn",
+                    "can_trim",
+                    "block_size_preferred",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            }) {
+                println!("{line}");
+            }
+        }
+    }
+    println!(
+        "\nThe spare stands by; automatic promotion and rebuild come with the rebuild scheduler."
+    );
+    if keep {
+        println!("\nstill serving; stop it with: raidctl --run-dir {run_dir} stop demo");
+        return Ok(());
+    }
+    crate::cmd_status::stop(
+        crate::cli::StopArgs {
+            name: "demo".into(),
+        },
+        Some(&run_dir),
+    )?;
+    Ok(())
 }

@@ -12,6 +12,8 @@ pub struct Prepared {
     /// The file did not exist (or was empty) before: its contents are all zeroes.
     pub fresh: bool,
     created: bool,
+    /// Length before we extended it (None: not extended).
+    original_len: Option<u64>,
 }
 
 /// Creates or extends regular files to `size` (never shrinks). Block devices are refused.
@@ -34,6 +36,7 @@ pub fn prepare_files(paths: &[String], size: Option<u64>) -> Result<Vec<Prepared
                 path: path.clone(),
                 fresh: is_file && len == 0,
                 created: false,
+                original_len: None,
             });
             continue;
         };
@@ -64,23 +67,34 @@ pub fn prepare_files(paths: &[String], size: Option<u64>) -> Result<Vec<Prepared
                 undo(&out);
                 Error::io(format!("cannot create {path}"), e)
             })?;
-        if len < size {
-            file.set_len(size)
-                .map_err(|e| Error::io(format!("cannot extend {path}"), e))?;
-        }
+        let extended = len < size;
         out.push(Prepared {
             path: path.clone(),
             fresh: len == 0,
             created: !exists,
+            original_len: extended.then_some(len),
         });
+        if extended {
+            if let Err(e) = file.set_len(size) {
+                undo(&out);
+                return Err(Error::io(format!("cannot extend {path}"), e));
+            }
+        }
     }
     Ok(out)
 }
 
-/// Removes files that `prepare_files` created.
+/// Puts back what `prepare_files` did: removes the files it created and shrinks the ones it
+/// extended to their old length (extension only appended zeroes, so this restores them).
 pub fn undo(prepared: &[Prepared]) {
-    for p in prepared.iter().filter(|p| p.created) {
-        let _ = std::fs::remove_file(&p.path);
+    for p in prepared {
+        if p.created {
+            let _ = std::fs::remove_file(&p.path);
+        } else if let Some(len) = p.original_len {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p.path) {
+                let _ = f.set_len(len);
+            }
+        }
     }
 }
 
