@@ -56,6 +56,17 @@ pub fn holder_of(file: &File) -> String {
     };
     if let Some(pid) = flock_holder(meta.dev(), meta.ino()) {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        // A raidctl daemon: name its array too ("raidctl ... assemble NAME ...").
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(i) = args.iter().position(|a| a == "assemble") {
+            if let Some(name) = args.get(i + 1) {
+                return format!("pid {pid} ({}, array {name})", comm.trim());
+            }
+        }
         return format!("pid {pid} ({})", comm.trim());
     }
     if meta.file_type().is_block_device() {

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::handshake::Negotiated;
 use super::proto::*;
-use super::sock::{discard, read_exact, write_all};
+use super::sock::{write_all, BufferedReader};
 use super::Export;
 use crate::buf::{AlignedBuf, BufSlice};
 use crate::reactor::{spawn, AsyncMutex, Semaphore};
@@ -48,11 +48,12 @@ impl Conn {
     /// Returns once every request it started has been answered.
     pub async fn serve(self: &Rc<Self>) -> io::Result<()> {
         let header = BufSlice::zeroed(Request::BYTES);
+        let mut reader = BufferedReader::new(self.fd, 64 << 10);
         let result = loop {
             if self.broken.get() {
                 break Ok(());
             }
-            match read_exact(self.fd, &header).await {
+            match reader.read_exact(&header).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
                 Err(e) => break Err(e),
@@ -67,7 +68,7 @@ impl Conn {
             if req.kind == CMD_DISC {
                 break Ok(());
             }
-            if let Err(e) = self.start(req).await {
+            if let Err(e) = self.start(req, &mut reader).await {
                 break Err(e);
             }
         };
@@ -79,7 +80,7 @@ impl Conn {
     }
 
     /// Validates one request and starts it. Errors here end the connection.
-    async fn start(self: &Rc<Self>, req: Request) -> io::Result<()> {
+    async fn start(self: &Rc<Self>, req: Request, reader: &mut BufferedReader) -> io::Result<()> {
         let payload = if req.kind == CMD_WRITE {
             req.length as u64
         } else {
@@ -93,14 +94,14 @@ impl Conn {
                         "oversized WRITE payload",
                     ));
                 }
-                discard(self.fd, payload).await?;
+                reader.discard(payload).await?;
             }
             self.reply_error(&req, errno, &msg).await;
             return Ok(());
         }
         let data = if payload > 0 {
             let buf = BufSlice::zeroed(payload as usize);
-            read_exact(self.fd, &buf).await?;
+            reader.read_exact(&buf).await?;
             Some(buf)
         } else {
             None

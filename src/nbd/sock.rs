@@ -110,3 +110,100 @@ pub fn shutdown(fd: RawFd) {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
 }
+
+/// A buffered reader for one connection: many small request headers arrive per `recv`, so
+/// they are parsed from a buffer; large payloads bypass it and land straight in their own
+/// (aligned) buffers with MSG_WAITALL, so the kernel fills them in one operation.
+pub struct BufferedReader {
+    fd: RawFd,
+    buf: BufSlice,
+    start: usize,
+    end: usize,
+}
+
+/// Payloads at least this large skip the buffer.
+const DIRECT_READ_MIN: usize = 16 << 10;
+
+impl BufferedReader {
+    pub fn new(fd: RawFd, capacity: usize) -> BufferedReader {
+        BufferedReader {
+            fd,
+            buf: BufSlice::zeroed(capacity),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Fills `dst` completely, from buffered bytes first.
+    pub async fn read_exact(&mut self, dst: &BufSlice) -> io::Result<()> {
+        let mut done = 0;
+        let buffered = (self.end - self.start).min(dst.len());
+        if buffered > 0 {
+            dst.bytes_mut()[..buffered]
+                .copy_from_slice(&self.buf.bytes()[self.start..self.start + buffered]);
+            self.start += buffered;
+            done = buffered;
+        }
+        while done < dst.len() {
+            let want = dst.len() - done;
+            if want >= DIRECT_READ_MIN {
+                let part = dst.slice(done, want);
+                let entry = opcode::Recv::new(types::Fd(self.fd), part.as_mut_ptr(), want as u32)
+                    .flags(libc::MSG_WAITALL)
+                    .build();
+                let n = check(submit(entry, Some(Box::new(part))).await)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection",
+                    ));
+                }
+                done += n;
+                continue;
+            }
+            self.fill().await?;
+            let take = (self.end - self.start).min(want);
+            dst.bytes_mut()[done..done + take]
+                .copy_from_slice(&self.buf.bytes()[self.start..self.start + take]);
+            self.start += take;
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Reads whatever is available (at least one byte) into the free end of the buffer.
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            let (s, e) = (self.start, self.end);
+            self.buf.bytes_mut().copy_within(s..e, 0);
+            self.end = e - s;
+            self.start = 0;
+        }
+        let free = self.buf.slice(self.end, self.buf.len() - self.end);
+        let entry =
+            opcode::Recv::new(types::Fd(self.fd), free.as_mut_ptr(), free.len() as u32).build();
+        let n = check(submit(entry, Some(Box::new(free))).await)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection",
+            ));
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Reads and throws away `len` bytes.
+    pub async fn discard(&mut self, mut len: u64) -> io::Result<()> {
+        let scratch = BufSlice::zeroed((1usize << 20).min(len as usize).max(1));
+        while len > 0 {
+            let n = (len as usize).min(scratch.len());
+            self.read_exact(&scratch.slice(0, n)).await?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
