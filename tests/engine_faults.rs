@@ -364,3 +364,50 @@ fn requests_are_validated() {
 fn libc_eio() -> i32 {
     5
 }
+
+#[test]
+fn first_write_marks_superblocks_and_whole_bitmap_dirty_before_data() {
+    block_on(async {
+        let r = rig(
+            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+            3,
+            true,
+            false,
+        )
+        .await;
+        // As md leaves a clean array: bitmap bits cleared.
+        let sb0 =
+            raidcore::metadata::Superblock::decode(&r.sims[0].store().lock().unwrap()[4096..8192])
+                .unwrap();
+        let bitmap_at = (4096 + sb0.bitmap_offset_sectors as i64 * 512) as usize;
+        for s in &r.sims {
+            s.store().lock().unwrap()[bitmap_at + 256..bitmap_at + 512].fill(0);
+        }
+        assert_eq!(r.array.state(), ArrayState::Clean);
+        r.array.write(0, filled(4096, 1), false).await.unwrap();
+        for (i, s) in r.sims.iter().enumerate() {
+            let bytes = s.store().lock().unwrap().clone();
+            let sb = raidcore::metadata::Superblock::decode(&bytes[4096..8192]).unwrap();
+            assert_eq!(sb.resync_offset, 0, "member {i} must say dirty");
+            let bsb = raidcore::metadata::BitmapSuper::decode(&bytes[bitmap_at..bitmap_at + 256])
+                .unwrap();
+            let nbytes = bsb.nbits().div_ceil(8) as usize;
+            assert!(
+                bytes[bitmap_at + 256..bitmap_at + 256 + nbytes]
+                    .iter()
+                    .all(|&b| b == 0xff),
+                "member {i}: bitmap not all dirty"
+            );
+            assert_eq!(
+                bsb.events, sb.events,
+                "member {i}: bitmap events follow the superblock"
+            );
+        }
+        r.array.close().await.unwrap();
+        let sb =
+            raidcore::metadata::Superblock::decode(&r.sims[1].store().lock().unwrap()[4096..8192])
+                .unwrap();
+        assert!(sb.is_clean(), "clean after close");
+    })
+    .unwrap();
+}

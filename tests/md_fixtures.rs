@@ -319,8 +319,9 @@ fn line_at(block: &[u8], at: usize) -> String {
     format!("{:?}", String::from_utf8_lossy(line))
 }
 
-/// Where a pattern line says it belongs: "TAG 0000000000123456\n" -> " (written for offset ...)".
-fn line_origin(block: &[u8], at: usize) -> String {
+/// Where a pattern line says it belongs: "TAG 0000000000123456\n" -> " (written for offset ...)"
+/// when that is a block offset inside an array of `array_len` bytes (misplaced data), else "".
+fn line_origin(block: &[u8], at: usize, array_len: usize) -> String {
     let line = line_at(block, at);
     let digits: String = line
         .trim_matches('"')
@@ -330,7 +331,9 @@ fn line_origin(block: &[u8], at: usize) -> String {
         .unwrap_or("")
         .to_string();
     match digits.parse::<u64>() {
-        Ok(o) if digits.len() == 16 => format!(" (a pattern line written for array offset {o})"),
+        Ok(o) if digits.len() == 16 && o % BLOCK as u64 == 0 && o < array_len as u64 => {
+            format!(" (a pattern line written for array offset {o})")
+        }
         _ => String::new(),
     }
 }
@@ -378,7 +381,7 @@ fn compare(fixture: &str, what: &str, found: &[u8], expected: &[u8]) -> Result<(
             found.len().div_ceil(BLOCK),
             shown.join(", "),
             line_at(f, at),
-            line_origin(f, at),
+            line_origin(f, at, found.len()),
             line_at(e, at),
         )),
     }

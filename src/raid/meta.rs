@@ -39,6 +39,8 @@ pub(super) struct MetaState {
     /// Roles, events and resync_offset shared by the array (from the freshest superblock).
     reference: RefCell<Superblock>,
     clean: Cell<bool>,
+    /// Set only once the dirty mark is on every member: writes wait for it.
+    dirty_on_disk: Cell<bool>,
 }
 
 impl MetaState {
@@ -48,6 +50,7 @@ impl MetaState {
             disks: RefCell::new(disks),
             reference: RefCell::new(reference),
             clean: Cell::new(clean),
+            dirty_on_disk: Cell::new(!clean),
         }
     }
 
@@ -113,18 +116,69 @@ impl Array {
         Ok(())
     }
 
-    /// Marks the array dirty on disk before its first write (no-op when already dirty).
+    /// Marks the array dirty on disk before its first write (no-op when already dirty). Every
+    /// write waits here until the mark is on the members, so none can land while the disks
+    /// still call the array clean.
+    ///
+    /// The whole write-intent bitmap is marked dirty too (as mdadm's create writes it): md
+    /// resyncs only what the bitmap marks after a crash, and this engine does not yet track
+    /// per-chunk bits, so "everything may be dirty" is the only safe claim.
     pub(super) async fn mark_dirty(&self) -> Result<()> {
-        if !self.meta.clean.get() {
+        if self.meta.dirty_on_disk.get() {
             return Ok(());
         }
         let _guard = self.meta_lock.lock().await;
-        if !self.meta.clean.get() {
+        if self.meta.dirty_on_disk.get() {
             return Ok(());
         }
+        self.mark_bitmaps_all_dirty().await;
         self.meta.reference.borrow_mut().resync_offset = 0;
         self.meta.clean.set(false);
-        self.write_all_superblocks().await
+        self.write_all_superblocks().await?;
+        self.meta.dirty_on_disk.set(true);
+        Ok(())
+    }
+
+    /// Sets every bit of every member's bitmap (the bits after the bitmap superblock).
+    async fn mark_bitmaps_all_dirty(&self) {
+        let jobs: Vec<(usize, Rc<Disk>, u64, usize)> = self
+            .meta
+            .disks
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.present)
+            .filter_map(|(i, d)| {
+                let sector = d.bitmap_sector.as_ref()?;
+                let bsb = BitmapSuper::decode(sector.as_slice()).ok()?;
+                let bits_bytes = bsb.nbits().div_ceil(8) as usize;
+                Some((i, d.disk.clone(), self.bitmap_offset_bytes(i)?, bits_bytes))
+            })
+            .collect();
+        for (index, disk, at, bits_bytes) in jobs {
+            // Sector 0 of the area holds the superblock, rewritten with the superblocks; the
+            // bits start at byte 256 of it.
+            let total = (256 + bits_bytes).next_multiple_of(512);
+            let area = AlignedBuf::zeroed(total).into_shared();
+            let result = match disk.member.read(at, area.clone()).await {
+                Ok(()) => {
+                    area.bytes_mut()[256..256 + bits_bytes].fill(0xff);
+                    disk.member.write(at, area, true).await
+                }
+                Err(e) => Err(e),
+            };
+            // Metadata we cannot write means a member we cannot trust: fail it, as for a
+            // superblock (the superblock write that follows records it).
+            if let Err(e) = result {
+                self.drop_metadata_member(index, &e);
+            }
+        }
+        // Keep our copy of the first sector in step (its bits are now ones too).
+        for d in self.meta.disks.borrow_mut().iter_mut() {
+            if let Some(sector) = d.bitmap_sector.as_mut() {
+                sector.as_mut_slice()[256..].fill(0xff);
+            }
+        }
     }
 
     /// Marks the array clean on disk, recording how far redundancy is known good.

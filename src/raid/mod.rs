@@ -18,6 +18,7 @@
 
 mod assemble;
 mod create;
+mod handle;
 mod meta;
 mod raid5;
 mod slots;
@@ -28,6 +29,7 @@ use std::rc::Rc;
 
 pub use assemble::{assemble, AssembleOptions, Assembled};
 pub use create::{create, CreateOptions, CreatedArray};
+pub use handle::{install_engine, uninstall_engine, EngineHandle};
 pub use slots::{Disk, SlotState};
 
 use crate::buf::BufSlice;

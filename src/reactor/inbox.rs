@@ -119,3 +119,46 @@ impl InboxSender {
         }
     }
 }
+
+/// Runs `f` on a new thread and resolves with its result, without blocking the reactor
+/// (for blocking system tools such as losetup, or mount).
+pub async fn blocking<T: Send + 'static>(
+    sender: &InboxSender,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    use std::sync::Mutex as StdMutex;
+    use std::task::{Poll, Waker};
+    struct Shared<T> {
+        value: Option<T>,
+        waker: Option<Waker>,
+    }
+    let shared = Arc::new(StdMutex::new(Shared {
+        value: None,
+        waker: None,
+    }));
+    let worker_shared = shared.clone();
+    let sender = sender.clone();
+    std::thread::spawn(move || {
+        let value = f();
+        worker_shared.lock().unwrap().value = Some(value);
+        // Wake the waiting task from the reactor thread, through the inbox (which also
+        // wakes the reactor if it is asleep in the ring).
+        let wake_shared = worker_shared.clone();
+        sender.post(move || {
+            if let Some(w) = wake_shared.lock().unwrap().waker.take() {
+                w.wake();
+            }
+        });
+    });
+    std::future::poll_fn(move |cx| {
+        let mut st = shared.lock().unwrap();
+        match st.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}

@@ -22,6 +22,6 @@ mod ops;
 mod sync;
 
 pub use executor::{block_on, spawn, yield_now, JoinHandle, Reactor};
-pub use inbox::{Inbox, InboxSender};
+pub use inbox::{blocking, Inbox, InboxSender};
 pub use ops::{sleep, submit, Keep, Op};
 pub use sync::{AsyncMutex, AsyncMutexGuard, KeyedLockGuard, KeyedLocks, Semaphore};
