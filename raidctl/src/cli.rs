@@ -31,6 +31,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop an array: finish requests, flush, mark it clean, release the members.
     Stop(StopArgs),
+    /// Attach a running array as a block device (/dev/nbdN, or FUSE + a loop device).
+    Attach(AttachArgs),
+    /// Detach the block device of an array (refused while it is mounted).
+    Detach(StopArgs),
     /// Run a self-contained demonstration on member files in a temporary directory.
     Demo(DemoArgs),
 }
@@ -135,4 +139,14 @@ pub struct DemoArgs {
     /// Keep the member files afterwards.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    /// Array name.
+    pub name: String,
+    /// /dev/nbdN (kernel nbd driver) or "fuse" (FUSE file + loop device). Default: nbd where
+    /// the kernel has it, else fuse.
+    #[arg(long)]
+    pub device: Option<String>,
 }

@@ -87,6 +87,7 @@ pub fn run(args: AssembleArgs, run_dir: Option<&str>) -> Result<i32> {
         devices: args.devices.clone(),
         run_dir: run_dir.clone(),
         listen,
+        fuse: Some(std::sync::Arc::new(crate::cmd_attach::FuseFrontend)),
         assemble: AssembleOptions {
             run: args.run,
             force: args.force,

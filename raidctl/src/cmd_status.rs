@@ -60,7 +60,7 @@ fn collect(args: &StatusArgs, run_dir: &RunDir) -> Result<Vec<StatusReport>> {
     Ok(out)
 }
 
-fn query(run_dir: &RunDir, name: &str) -> Result<StatusReport> {
+pub fn query(run_dir: &RunDir, name: &str) -> Result<StatusReport> {
     if run_dir.running_pid(name).is_none() {
         return Err(not_running(run_dir, name));
     }
@@ -79,7 +79,7 @@ fn query(run_dir: &RunDir, name: &str) -> Result<StatusReport> {
     }
 }
 
-fn not_running(run_dir: &RunDir, name: &str) -> Error {
+pub fn not_running(run_dir: &RunDir, name: &str) -> Error {
     Error::new(
         ErrorKind::NotFound,
         format!("array {name} is not running (no daemon in {}): start it with raidctl assemble {name} DEV...", run_dir.dir.display()),
@@ -171,5 +171,14 @@ pub fn print_report(r: &StatusReport) {
     }
     for u in &r.export_uris {
         println!("  export {u}");
+    }
+    for a in &r.attachments {
+        println!(
+            "  attached as {} ({}, {}direct I/O, file {})",
+            a.device,
+            a.method,
+            if a.direct_io { "" } else { "no " },
+            a.file
+        );
     }
 }

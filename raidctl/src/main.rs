@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd_assemble;
+mod cmd_attach;
 mod cmd_create;
 mod cmd_examine;
 mod cmd_status;
@@ -20,6 +21,8 @@ fn main() {
         cli::Command::Assemble(a) => cmd_assemble::run(a, args.run_dir.as_deref()),
         cli::Command::Status(a) => cmd_status::run(a, args.run_dir.as_deref()),
         cli::Command::Stop(a) => cmd_status::stop(a, args.run_dir.as_deref()),
+        cli::Command::Attach(a) => cmd_attach::attach(a, args.run_dir.as_deref()),
+        cli::Command::Detach(a) => cmd_attach::detach(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {

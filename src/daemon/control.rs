@@ -21,6 +21,12 @@ use crate::error::{Error, ErrorKind, Result};
 pub enum ControlRequest {
     Status,
     Stop,
+    /// Attach as a block device: `device` is "fuse", "/dev/nbdN", or None for the best path.
+    Attach {
+        #[serde(default)]
+        device: Option<String>,
+    },
+    Detach,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -30,6 +36,8 @@ pub struct ControlResponse {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<super::attach::AttachReport>,
 }
 
 impl ControlResponse {
@@ -37,7 +45,7 @@ impl ControlResponse {
         ControlResponse {
             ok: false,
             error: Some(message.into()),
-            status: None,
+            ..Default::default()
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Crash-only: nothing here is needed for safety after a `kill -9`; the next `assemble` finds
 //! the pid file unlocked, replaces the stale sockets and goes on from the superblocks.
 
+pub mod attach;
 pub mod control;
 pub mod rundir;
 pub mod status;
@@ -21,7 +22,10 @@ use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
+
+use attach::{AttachReport, FuseMounter};
 
 use control::{ControlRequest, ControlResponse};
 use io_uring::{opcode, types};
@@ -32,8 +36,10 @@ use crate::buf::{AlignedBuf, BufSlice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
 use crate::nbd::{sock, Export, Server};
-use crate::raid::{assemble, Array, AssembleOptions};
-use crate::reactor::{block_on, spawn, submit, Semaphore};
+use crate::raid::{
+    assemble, install_engine, uninstall_engine, Array, AssembleOptions, EngineHandle,
+};
+use crate::reactor::{block_on, blocking, spawn, submit, Inbox, InboxSender, Semaphore};
 
 /// An extra NBD listening address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,13 +86,21 @@ impl Listen {
 }
 
 /// Everything `raidctl assemble` decided.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DaemonConfig {
     pub name: String,
     pub devices: Vec<String>,
     pub run_dir: RunDir,
     pub listen: Vec<Listen>,
     pub assemble: AssembleOptions,
+    /// The FUSE frontend, for `attach` on hosts without nbd (None: attach is refused).
+    pub fuse: Option<Arc<dyn FuseMounter>>,
+}
+
+/// A block device attached to the array, and what keeps its FUSE mount alive.
+struct Attachment {
+    report: AttachReport,
+    _session: Box<dyn Send>,
 }
 
 /// Told to the caller once the export is served.
@@ -103,6 +117,8 @@ struct Daemon {
     uris: Vec<String>,
     stop: Semaphore,
     stop_waiters: RefCell<Vec<RawFd>>,
+    inbox: InboxSender,
+    attachment: RefCell<Option<Attachment>>,
     /// Fault handles by member path (for drills; `inject` drives them).
     _faults: HashMap<String, FaultHandle>,
 }
@@ -139,6 +155,9 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     }
     let assembled = assemble(members, &config.assemble).await?;
     let array = assembled.array;
+    let (inbox, inbox_sender) = Inbox::new().map_err(|e| Error::io("eventfd", e))?;
+    spawn(inbox.serve());
+    install_engine(array.clone());
     if array.name() != config.name {
         tracing::info!(
             "the members call their array {:?}; serving it as {:?}",
@@ -170,11 +189,13 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         uris,
         stop: Semaphore::new(0),
         stop_waiters: RefCell::new(Vec::new()),
+        inbox: inbox_sender,
+        attachment: RefCell::new(None),
         _faults: faults,
     });
     spawn(control_loop(daemon.clone(), ctl.into_raw_fd()));
     spawn(signal_loop(daemon.clone(), signal_fd));
-    let status = StatusReport::build(&array, Some(&server), daemon.uris.clone());
+    let status = daemon.status();
     tracing::info!(array = %daemon.config.name, "serving {} ({} bytes) at {}", status.level, status.size_bytes, daemon.uris.join(" "));
     ready(&Ready {
         status,
@@ -183,6 +204,9 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
 
     daemon.stop.acquire().await;
     tracing::info!(array = %daemon.config.name, "stopping: finishing requests in flight");
+    if let Err(e) = daemon.detach().await {
+        tracing::error!(array = %daemon.config.name, "detach at stop: {e}");
+    }
     server.shutdown(Duration::from_secs(30)).await;
     let closed = array.close().await;
     match &closed {
@@ -202,7 +226,134 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         let _ = send_line(fd, &answer).await;
         sock::close(fd);
     }
+    uninstall_engine();
+    daemon.inbox.close();
     closed
+}
+
+impl Daemon {
+    fn status(&self) -> StatusReport {
+        let mut status = StatusReport::build(&self.array, Some(&self.server), self.uris.clone());
+        status.attachments = self
+            .attachment
+            .borrow()
+            .iter()
+            .map(|a| a.report.clone())
+            .collect();
+        status
+    }
+
+    /// Refuses while the attached device is mounted or held, naming where.
+    fn check_not_in_use(&self) -> Result<()> {
+        if let Some(a) = self.attachment.borrow().as_ref() {
+            if let Some(user) = attach::in_use_by(&a.report.device) {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "array {} is attached as {}, which is {user}: unmount it first",
+                        self.config.name, a.report.device
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn attach(&self, device: Option<String>) -> Result<AttachReport> {
+        if let Some(a) = self.attachment.borrow().as_ref() {
+            return Ok(a.report.clone());
+        }
+        let nbd = attach::kernel_nbd();
+        let reason = match (device.as_deref(), &nbd) {
+            (Some(d), Err(why)) if d.starts_with("/dev/nbd") => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("cannot attach to {d}: {why}; use --device fuse"),
+                ));
+            }
+            (Some("fuse"), _) => "--device fuse was asked for".to_string(),
+            (None, Err(why)) => format!("{why}, so the FUSE frontend and a loop device are used"),
+            (Some(other), _) if !other.starts_with("/dev/nbd") => {
+                return Err(Error::invalid(format!(
+                    "unknown --device {other:?}: use /dev/nbdN or fuse"
+                )));
+            }
+            _ => unreachable!("kernel_nbd() never reports nbd usable yet"),
+        };
+        let Some(mounter) = self.config.fuse.clone() else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this daemon was started without the FUSE frontend",
+            ));
+        };
+        let name = self.config.name.clone();
+        let dir = attach::fuse_dir(&self.config.run_dir, &name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        if attach::is_mount_point(&dir) {
+            attach::lazy_unmount(&dir);
+        }
+        let handle = EngineHandle::new(
+            self.inbox.clone(),
+            self.array.size_bytes(),
+            self.array.is_read_only(),
+        );
+        let mount_dir = dir.clone();
+        let mount_name = name.clone();
+        let session = blocking(&self.inbox, move || {
+            mounter.mount(handle, &mount_name, &mount_dir)
+        })
+        .await
+        .map_err(|e| {
+            Error::io(
+                format!("cannot mount the FUSE frontend on {}", dir.display()),
+                e,
+            )
+        })?;
+        let file = dir.join(&name);
+        let loop_file = file.clone();
+        let (device, direct_io) =
+            match blocking(&self.inbox, move || attach::losetup(&loop_file)).await {
+                Ok(v) => v,
+                Err(e) => {
+                    drop(session);
+                    return Err(e);
+                }
+            };
+        let report = AttachReport {
+            device,
+            method: "fuse+loop".into(),
+            file: file.display().to_string(),
+            direct_io,
+            reason,
+        };
+        let record = attach::record_path(&self.config.run_dir, &name);
+        let _ = std::fs::write(&record, serde_json::to_vec(&report).unwrap_or_default());
+        tracing::info!(array = %name, "attached as {} ({}): {}", report.device, report.method, report.reason);
+        *self.attachment.borrow_mut() = Some(Attachment {
+            report: report.clone(),
+            _session: session,
+        });
+        Ok(report)
+    }
+
+    /// Detaches the loop device and unmounts FUSE (no-op when not attached).
+    async fn detach(&self) -> Result<()> {
+        let Some(a) = self.attachment.borrow_mut().take() else {
+            return Ok(());
+        };
+        let device = a.report.device.clone();
+        if let Err(e) = blocking(&self.inbox, move || attach::loop_detach(&device)).await {
+            *self.attachment.borrow_mut() = Some(a);
+            return Err(e);
+        }
+        // Unmounting waits for the FUSE session thread: keep it off the reactor.
+        let session = a._session;
+        blocking(&self.inbox, move || drop(session)).await;
+        let _ = std::fs::remove_file(attach::record_path(&self.config.run_dir, &self.config.name));
+        let _ = std::fs::remove_dir(attach::fuse_dir(&self.config.run_dir, &self.config.name));
+        tracing::info!(array = %self.config.name, "detached {}", a.report.device);
+        Ok(())
+    }
 }
 
 fn bind(l: &Listen) -> Result<RawFd> {
@@ -258,19 +409,36 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
             let answer = match request {
                 Ok(ControlRequest::Status) => ControlResponse {
                     ok: true,
-                    status: Some(StatusReport::build(
-                        &daemon.array,
-                        Some(&daemon.server),
-                        daemon.uris.clone(),
-                    )),
+                    status: Some(daemon.status()),
                     ..Default::default()
                 },
-                Ok(ControlRequest::Stop) => {
-                    // Answered once the array is stopped and clean.
-                    daemon.stop_waiters.borrow_mut().push(fd);
-                    daemon.stop.release();
-                    return;
-                }
+                Ok(ControlRequest::Stop) => match daemon.check_not_in_use() {
+                    Err(e) => ControlResponse::error(e.to_string()),
+                    Ok(()) => {
+                        // Answered once the array is stopped and clean.
+                        daemon.stop_waiters.borrow_mut().push(fd);
+                        daemon.stop.release();
+                        return;
+                    }
+                },
+                Ok(ControlRequest::Attach { device }) => match daemon.attach(device).await {
+                    Ok(report) => ControlResponse {
+                        ok: true,
+                        attach: Some(report),
+                        ..Default::default()
+                    },
+                    Err(e) => ControlResponse::error(e.to_string()),
+                },
+                Ok(ControlRequest::Detach) => match daemon.check_not_in_use() {
+                    Err(e) => ControlResponse::error(e.to_string()),
+                    Ok(()) => match daemon.detach().await {
+                        Ok(()) => ControlResponse {
+                            ok: true,
+                            ..Default::default()
+                        },
+                        Err(e) => ControlResponse::error(e.to_string()),
+                    },
+                },
                 Err(e) => ControlResponse::error(format!("bad request: {e}")),
             };
             if send_line(fd, &answer).await.is_err() {

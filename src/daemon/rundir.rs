@@ -105,6 +105,7 @@ impl RunDir {
                 let _ = std::fs::remove_file(&stale);
             }
         }
+        super::attach::cleanup_stale(self, name);
         file.set_len(0).map_err(|e| Error::io(path.display(), e))?;
         writeln!(file, "{}", std::process::id()).map_err(|e| Error::io(path.display(), e))?;
         Ok(RunLock { _file: file })

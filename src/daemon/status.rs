@@ -72,6 +72,9 @@ pub struct StatusReport {
     /// NBD URIs clients can use (`nbd+unix:///NAME?socket=...`, `nbd://HOST:PORT/NAME`).
     pub export_uris: Vec<String>,
     pub io: IoReport,
+    /// Block devices attached to the array (`raidctl attach`).
+    #[serde(default)]
+    pub attachments: Vec<super::attach::AttachReport>,
 }
 
 impl StatusReport {
@@ -128,6 +131,7 @@ impl StatusReport {
             total_connections: server.map_or(0, |s| s.stats.total_connections.get()),
             export_uris,
             io: array.counters().into(),
+            attachments: Vec::new(),
         }
     }
 }

@@ -1,0 +1,78 @@
+//! `raidctl attach` / `detach`: block devices for a running array.
+
+use std::path::Path;
+use std::time::Duration;
+
+use raidcore::daemon::attach::FuseMounter;
+use raidcore::daemon::control::{request, ControlRequest};
+use raidcore::daemon::rundir::RunDir;
+use raidcore::raid::EngineHandle;
+use raidcore::{Error, ErrorKind, Result};
+
+use crate::cli::{AttachArgs, StopArgs};
+use crate::cmd_status::not_running;
+
+/// The FUSE frontend, handed to the daemon (raidcore does not link FUSE itself).
+pub struct FuseFrontend;
+
+impl FuseMounter for FuseFrontend {
+    fn mount(
+        &self,
+        handle: EngineHandle,
+        name: &str,
+        dir: &Path,
+    ) -> std::io::Result<Box<dyn Send>> {
+        Ok(Box::new(fuse_frontend::mount(handle, name, dir)?))
+    }
+}
+
+pub fn attach(args: AttachArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    if run_dir.running_pid(&args.name).is_none() {
+        return Err(not_running(&run_dir, &args.name));
+    }
+    let answer = request(
+        &run_dir.ctl(&args.name),
+        &ControlRequest::Attach {
+            device: args.device.clone(),
+        },
+        Duration::from_secs(60),
+    )?;
+    let Some(report) = answer.attach.filter(|_| answer.ok) else {
+        return Err(Error::new(
+            ErrorKind::Io,
+            answer.error.unwrap_or_else(|| "attach failed".into()),
+        ));
+    };
+    eprintln!(
+        "raidctl: {} attached as {} through {} ({}direct I/O on {}): {}",
+        args.name,
+        report.device,
+        report.method,
+        if report.direct_io { "" } else { "no " },
+        report.file,
+        report.reason
+    );
+    println!("{}", report.device);
+    Ok(0)
+}
+
+pub fn detach(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    if run_dir.running_pid(&args.name).is_none() {
+        return Err(not_running(&run_dir, &args.name));
+    }
+    let answer = request(
+        &run_dir.ctl(&args.name),
+        &ControlRequest::Detach,
+        Duration::from_secs(60),
+    )?;
+    if !answer.ok {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            answer.error.unwrap_or_else(|| "detach failed".into()),
+        ));
+    }
+    println!("array {} detached", args.name);
+    Ok(0)
+}

@@ -1,0 +1,181 @@
+//! Attaching an array as a block device.
+//!
+//! Where the kernel has the nbd driver, /dev/nbdN is the natural device (netlink connect; not
+//! implemented yet: we say so and use the FUSE path). Otherwise the daemon mounts the FUSE
+//! frontend, which shows the array as one file, and puts a loop device on that file (direct
+//! I/O when the kernel allows it). `detach` and `stop` refuse while the device is mounted, and
+//! name the mount point. A record in `NAME.attach` lets the next daemon clean up after a
+//! `kill -9`: a loop device on our dead FUSE file is detached and the mount lazily unmounted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::rundir::RunDir;
+use crate::error::{Error, ErrorKind, Result};
+use crate::raid::EngineHandle;
+
+/// Mounts the FUSE frontend (provided by the `raidctl` binary, which links `fuse-frontend`).
+pub trait FuseMounter: Send + Sync {
+    /// Mounts a filesystem showing `name` under `dir`; dropping the guard unmounts it.
+    fn mount(&self, handle: EngineHandle, name: &str, dir: &Path)
+        -> std::io::Result<Box<dyn Send>>;
+}
+
+/// One attachment, as `status` shows it and as `NAME.attach` records it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachReport {
+    /// The block device: /dev/loopN (or /dev/nbdN).
+    pub device: String,
+    /// "fuse+loop" or "nbd".
+    pub method: String,
+    /// The file behind the loop device.
+    pub file: String,
+    /// Whether the loop device does direct I/O on the file.
+    pub direct_io: bool,
+    /// Why this path was used, and what the other one needs.
+    pub reason: String,
+}
+
+/// Whether the kernel nbd driver is usable here, and if not, why.
+pub fn kernel_nbd() -> std::result::Result<(), String> {
+    if !Path::new("/sys/module/nbd").exists() {
+        return Err("the kernel has no nbd driver loaded (no /sys/module/nbd; `modprobe nbd` where the module exists)".into());
+    }
+    if !Path::new("/dev/nbd0").exists() {
+        return Err("no /dev/nbdN devices exist".into());
+    }
+    Err("the nbd module is loaded, but raidctl's netlink connect to /dev/nbdN is not implemented yet".into())
+}
+
+pub fn fuse_dir(run_dir: &RunDir, name: &str) -> PathBuf {
+    run_dir.dir.join(format!("{name}.fuse"))
+}
+
+pub fn record_path(run_dir: &RunDir, name: &str) -> PathBuf {
+    run_dir.dir.join(format!("{name}.attach"))
+}
+
+/// Attaches a loop device to `file`, with direct I/O when the kernel accepts it.
+pub fn losetup(file: &Path) -> Result<(String, bool)> {
+    for direct in [true, false] {
+        let mut cmd = Command::new("losetup");
+        cmd.arg("--find").arg("--show");
+        if direct {
+            cmd.arg("--direct-io=on");
+        }
+        let out = cmd
+            .arg(file)
+            .output()
+            .map_err(|e| Error::io("cannot run losetup (package mount)", e))?;
+        if out.status.success() {
+            return Ok((
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                direct,
+            ));
+        }
+        if !direct {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "losetup {} failed: {}",
+                    file.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+    }
+    unreachable!("the loop returns on its last pass")
+}
+
+/// Detaches a loop device.
+pub fn loop_detach(device: &str) -> Result<()> {
+    let out = Command::new("losetup")
+        .arg("-d")
+        .arg(device)
+        .output()
+        .map_err(|e| Error::io("cannot run losetup", e))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "losetup -d {device} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where `device` (a block device path) is mounted or held, if anywhere.
+pub fn in_use_by(device: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(device).ok()?.rdev();
+    let id = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 4 && f[2] == id {
+            return Some(format!("mounted on {}", f[4]));
+        }
+    }
+    let base = Path::new(device).file_name()?.to_string_lossy().to_string();
+    let holder = std::fs::read_dir(format!("/sys/block/{base}/holders"))
+        .ok()?
+        .flatten()
+        .next()?;
+    Some(format!("held by {}", holder.file_name().to_string_lossy()))
+}
+
+/// Whether `dir` is a mount point (per /proc/self/mountinfo).
+pub fn is_mount_point(dir: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+}
+
+/// Lazily unmounts `dir` (works on a dead FUSE mount: "transport endpoint is not connected").
+pub fn lazy_unmount(dir: &Path) {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: umount2 reads a NUL-terminated path we own.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// Cleans up after a daemon that died with its array attached: detaches a loop device that
+/// still points into our FUSE directory and unmounts the dead mount.
+pub fn cleanup_stale(run_dir: &RunDir, name: &str) {
+    let record = record_path(run_dir, name);
+    let dir = fuse_dir(run_dir, name);
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        if let Ok(r) = serde_json::from_str::<AttachReport>(&text) {
+            let backing = Path::new(&r.device).file_name().and_then(|b| {
+                std::fs::read_to_string(format!(
+                    "/sys/block/{}/loop/backing_file",
+                    b.to_string_lossy()
+                ))
+                .ok()
+            });
+            if backing.is_some_and(|b| b.trim().starts_with(&*dir.to_string_lossy())) {
+                tracing::info!(
+                    "detaching {} left attached by a daemon that is gone",
+                    r.device
+                );
+                let _ = loop_detach(&r.device);
+            }
+        }
+        let _ = std::fs::remove_file(&record);
+    }
+    if is_mount_point(&dir) {
+        tracing::info!("unmounting the dead FUSE mount {}", dir.display());
+        lazy_unmount(&dir);
+    }
+}
