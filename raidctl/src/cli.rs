@@ -35,6 +35,8 @@ pub enum Command {
     Attach(AttachArgs),
     /// Detach the block device of an array (refused while it is mounted).
     Detach(StopArgs),
+    /// Fault drill on a live array: make a member fail reads or writes, slow down, or vanish.
+    Inject(InjectArgs),
     /// Run a self-contained demonstration on member files in a temporary directory.
     Demo(DemoArgs),
 }
@@ -149,4 +151,37 @@ pub struct AttachArgs {
     /// the kernel has it, else fuse.
     #[arg(long)]
     pub device: Option<String>,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("fault").required(true).args(["read_error", "write_error", "delay", "vanish", "clear"])))]
+pub struct InjectArgs {
+    /// Array name.
+    pub name: String,
+    /// The member device, as given to assemble.
+    pub device: String,
+    /// Reads of the range fail with EIO.
+    #[arg(long)]
+    pub read_error: bool,
+    /// Writes of the range fail with EIO.
+    #[arg(long)]
+    pub write_error: bool,
+    /// Every operation on the range waits this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub delay: Option<u64>,
+    /// The device disappears: every later operation fails (like an unplugged disk).
+    #[arg(long)]
+    pub vanish: bool,
+    /// Remove every injected fault of the member.
+    #[arg(long)]
+    pub clear: bool,
+    /// Start of the affected range on the device (bytes, K/M/G suffixes).
+    #[arg(long, requires = "length")]
+    pub offset: Option<String>,
+    /// Length of the affected range.
+    #[arg(long, requires = "offset")]
+    pub length: Option<String>,
+    /// Only the next N matching operations.
+    #[arg(long)]
+    pub count: Option<u64>,
 }

@@ -9,7 +9,7 @@ use raidcore::daemon::rundir::RunDir;
 use raidcore::raid::EngineHandle;
 use raidcore::{Error, ErrorKind, Result};
 
-use crate::cli::{AttachArgs, StopArgs};
+use crate::cli::{AttachArgs, InjectArgs, StopArgs};
 use crate::cmd_status::not_running;
 
 /// The FUSE frontend, handed to the daemon (raidcore does not link FUSE itself).
@@ -74,5 +74,51 @@ pub fn detach(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
         ));
     }
     println!("array {} detached", args.name);
+    Ok(0)
+}
+
+/// `raidctl inject`: a fault drill, applied by the daemon to one member's fault wrapper.
+pub fn inject(args: InjectArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    if run_dir.running_pid(&args.name).is_none() {
+        return Err(not_running(&run_dir, &args.name));
+    }
+    let size = |s: &Option<String>| {
+        s.as_deref()
+            .map(raidcore::size::parse_size)
+            .transpose()
+            .map_err(Error::invalid)
+    };
+    let (offset, length) = (size(&args.offset)?, size(&args.length)?);
+    let fault = if args.read_error {
+        "read-error"
+    } else if args.write_error {
+        "write-error"
+    } else if args.delay.is_some() {
+        "delay"
+    } else if args.vanish {
+        "vanish"
+    } else {
+        "clear"
+    };
+    let req = ControlRequest::Inject {
+        device: args.device.clone(),
+        fault: fault.into(),
+        delay_ms: args.delay,
+        offset,
+        length,
+        count: args.count,
+    };
+    let answer = request(&run_dir.ctl(&args.name), &req, Duration::from_secs(10))?;
+    if !answer.ok {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            answer.error.unwrap_or_else(|| "inject failed".into()),
+        ));
+    }
+    println!(
+        "{fault} armed on {} of array {} (a drill: raidctl inject {} {} --clear removes it)",
+        args.device, args.name, args.name, args.device
+    );
     Ok(0)
 }

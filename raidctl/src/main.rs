@@ -23,6 +23,7 @@ fn main() {
         cli::Command::Stop(a) => cmd_status::stop(a, args.run_dir.as_deref()),
         cli::Command::Attach(a) => cmd_attach::attach(a, args.run_dir.as_deref()),
         cli::Command::Detach(a) => cmd_attach::detach(a, args.run_dir.as_deref()),
+        cli::Command::Inject(a) => cmd_attach::inject(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {

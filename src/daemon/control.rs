@@ -27,6 +27,20 @@ pub enum ControlRequest {
         device: Option<String>,
     },
     Detach,
+    /// A fault drill on a live array (see `raidctl inject`).
+    Inject {
+        device: String,
+        /// "read-error", "write-error", "delay", "vanish" or "clear".
+        fault: String,
+        #[serde(default)]
+        delay_ms: Option<u64>,
+        #[serde(default)]
+        offset: Option<u64>,
+        #[serde(default)]
+        length: Option<u64>,
+        #[serde(default)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -120,7 +120,7 @@ struct Daemon {
     inbox: InboxSender,
     attachment: RefCell<Option<Attachment>>,
     /// Fault handles by member path (for drills; `inject` drives them).
-    _faults: HashMap<String, FaultHandle>,
+    faults: HashMap<String, FaultHandle>,
 }
 
 /// Runs the daemon on this thread until it is stopped. `ready` is called once it serves.
@@ -191,7 +191,7 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         stop_waiters: RefCell::new(Vec::new()),
         inbox: inbox_sender,
         attachment: RefCell::new(None),
-        _faults: faults,
+        faults,
     });
     spawn(control_loop(daemon.clone(), ctl.into_raw_fd()));
     spawn(signal_loop(daemon.clone(), signal_fd));
@@ -232,6 +232,46 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
 }
 
 impl Daemon {
+    /// Arms a fault on one member (a drill). Device paths match as given or canonicalised.
+    fn inject(
+        &self,
+        device: &str,
+        fault: &str,
+        delay_ms: Option<u64>,
+        range: Option<(u64, u64)>,
+        count: Option<u64>,
+    ) -> Result<()> {
+        use crate::member::{FaultKind, FaultRule};
+        let canonical = std::fs::canonicalize(device)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| device.to_string());
+        let Some(handle) = self
+            .faults
+            .get(device)
+            .or_else(|| self.faults.get(&canonical))
+        else {
+            let known: Vec<&String> = self.faults.keys().collect();
+            return Err(Error::invalid(format!(
+                "{device} is not a member of array {} (members: {known:?})",
+                self.config.name
+            )));
+        };
+        let kind = match fault {
+            "read-error" => FaultKind::ReadError,
+            "write-error" => FaultKind::WriteError,
+            "delay" => FaultKind::Delay(Duration::from_millis(delay_ms.unwrap_or(100))),
+            "vanish" => FaultKind::Vanish,
+            "clear" => {
+                handle.clear();
+                return Ok(());
+            }
+            other => return Err(Error::invalid(format!("unknown fault {other:?}"))),
+        };
+        tracing::warn!(array = %self.config.name, member = device, "fault drill: {fault} injected (range {range:?}, count {count:?})");
+        handle.inject(FaultRule { kind, range, count });
+        Ok(())
+    }
+
     fn status(&self) -> StatusReport {
         let mut status = StatusReport::build(&self.array, Some(&self.server), self.uris.clone());
         status.attachments = self
@@ -425,6 +465,20 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                     Ok(report) => ControlResponse {
                         ok: true,
                         attach: Some(report),
+                        ..Default::default()
+                    },
+                    Err(e) => ControlResponse::error(e.to_string()),
+                },
+                Ok(ControlRequest::Inject {
+                    device,
+                    fault,
+                    delay_ms,
+                    offset,
+                    length,
+                    count,
+                }) => match daemon.inject(&device, &fault, delay_ms, offset.zip(length), count) {
+                    Ok(()) => ControlResponse {
+                        ok: true,
                         ..Default::default()
                     },
                     Err(e) => ControlResponse::error(e.to_string()),
