@@ -89,6 +89,9 @@ impl StatusReport {
                     SlotState::Active(d) => (Some(d.member.path().to_string()), "in_sync"),
                     SlotState::Faulty(d) => (Some(d.member.path().to_string()), "faulty"),
                     SlotState::Missing => (None, "missing"),
+                    SlotState::Recovering(d, _) => {
+                        (Some(d.member.path().to_string()), "recovering")
+                    }
                 };
                 MemberReport {
                     slot: Some(slot),

@@ -81,20 +81,24 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             continue;
         };
         let sb = own_sb(i);
-        if sb.has_feature(FEATURE_RECOVERY_OFFSET) && sb.recovery_offset_sectors != u64::MAX {
-            notes.push(format!(
-                "{} is part-way through a rebuild of slot {slot} ({} of its sectors recovered): left out until it is rebuilt",
-                candidates[i].path, sb.recovery_offset_sectors
-            ));
-            slots.push(SlotState::Missing);
-            continue;
-        }
         let disk = Rc::new(Disk {
             member: members[i].clone(),
             data_offset: sb.data_offset_sectors * SECTOR,
             dev_number: sb.dev_number,
         });
+        let recovering =
+            sb.has_feature(FEATURE_RECOVERY_OFFSET) && sb.recovery_offset_sectors != u64::MAX;
+        let cursor = sb.recovery_offset_sectors.saturating_mul(SECTOR);
         meta_disks.push(meta_disk(disk.clone(), sb).await);
+        if recovering {
+            // Part-way through a rebuild: resume from its checkpoint.
+            notes.push(format!(
+                "{} is part-way through a rebuild of slot {slot} ({cursor} bytes done): it resumes from there",
+                candidates[i].path
+            ));
+            slots.push(SlotState::Recovering(disk, Rc::new(Cell::new(cursor))));
+            continue;
+        }
         slots.push(SlotState::Active(disk));
     }
     let mut spares = Vec::new();
@@ -161,6 +165,17 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         failed: Cell::new(false),
         read_only: opts.read_only,
         counters: RefCell::new(IoCounters::default()),
+        subscribers: RefCell::new(Vec::new()),
+        attention: crate::reactor::Semaphore::new(0),
+        stopping: Cell::new(false),
+        rebuilds: Cell::new(0),
+        rebuilding: RefCell::new(std::collections::HashSet::new()),
+        speed_min_kib: Cell::new(super::rebuild::SPEED_MIN_KIB_DEFAULT),
+        speed_max_kib: Cell::new(super::rebuild::SPEED_MAX_KIB_DEFAULT),
+        checkpoint_every: Cell::new((
+            super::rebuild::CHECKPOINT_BYTES_DEFAULT,
+            super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
+        )),
     });
 
     let missing = array.missing_description();
@@ -173,16 +188,26 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             ),
         ));
     }
-    if plan.degraded || array.slots.borrow().iter().any(|s| !s.is_active()) {
-        if !opts.run {
-            return Err(Error::new(
-                ErrorKind::Inconsistent,
-                format!(
-                    "array {name} is degraded ({missing}){}: start it anyway with --run",
-                    first_note(&notes)
-                ),
-            ));
-        }
+    let absent = array
+        .slots
+        .borrow()
+        .iter()
+        .any(|s| matches!(s, SlotState::Missing | SlotState::Faulty(_)));
+    let recovering = array
+        .slots
+        .borrow()
+        .iter()
+        .any(|s| matches!(s, SlotState::Recovering(..)));
+    if absent && !opts.run {
+        return Err(Error::new(
+            ErrorKind::Inconsistent,
+            format!(
+                "array {name} is degraded ({missing}){}: start it anyway with --run",
+                first_note(&notes)
+            ),
+        ));
+    }
+    if absent || recovering {
         if level == Level::Raid5 && reference.resync_offset != u64::MAX && !opts.force {
             return Err(Error::new(
                 ErrorKind::Inconsistent,
@@ -192,9 +217,11 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             ));
         }
     }
-    if !plan.forced.is_empty() && !opts.read_only {
-        // Bring the forced members' events up to the array's before anything else happens.
-        array.persist_now().await?;
+    if !plan.forced.is_empty() {
+        if !opts.read_only {
+            // Bring the forced members' events up to the array's before anything else happens.
+            array.persist_now().await?;
+        }
         for &i in &plan.forced {
             notes.push(format!(
                 "{} was stale and is used anyway (--force)",
@@ -204,6 +231,11 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     }
     for n in &notes {
         tracing::warn!(array = %name, "{n}");
+    }
+    if !opts.read_only {
+        // Hot spares and unfinished rebuilds get going at once.
+        crate::reactor::spawn(array.clone().run_scheduler());
+        array.needs_attention();
     }
     Ok(Assembled { array, notes })
 }

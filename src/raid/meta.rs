@@ -18,7 +18,7 @@ use super::slots::{Disk, SlotState};
 use super::Array;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::metadata::{BitmapSuper, Role, Superblock};
+use crate::metadata::{BitmapSuper, Role, Superblock, FEATURE_RECOVERY_OFFSET};
 
 /// Byte offset of the md v1.2 superblock on a member.
 pub const SUPERBLOCK_OFFSET_BYTES: u64 = 4096;
@@ -181,6 +181,37 @@ impl Array {
         }
     }
 
+    /// Records a member's rebuild: `Some(slot)` with the bytes rebuilt so far (feature
+    /// RECOVERY_OFFSET set on that member, role = the slot in every superblock), or `None` when
+    /// it is complete (the feature cleared). Bumps events like every metadata update.
+    pub(super) async fn meta_recovery(
+        &self,
+        dev_number: u32,
+        slot: Option<usize>,
+        done_bytes: u64,
+    ) -> Result<()> {
+        let _guard = self.meta_lock.lock().await;
+        if let Some(slot) = slot {
+            self.meta
+                .reference
+                .borrow_mut()
+                .set_role(dev_number, Role::Active(slot as u16))
+                .map_err(|e| Error::invalid(e.to_string()))?;
+        }
+        for d in self.meta.disks.borrow_mut().iter_mut() {
+            if d.disk.dev_number == dev_number {
+                if slot.is_some() {
+                    d.sb.feature_map |= FEATURE_RECOVERY_OFFSET;
+                    d.sb.recovery_offset_sectors = done_bytes / 512;
+                } else {
+                    d.sb.feature_map &= !FEATURE_RECOVERY_OFFSET;
+                    d.sb.recovery_offset_sectors = 0;
+                }
+            }
+        }
+        self.write_all_superblocks().await
+    }
+
     /// Marks the array clean on disk, recording how far redundancy is known good.
     pub(super) async fn mark_clean(&self) -> Result<()> {
         let _guard = self.meta_lock.lock().await;
@@ -286,7 +317,7 @@ impl Array {
         tracing::error!(array = %self.name, member = disk.member.path(), "superblock write failed: {e}; marking it faulty");
         let mut slots = self.slots.borrow_mut();
         for s in slots.iter_mut() {
-            if let SlotState::Active(d) = s {
+            if let SlotState::Active(d) | SlotState::Recovering(d, _) = s {
                 if Rc::ptr_eq(d, &disk) {
                     *s = SlotState::Faulty(disk.clone());
                 }

@@ -18,9 +18,11 @@
 
 mod assemble;
 mod create;
+pub mod events;
 mod handle;
 mod meta;
 mod raid5;
+mod rebuild;
 mod slots;
 mod striped;
 
@@ -30,6 +32,7 @@ use std::rc::Rc;
 pub use assemble::{assemble, AssembleOptions, Assembled};
 pub use create::{create, CreateOptions, CreatedArray};
 pub use handle::{install_engine, uninstall_engine, EngineHandle};
+pub use rebuild::RebuildState;
 pub use slots::{Disk, SlotState};
 
 use crate::buf::BufSlice;
@@ -76,6 +79,18 @@ pub struct Array {
     failed: Cell<bool>,
     read_only: bool,
     counters: RefCell<IoCounters>,
+    subscribers: RefCell<Vec<Box<dyn Fn(&events::Event)>>>,
+    /// Released whenever the scheduler should look at the array (failure, add, rebuild).
+    attention: crate::reactor::Semaphore,
+    /// Set by `close`: background work checkpoints and stops.
+    stopping: Cell<bool>,
+    /// Rebuild tasks running (close waits for them to checkpoint), and their slots.
+    rebuilds: Cell<usize>,
+    rebuilding: RefCell<std::collections::HashSet<usize>>,
+    /// Rebuild throttle in KiB/s (md's speed_limit_min / speed_limit_max).
+    speed_min_kib: Cell<u64>,
+    speed_max_kib: Cell<u64>,
+    checkpoint_every: Cell<(u64, std::time::Duration)>,
 }
 
 impl Array {
@@ -211,8 +226,14 @@ impl Array {
         }
     }
 
-    /// Flushes and marks the array clean on disk (the last step of `stop`).
+    /// Flushes and marks the array clean on disk (the last step of `stop`). A rebuild in
+    /// progress checkpoints first and resumes at the next assembly.
     pub async fn close(&self) -> Result<()> {
+        self.stopping.set(true);
+        self.needs_attention();
+        while self.rebuilds.get() > 0 {
+            crate::reactor::sleep(std::time::Duration::from_millis(5)).await;
+        }
         if self.read_only {
             return Ok(());
         }
@@ -273,6 +294,11 @@ impl Array {
                 SlotState::Active(_) => None,
                 SlotState::Missing => Some(format!("slot {i} missing")),
                 SlotState::Faulty(d) => Some(format!("slot {i} ({}) faulty", d.member.path())),
+                SlotState::Recovering(d, c) => Some(format!(
+                    "slot {i} ({}) recovering, {} bytes rebuilt",
+                    d.member.path(),
+                    c.get()
+                )),
             })
             .collect();
         if parts.is_empty() {

@@ -70,7 +70,7 @@ impl Array {
 
     /// Fills `out` with the bytes of `missing_slot` at `member_offset`: the XOR of every other
     /// member's bytes at the same offset (data and parity alike).
-    async fn reconstruct(
+    pub(super) async fn reconstruct(
         &self,
         missing_slot: usize,
         member_offset: u64,
@@ -172,32 +172,35 @@ impl Array {
             .unwrap_or(0);
         let hi = writes.iter().flatten().map(|w| w.end()).max().unwrap_or(0);
         let missing_data = data_slots.iter().position(|&s| !self.is_slot_active(s));
+        // The parity member takes this row when active, or when it is being rebuilt and its
+        // cursor is past the row (then its old parity is valid but we recompute it anyway).
         let parity_active = self.is_slot_active(parity_slot);
+        let parity_takes_row = self.writable_disk(parity_slot, row_base, chunk).is_some();
 
         let full = writes.iter().all(|w| {
             w.as_ref()
                 .is_some_and(|w| w.chunk_offset == 0 && w.end() == chunk)
         });
+        // A data member that is not active but takes this row (rebuilt past it) gets its whole
+        // new window, reconstructed and overlaid.
+        let mut lost_row: Option<(usize, BufSlice)> = None;
         let parity = if full {
             let p = BufSlice::zeroed(chunk as usize);
             let srcs: Vec<&[u8]> = writes.iter().flatten().map(|w| w.src.bytes()).collect();
             xor_all(p.bytes_mut(), &srcs);
             Some(p)
-        } else if !parity_active {
+        } else if !parity_takes_row {
             None
         } else if let Some(missing) = missing_data {
-            Some(
-                self.parity_reconstructing(
-                    row_base,
-                    &data_slots,
-                    parity_slot,
-                    missing,
-                    writes,
-                    lo,
-                    hi,
-                )
-                .await?,
-            )
+            if !parity_active {
+                // Two members not active: the array has failed (checked by the caller).
+                return Err(Retry);
+            }
+            let (p, row) = self
+                .parity_reconstructing(row_base, &data_slots, parity_slot, missing, writes, lo, hi)
+                .await?;
+            lost_row = Some((data_slots[missing], row));
+            Some(p)
         } else {
             let rmw_reads = (hi - lo)
                 + writes
@@ -210,18 +213,11 @@ impl Array {
                 .map(|w| (hi - lo) - w.as_ref().map_or(0, |w| w.src.len() as u64))
                 .sum();
             let parity_trusted = row_base + hi <= self.sync_offset.get();
-            if parity_trusted && rmw_reads < rcw_reads {
-                Some(
-                    self.parity_read_modify_write(
-                        row_base,
-                        &data_slots,
-                        parity_slot,
-                        writes,
-                        lo,
-                        hi,
-                    )
-                    .await?,
-                )
+            if parity_active && parity_trusted && rmw_reads < rcw_reads {
+                let p = self
+                    .parity_read_modify_write(row_base, &data_slots, parity_slot, writes, lo, hi)
+                    .await?;
+                Some(p)
             } else {
                 Some(
                     self.parity_reconstruct_write(row_base, &data_slots, writes, lo, hi)
@@ -233,21 +229,16 @@ impl Array {
         let mut ios = Vec::new();
         for (k, w) in writes.iter().enumerate() {
             if let Some(w) = w {
-                ios.push(self.write_slot(
-                    data_slots[k],
-                    row_base + w.chunk_offset,
-                    w.src.clone(),
-                    fua,
-                ));
+                let src = w.src.clone();
+                ios.push(self.write_slot(data_slots[k], row_base + w.chunk_offset, src, fua));
             }
         }
+        if let Some((slot, row)) = lost_row {
+            ios.push(self.write_slot(slot, row_base + lo, row, fua));
+        }
         if let Some(p) = parity {
-            let (at, buf) = if full {
-                (row_base, p)
-            } else {
-                (row_base + lo, p)
-            };
-            ios.push(self.write_slot(parity_slot, at, buf, fua));
+            let at = if full { row_base } else { row_base + lo };
+            ios.push(self.write_slot(parity_slot, at, p, fua));
         }
         // A failed write leaves the row consistent for the degraded array: data that missed its
         // member is in the parity, parity that missed its member is not needed.
@@ -346,7 +337,7 @@ impl Array {
         writes: &[Option<ChunkWrite>],
         lo: u64,
         hi: u64,
-    ) -> std::result::Result<BufSlice, Retry> {
+    ) -> std::result::Result<(BufSlice, BufSlice), Retry> {
         let width = (hi - lo) as usize;
         let row: Vec<BufSlice> = data_slots.iter().map(|_| BufSlice::zeroed(width)).collect();
         let parity = BufSlice::zeroed(width);
@@ -376,7 +367,8 @@ impl Array {
         }
         let srcs: Vec<&[u8]> = row.iter().map(|b| b.bytes()).collect();
         xor_all(parity.bytes_mut(), &srcs);
-        Ok(parity)
+        let lost = row[missing].clone();
+        Ok((parity, lost))
     }
 
     /// Zeroes: whole rows by zeroing every member (parity of zeroes is zeroes), partial rows

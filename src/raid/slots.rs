@@ -6,6 +6,7 @@
 //! order matters: a write must not be acknowledged while the disks still call a member in sync
 //! that missed it, or a crash could bring the stale member back as good.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use futures::future::join_all;
@@ -30,6 +31,10 @@ pub enum SlotState {
     Active(Rc<Disk>),
     Missing,
     Faulty(Rc<Disk>),
+    /// Being rebuilt: member bytes below the cursor are valid and take writes; the rest is
+    /// rebuilt in order. Never read from. The cursor only moves while the rebuild holds the
+    /// stripe lock of the region it just finished.
+    Recovering(Rc<Disk>, Rc<Cell<u64>>),
 }
 
 impl SlotState {
@@ -38,8 +43,15 @@ impl SlotState {
     }
     pub fn disk(&self) -> Option<&Rc<Disk>> {
         match self {
-            SlotState::Active(d) | SlotState::Faulty(d) => Some(d),
+            SlotState::Active(d) | SlotState::Faulty(d) | SlotState::Recovering(d, _) => Some(d),
             SlotState::Missing => None,
+        }
+    }
+    /// Bytes of the member already rebuilt (None unless recovering).
+    pub fn recovered_bytes(&self) -> Option<u64> {
+        match self {
+            SlotState::Recovering(_, c) => Some(c.get()),
+            _ => None,
         }
     }
 }
@@ -81,6 +93,25 @@ impl Array {
         }
     }
 
+    /// The member behind `slot` if it takes a write of `len` bytes at `member_offset`: an
+    /// active member, or a recovering one whose cursor is past the whole range.
+    pub(super) fn writable_disk(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        len: u64,
+    ) -> Option<Rc<Disk>> {
+        match self.slots.borrow().get(slot) {
+            Some(SlotState::Active(d)) => Some(d.clone()),
+            Some(SlotState::Recovering(d, cursor)) if member_offset + len <= cursor.get() => {
+                Some(d.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes one member range. Ok only when the whole range reached the member; a
+    /// recovering member takes only what lies below its cursor (the rebuild does the rest).
     pub(super) async fn write_slot(
         &self,
         slot: usize,
@@ -88,7 +119,21 @@ impl Array {
         buf: BufSlice,
         fua: bool,
     ) -> SlotResult {
-        let disk = self.active_disk(slot).ok_or(SlotGone)?;
+        let cursor = self
+            .slots
+            .borrow()
+            .get(slot)
+            .and_then(|s| s.recovered_bytes());
+        if let Some(cursor) = cursor {
+            if member_offset < cursor && member_offset + buf.len() as u64 > cursor {
+                let below = buf.slice(0, (cursor - member_offset) as usize);
+                let _ = Box::pin(self.write_slot(slot, member_offset, below, fua)).await;
+                return Err(SlotGone);
+            }
+        }
+        let disk = self
+            .writable_disk(slot, member_offset, buf.len() as u64)
+            .ok_or(SlotGone)?;
         match disk
             .member
             .write(disk.data_offset + member_offset, buf, fua)
@@ -109,7 +154,18 @@ impl Array {
         len: u64,
         discard: bool,
     ) -> SlotResult {
-        let disk = self.active_disk(slot).ok_or(SlotGone)?;
+        let cursor = self
+            .slots
+            .borrow()
+            .get(slot)
+            .and_then(|s| s.recovered_bytes());
+        let len = match cursor {
+            Some(c) if member_offset < c => len.min(c - member_offset),
+            _ => len,
+        };
+        let disk = self
+            .writable_disk(slot, member_offset, len)
+            .ok_or(SlotGone)?;
         let at = disk.data_offset + member_offset;
         let r = if discard {
             disk.member.discard(at, len).await
@@ -154,7 +210,7 @@ impl Array {
         let newly = {
             let mut slots = self.slots.borrow_mut();
             match &slots[slot] {
-                SlotState::Active(d) if Rc::ptr_eq(d, disk) => {
+                SlotState::Active(d) | SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk) => {
                     slots[slot] = SlotState::Faulty(disk.clone());
                     true
                 }
@@ -174,6 +230,13 @@ impl Array {
         // Whether we marked it or another request did, wait until the record is on disk.
         if let Err(err) = self.record_failures().await {
             tracing::error!(array = %self.name, "could not record member failure: {err}");
+        }
+        if newly {
+            self.emit(super::events::Event::MemberFailed {
+                slot,
+                member: disk.member.path().to_string(),
+            });
+            self.needs_attention();
         }
         SlotGone
     }

@@ -1,0 +1,115 @@
+//! Typed events: every change people must hear about goes to the log and to subscribers
+//! (`raidctl monitor`, alert programs).
+
+use serde::Serialize;
+
+use super::Array;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event")]
+pub enum Event {
+    MemberFailed {
+        slot: usize,
+        member: String,
+    },
+    SpareActivated {
+        slot: usize,
+        member: String,
+    },
+    RebuildStarted {
+        slot: usize,
+        member: String,
+        from_bytes: u64,
+        total_bytes: u64,
+    },
+    RebuildProgress {
+        slot: usize,
+        member: String,
+        percent: u32,
+    },
+    RebuildFinished {
+        slot: usize,
+        member: String,
+        bytes_rebuilt: u64,
+    },
+    RebuildAborted {
+        slot: usize,
+        member: String,
+        reason: String,
+    },
+    DegradedArray {
+        missing: String,
+    },
+    ArrayFailed {
+        missing: String,
+    },
+    SparesMissing {
+        slot: usize,
+    },
+    MemberAdded {
+        member: String,
+        role: String,
+    },
+    MemberRemoved {
+        member: String,
+    },
+}
+
+impl Event {
+    /// mdadm-style name: "RebuildStarted", ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::MemberFailed { .. } => "MemberFailed",
+            Event::SpareActivated { .. } => "SpareActivated",
+            Event::RebuildStarted { .. } => "RebuildStarted",
+            Event::RebuildProgress { .. } => "RebuildProgress",
+            Event::RebuildFinished { .. } => "RebuildFinished",
+            Event::RebuildAborted { .. } => "RebuildAborted",
+            Event::DegradedArray { .. } => "DegradedArray",
+            Event::ArrayFailed { .. } => "ArrayFailed",
+            Event::SparesMissing { .. } => "SparesMissing",
+            Event::MemberAdded { .. } => "MemberAdded",
+            Event::MemberRemoved { .. } => "MemberRemoved",
+        }
+    }
+
+    /// The member the event is about, if any.
+    pub fn member(&self) -> Option<&str> {
+        match self {
+            Event::MemberFailed { member, .. }
+            | Event::SpareActivated { member, .. }
+            | Event::RebuildStarted { member, .. }
+            | Event::RebuildProgress { member, .. }
+            | Event::RebuildFinished { member, .. }
+            | Event::RebuildAborted { member, .. }
+            | Event::MemberAdded { member, .. }
+            | Event::MemberRemoved { member } => Some(member),
+            _ => None,
+        }
+    }
+}
+
+impl Array {
+    /// Logs `event` and hands it to every subscriber.
+    pub fn emit(&self, event: Event) {
+        match &event {
+            Event::MemberFailed { .. }
+            | Event::ArrayFailed { .. }
+            | Event::RebuildAborted { .. } => {
+                tracing::error!(array = %self.name, "{}: {event:?}", event.name())
+            }
+            Event::DegradedArray { .. } | Event::SparesMissing { .. } => {
+                tracing::warn!(array = %self.name, "{}: {event:?}", event.name())
+            }
+            _ => tracing::info!(array = %self.name, "{}: {event:?}", event.name()),
+        }
+        for s in self.subscribers.borrow().iter() {
+            s(&event);
+        }
+    }
+
+    /// Calls `f` for every later event (on the reactor thread).
+    pub fn subscribe(&self, f: impl Fn(&Event) + 'static) {
+        self.subscribers.borrow_mut().push(Box::new(f));
+    }
+}

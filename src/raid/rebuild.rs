@@ -1,0 +1,401 @@
+//! The rebuild scheduler: hot spares take failed slots and are rebuilt online.
+//!
+//! ```text
+//!  member fails / spare added / rebuild asked ─► attention ─► scheduler task
+//!     promote: spare ─► slot (Recovering, cursor 0), roles persisted ─► SpareActivated
+//!     recover: region by region in member order, each under its stripe locks:
+//!              read the region from redundancy (RAID5: XOR of the row; mirrors: a copy),
+//!              write it to the new member, advance the cursor (still under the locks)
+//!     checkpoint: new member flushed, then recovery_offset written, every 64 MiB or 5 s
+//!     done: member active, RECOVERY_OFFSET cleared ─► RebuildFinished
+//! ```
+//!
+//! Foreground writes and the rebuild never race: a write holds the same stripe locks, so it
+//! sees the cursor wholly below its region (and writes the new member too) or wholly above it
+//! (and the rebuild copies its data later). Throttling follows md: at most speed-max KiB/s,
+//! and at speed-min while foreground I/O is running. After a crash the next assembly resumes
+//! from the last checkpoint.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::events::Event;
+use super::slots::SlotState;
+use super::Array;
+use crate::buf::BufSlice;
+use crate::layout::{Level, Reverse};
+use crate::reactor::{sleep, spawn, KeyedLockGuard};
+
+pub const SPEED_MIN_KIB_DEFAULT: u64 = 1_000;
+pub const SPEED_MAX_KIB_DEFAULT: u64 = 200_000;
+/// md-like defaults: a checkpoint at least every 64 MiB or 5 s of rebuild.
+pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 << 20;
+pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+/// Rebuild step for RAID1 (RAID5 and RAID10 step a chunk row / a chunk).
+const MIRROR_STEP_BYTES: u64 = 1 << 20;
+
+/// Progress of a rebuild, for status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildState {
+    pub slot: usize,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl Array {
+    /// Wakes the scheduler (coalesced: one pending wake-up is enough).
+    pub fn needs_attention(&self) {
+        if self.attention.available() == 0 {
+            self.attention.release();
+        }
+    }
+
+    /// Sets the rebuild throttle (KiB/s); takes effect at the next step.
+    pub fn set_speed_limits(&self, min_kib: Option<u64>, max_kib: Option<u64>) {
+        if let Some(v) = min_kib {
+            self.speed_min_kib.set(v.max(1));
+        }
+        if let Some(v) = max_kib {
+            self.speed_max_kib.set(v.max(1));
+        }
+    }
+
+    /// How often a rebuild checkpoints (bytes, time): tests and slow media tune it.
+    pub fn set_checkpoint_every(&self, bytes: u64, interval: Duration) {
+        self.checkpoint_every.set((bytes.max(1), interval));
+    }
+
+    pub fn speed_limits(&self) -> (u64, u64) {
+        (self.speed_min_kib.get(), self.speed_max_kib.get())
+    }
+
+    /// Rebuilds in progress.
+    pub fn rebuild_states(&self) -> Vec<RebuildState> {
+        self.slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                s.recovered_bytes().map(|done| RebuildState {
+                    slot,
+                    done_bytes: done,
+                    total_bytes: self.geo.slot_used_bytes(slot),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs until the array closes: promotes spares and starts rebuilds when woken.
+    pub async fn run_scheduler(self: Rc<Self>) {
+        loop {
+            self.attention.acquire().await;
+            if self.stopping.get() {
+                return;
+            }
+            if self.read_only || self.failed.get() || self.geo.level() == Level::Raid0 {
+                continue;
+            }
+            self.promote_spares().await;
+            let recovering: Vec<usize> = (0..self.geo.members())
+                .filter(|&s| matches!(self.slots.borrow()[s], SlotState::Recovering(..)))
+                .collect();
+            for slot in recovering {
+                if self.rebuilding.borrow_mut().insert(slot) {
+                    spawn(self.clone().recover(slot));
+                }
+            }
+        }
+    }
+
+    /// Gives every failed or missing slot a spare, if there is one.
+    async fn promote_spares(&self) {
+        let empty: Vec<usize> = (0..self.geo.members())
+            .filter(|&s| {
+                matches!(
+                    self.slots.borrow()[s],
+                    SlotState::Faulty(_) | SlotState::Missing
+                )
+            })
+            .collect();
+        for slot in empty {
+            let spare = {
+                let mut spares = self.spares.borrow_mut();
+                if spares.is_empty() {
+                    None
+                } else {
+                    Some(spares.remove(0))
+                }
+            };
+            let Some(disk) = spare else {
+                self.emit(Event::SparesMissing { slot });
+                continue;
+            };
+            let cursor = Rc::new(Cell::new(0));
+            self.slots.borrow_mut()[slot] = SlotState::Recovering(disk.clone(), cursor);
+            if let Err(e) = self.meta_recovery(disk.dev_number, Some(slot), 0).await {
+                tracing::error!(array = %self.name, "could not record the spare's new role: {e}");
+            }
+            self.emit(Event::SpareActivated {
+                slot,
+                member: disk.member.path().to_string(),
+            });
+        }
+    }
+
+    /// Rebuilds `slot` from its cursor to the end (or until stop / a failure).
+    async fn recover(self: Rc<Self>, slot: usize) {
+        self.rebuilds.set(self.rebuilds.get() + 1);
+        self.recover_inner(slot).await;
+        self.rebuilding.borrow_mut().remove(&slot);
+        self.rebuilds.set(self.rebuilds.get() - 1);
+    }
+
+    async fn recover_inner(&self, slot: usize) {
+        let (disk, cursor) = match &self.slots.borrow()[slot] {
+            SlotState::Recovering(d, c) => (d.clone(), c.clone()),
+            _ => return,
+        };
+        let member = disk.member.path().to_string();
+        let total = self.geo.slot_used_bytes(slot);
+        let start = cursor.get();
+        self.emit(Event::RebuildStarted {
+            slot,
+            member: member.clone(),
+            from_bytes: start,
+            total_bytes: total,
+        });
+        let step = match self.geo.level() {
+            Level::Raid1 => MIRROR_STEP_BYTES,
+            _ => self.geo.chunk_bytes(),
+        };
+        let mut checkpointed = (start, Instant::now());
+        let mut window = (
+            Instant::now(),
+            0u64,
+            self.counters.borrow().reads + self.counters.borrow().writes,
+        );
+        let mut last_decile = (start * 10 / total.max(1)) as u32;
+        while cursor.get() < total {
+            if self.stopping.get() {
+                break;
+            }
+            let still_ours = matches!(&self.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk));
+            if !still_ours || self.failed.get() {
+                self.emit(Event::RebuildAborted {
+                    slot,
+                    member,
+                    reason: "a member failed during the rebuild".into(),
+                });
+                return;
+            }
+            let at = cursor.get();
+            let len = step.min(total - at);
+            let guards = self.lock_member_range(slot, at, len).await;
+            let buf = BufSlice::zeroed(len as usize);
+            if !self.read_for_rebuild(slot, at, &buf).await {
+                drop(guards);
+                self.emit(Event::RebuildAborted {
+                    slot,
+                    member,
+                    reason: "no readable source for the data".into(),
+                });
+                return;
+            }
+            if let Err(e) = disk.member.write(disk.data_offset + at, buf, false).await {
+                drop(guards);
+                self.emit(Event::RebuildAborted {
+                    slot,
+                    member: member.clone(),
+                    reason: format!("write failed: {e}"),
+                });
+                self.fail_recovering(slot, &disk).await;
+                return;
+            }
+            cursor.set(at + len);
+            drop(guards);
+
+            let decile = (cursor.get() * 10 / total.max(1)) as u32;
+            if decile > last_decile && decile < 10 {
+                last_decile = decile;
+                self.emit(Event::RebuildProgress {
+                    slot,
+                    member: member.clone(),
+                    percent: decile * 10,
+                });
+            }
+            let (every_bytes, every) = self.checkpoint_every.get();
+            if cursor.get() - checkpointed.0 >= every_bytes || checkpointed.1.elapsed() >= every {
+                self.checkpoint(slot, &disk, cursor.get()).await;
+                checkpointed = (cursor.get(), Instant::now());
+            }
+            window = self.throttle(window, len).await;
+        }
+        if cursor.get() < total {
+            // Stopping: keep what we have for the next assembly.
+            self.checkpoint(slot, &disk, cursor.get()).await;
+            return;
+        }
+        if let Err(e) = disk.member.flush().await {
+            self.emit(Event::RebuildAborted {
+                slot,
+                member: member.clone(),
+                reason: format!("flush failed: {e}"),
+            });
+            self.fail_recovering(slot, &disk).await;
+            return;
+        }
+        {
+            let mut slots = self.slots.borrow_mut();
+            if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk)) {
+                slots[slot] = SlotState::Active(disk.clone());
+            }
+        }
+        if let Err(e) = self.meta_recovery(disk.dev_number, None, total).await {
+            tracing::error!(array = %self.name, "could not record the finished rebuild: {e}");
+        }
+        self.emit(Event::RebuildFinished {
+            slot,
+            member,
+            bytes_rebuilt: total - start,
+        });
+        // Another slot may still wait for a spare.
+        self.needs_attention();
+    }
+
+    /// Flushes the new member, then records how far it is rebuilt.
+    async fn checkpoint(&self, slot: usize, disk: &Rc<super::Disk>, done: u64) {
+        if disk.member.flush().await.is_err() {
+            return self.fail_recovering(slot, disk).await;
+        }
+        if let Err(e) = self.meta_recovery(disk.dev_number, Some(slot), done).await {
+            tracing::error!(array = %self.name, "rebuild checkpoint failed: {e}");
+        }
+    }
+
+    async fn fail_recovering(&self, slot: usize, disk: &Rc<super::Disk>) {
+        {
+            let mut slots = self.slots.borrow_mut();
+            if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
+                slots[slot] = SlotState::Faulty(disk.clone());
+            }
+        }
+        let _ = self.record_failures().await;
+        self.needs_attention();
+    }
+
+    /// Stripe locks covering `len` bytes of `slot` at `member_offset`, in ascending order.
+    async fn lock_member_range(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        len: u64,
+    ) -> Vec<KeyedLockGuard> {
+        let mut keys: Vec<u64> = match self.geo.level() {
+            Level::Raid5 => {
+                let chunk = self.geo.chunk_bytes();
+                (member_offset / chunk..(member_offset + len - 1) / chunk + 1).collect()
+            }
+            Level::Raid1 => {
+                let unit = self.geo.stripe_bytes();
+                (member_offset / unit..(member_offset + len - 1) / unit + 1).collect()
+            }
+            _ => {
+                let chunk = self.geo.chunk_bytes();
+                let mut keys = Vec::new();
+                let mut at = member_offset;
+                while at < member_offset + len {
+                    if let Reverse::Data { array_offset } = self.geo.reverse(slot, at) {
+                        keys.push(array_offset / self.geo.stripe_bytes());
+                    }
+                    at = (at / chunk + 1) * chunk;
+                }
+                keys
+            }
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        let mut guards = Vec::with_capacity(keys.len());
+        for k in keys {
+            guards.push(self.locks.lock(k).await);
+        }
+        guards
+    }
+
+    /// Fills `buf` with what `slot` must hold at `member_offset`, from the other members.
+    async fn read_for_rebuild(&self, slot: usize, member_offset: u64, buf: &BufSlice) -> bool {
+        match self.geo.level() {
+            Level::Raid5 => self
+                .reconstruct(slot, member_offset, buf.clone())
+                .await
+                .is_ok(),
+            _ => {
+                let chunk = if self.geo.level() == Level::Raid1 {
+                    buf.len() as u64
+                } else {
+                    self.geo.chunk_bytes()
+                };
+                let mut done = 0u64;
+                while done < buf.len() as u64 {
+                    let at = member_offset + done;
+                    let n = (chunk - at % chunk).min(buf.len() as u64 - done);
+                    let part = buf.slice(done as usize, n as usize);
+                    let array_offset = match self.geo.level() {
+                        Level::Raid1 => at,
+                        _ => match self.geo.reverse(slot, at) {
+                            Reverse::Data { array_offset } => array_offset,
+                            _ => {
+                                done += n;
+                                continue;
+                            }
+                        },
+                    };
+                    let copies = self.geo.map_copies(array_offset);
+                    let mut ok = false;
+                    for c in copies.iter().filter(|c| c.slot != slot) {
+                        if self
+                            .read_slot(c.slot, c.member_offset, part.clone())
+                            .await
+                            .is_ok()
+                        {
+                            ok = true;
+                            break;
+                        }
+                    }
+                    if !ok {
+                        return false;
+                    }
+                    done += n;
+                }
+                true
+            }
+        }
+    }
+
+    /// md's throttle: at most speed-max, and at speed-min while the array has other I/O.
+    /// `window` is (start, rebuild bytes since, foreground requests at start).
+    async fn throttle(&self, window: (Instant, u64, u64), just_done: u64) -> (Instant, u64, u64) {
+        let (start, bytes, fg_start) = window;
+        let bytes = bytes + just_done;
+        let fg_now = {
+            let c = self.counters.borrow();
+            c.reads + c.writes
+        };
+        let busy = fg_now > fg_start;
+        let rate_kib = if busy {
+            self.speed_min_kib.get()
+        } else {
+            self.speed_max_kib.get()
+        };
+        let allowed = Duration::from_secs_f64(bytes as f64 / 1024.0 / rate_kib as f64);
+        let elapsed = start.elapsed();
+        if allowed > elapsed {
+            sleep(allowed - elapsed).await;
+        }
+        if start.elapsed() >= Duration::from_secs(1) {
+            (Instant::now(), 0, fg_now)
+        } else {
+            (start, bytes, fg_start)
+        }
+    }
+}
