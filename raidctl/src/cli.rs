@@ -37,6 +37,14 @@ pub enum Command {
     Detach(StopArgs),
     /// Fault drill on a live array: make a member fail reads or writes, slow down, or vanish.
     Inject(InjectArgs),
+    /// Mark a member faulty (a hot spare takes over).
+    Fail(MemberArgs),
+    /// Remove a faulty member or a spare from an array.
+    Remove(MemberArgs),
+    /// Add a device to a running array as a hot spare (a degraded array starts rebuilding).
+    Add(AddArgs),
+    /// Start or resume a rebuild now, change its speed limits, and optionally wait for it.
+    Rebuild(RebuildArgs),
     /// Run a self-contained demonstration on member files in a temporary directory.
     Demo(DemoArgs),
 }
@@ -184,4 +192,41 @@ pub struct InjectArgs {
     /// Only the next N matching operations.
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct MemberArgs {
+    /// Array name.
+    pub name: String,
+    /// The member device.
+    pub device: String,
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// Array name.
+    pub name: String,
+    /// The device to add.
+    pub device: String,
+    /// Add as a hot spare (the default and, for now, the only way to add).
+    #[arg(long)]
+    pub spare: bool,
+    /// Overwrite a device that belongs to another array.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct RebuildArgs {
+    /// Array name.
+    pub name: String,
+    /// Wait until no rebuild is running, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Minimum rebuild speed while the array is busy (KiB/s, md's default 1000).
+    #[arg(long, value_name = "KIB")]
+    pub speed_min: Option<u64>,
+    /// Maximum rebuild speed (KiB/s, md's default 200000).
+    #[arg(long, value_name = "KIB")]
+    pub speed_max: Option<u64>,
 }

@@ -140,7 +140,7 @@ pub fn print_report(r: &StatusReport) {
         }
     );
     for m in &r.members {
-        let slot = m.slot.map_or("spare".to_string(), |s| format!("slot {s}"));
+        let slot = m.slot.map_or(m.role.clone(), |s| format!("slot {s}"));
         println!(
             "  {:<8} {:<40} {}",
             slot,

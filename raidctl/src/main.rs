@@ -6,6 +6,7 @@ mod cmd_assemble;
 mod cmd_attach;
 mod cmd_create;
 mod cmd_examine;
+mod cmd_manage;
 mod cmd_status;
 mod demo;
 mod devices;
@@ -24,6 +25,10 @@ fn main() {
         cli::Command::Attach(a) => cmd_attach::attach(a, args.run_dir.as_deref()),
         cli::Command::Detach(a) => cmd_attach::detach(a, args.run_dir.as_deref()),
         cli::Command::Inject(a) => cmd_attach::inject(a, args.run_dir.as_deref()),
+        cli::Command::Fail(a) => cmd_manage::fail(a, args.run_dir.as_deref()),
+        cli::Command::Remove(a) => cmd_manage::remove(a, args.run_dir.as_deref()),
+        cli::Command::Add(a) => cmd_manage::add(a, args.run_dir.as_deref()),
+        cli::Command::Rebuild(a) => cmd_manage::rebuild(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {

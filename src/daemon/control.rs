@@ -27,6 +27,27 @@ pub enum ControlRequest {
         device: Option<String>,
     },
     Detach,
+    /// Mark a member faulty.
+    Fail {
+        device: String,
+    },
+    /// Remove a faulty member or a spare.
+    Remove {
+        device: String,
+    },
+    /// Add a device as a hot spare.
+    Add {
+        device: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Start or resume recovery now; optionally change the throttle (KiB/s).
+    Rebuild {
+        #[serde(default)]
+        speed_min_kib: Option<u64>,
+        #[serde(default)]
+        speed_max_kib: Option<u64>,
+    },
     /// A fault drill on a live array (see `raidctl inject`).
     Inject {
         device: String,

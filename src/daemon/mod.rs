@@ -120,7 +120,7 @@ struct Daemon {
     inbox: InboxSender,
     attachment: RefCell<Option<Attachment>>,
     /// Fault handles by member path (for drills; `inject` drives them).
-    faults: HashMap<String, FaultHandle>,
+    faults: RefCell<HashMap<String, FaultHandle>>,
 }
 
 /// Runs the daemon on this thread until it is stopped. `ready` is called once it serves.
@@ -191,7 +191,7 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         stop_waiters: RefCell::new(Vec::new()),
         inbox: inbox_sender,
         attachment: RefCell::new(None),
-        faults,
+        faults: RefCell::new(faults),
     });
     spawn(control_loop(daemon.clone(), ctl.into_raw_fd()));
     spawn(signal_loop(daemon.clone(), signal_fd));
@@ -222,7 +222,8 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         },
         Err(e) => ControlResponse::error(e.to_string()),
     };
-    for fd in daemon.stop_waiters.borrow_mut().drain(..) {
+    let waiters: Vec<RawFd> = daemon.stop_waiters.borrow_mut().drain(..).collect();
+    for fd in waiters {
         let _ = send_line(fd, &answer).await;
         sock::close(fd);
     }
@@ -231,7 +232,36 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     closed
 }
 
+fn reply(r: Result<()>) -> ControlResponse {
+    match r {
+        Ok(()) => ControlResponse {
+            ok: true,
+            ..Default::default()
+        },
+        Err(e) => ControlResponse::error(e.to_string()),
+    }
+}
+
 impl Daemon {
+    /// The member path as the array knows it (absolute), for a path as the user typed it.
+    fn member_path(&self, device: &str) -> String {
+        std::fs::canonicalize(device)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| device.to_string())
+    }
+
+    /// Opens, claims and adds a hot spare.
+    async fn add(&self, device: &str, force: bool) -> Result<()> {
+        let path = self.member_path(device);
+        let opts = OpenOptions::default();
+        let file: Rc<dyn Member> = Rc::new(FileMember::open(&path, opts)?);
+        let handle = FaultHandle::default();
+        let member: Rc<dyn Member> = Rc::new(FaultMember::new(file, handle.clone()));
+        self.array.add_spare(member, force).await?;
+        self.faults.borrow_mut().insert(path, handle);
+        Ok(())
+    }
+
     /// Arms a fault on one member (a drill). Device paths match as given or canonicalised.
     fn inject(
         &self,
@@ -245,12 +275,9 @@ impl Daemon {
         let canonical = std::fs::canonicalize(device)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| device.to_string());
-        let Some(handle) = self
-            .faults
-            .get(device)
-            .or_else(|| self.faults.get(&canonical))
-        else {
-            let known: Vec<&String> = self.faults.keys().collect();
+        let faults = self.faults.borrow();
+        let Some(handle) = faults.get(device).or_else(|| faults.get(&canonical)) else {
+            let known: Vec<&String> = faults.keys().collect();
             return Err(Error::invalid(format!(
                 "{device} is not a member of array {} (members: {known:?})",
                 self.config.name
@@ -469,6 +496,33 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                     },
                     Err(e) => ControlResponse::error(e.to_string()),
                 },
+                Ok(ControlRequest::Fail { device }) => {
+                    let path = daemon.member_path(&device);
+                    reply(daemon.array.fail_member(&path).await)
+                }
+                Ok(ControlRequest::Remove { device }) => {
+                    let path = daemon.member_path(&device);
+                    let r = daemon.array.remove_member(&path).await;
+                    if r.is_ok() {
+                        daemon.faults.borrow_mut().remove(&path);
+                    }
+                    reply(r)
+                }
+                Ok(ControlRequest::Add { device, force }) => {
+                    reply(daemon.add(&device, force).await)
+                }
+                Ok(ControlRequest::Rebuild {
+                    speed_min_kib,
+                    speed_max_kib,
+                }) => {
+                    daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
+                    daemon.array.needs_attention();
+                    ControlResponse {
+                        ok: true,
+                        status: Some(daemon.status()),
+                        ..Default::default()
+                    }
+                }
                 Ok(ControlRequest::Inject {
                     device,
                     fault,

@@ -13,8 +13,13 @@ pub struct MemberReport {
     pub path: Option<String>,
     /// "active" or "spare".
     pub role: String,
-    /// "in_sync", "faulty", "missing" or "spare".
+    /// "in_sync", "recovering", "faulty", "missing" or "spare".
     pub state: String,
+    /// For a recovering member: bytes rebuilt so far, and of how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_total_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,6 +77,9 @@ pub struct StatusReport {
     /// NBD URIs clients can use (`nbd+unix:///NAME?socket=...`, `nbd://HOST:PORT/NAME`).
     pub export_uris: Vec<String>,
     pub io: IoReport,
+    /// Rebuild throttle, KiB/s.
+    pub speed_min_kib: u64,
+    pub speed_max_kib: u64,
     /// Block devices attached to the array (`raidctl attach`).
     #[serde(default)]
     pub attachments: Vec<super::attach::AttachReport>,
@@ -98,15 +106,27 @@ impl StatusReport {
                     path,
                     role: "active".into(),
                     state: state.into(),
+                    recovered_bytes: s.recovered_bytes(),
+                    recovery_total_bytes: s.recovered_bytes().map(|_| geo.slot_used_bytes(slot)),
                 }
             })
             .collect();
+        for d in array.replaced_faulty() {
+            members.push(MemberReport {
+                slot: None,
+                path: Some(d.member.path().to_string()),
+                role: "faulty".into(),
+                state: "faulty".into(),
+                ..Default::default()
+            });
+        }
         for d in array.spares() {
             members.push(MemberReport {
                 slot: None,
                 path: Some(d.member.path().to_string()),
                 role: "spare".into(),
                 state: "spare".into(),
+                ..Default::default()
             });
         }
         let sb = array.superblock();
@@ -134,6 +154,8 @@ impl StatusReport {
             total_connections: server.map_or(0, |s| s.stats.total_connections.get()),
             export_uris,
             io: array.counters().into(),
+            speed_min_kib: array.speed_limits().0,
+            speed_max_kib: array.speed_limits().1,
             attachments: Vec::new(),
         }
     }

@@ -20,6 +20,11 @@ use crate::Error;
 
 /// Requests a connection may have in flight before we stop reading from it.
 pub const MAX_IN_FLIGHT: usize = 128;
+/// Buffer memory one connection may hold for requests in flight (1 MiB units): a client that
+/// pipelines big READs without reading the replies waits here instead of growing the daemon.
+pub const CONNECTION_BUDGET_MIB: usize = 64;
+/// The same across all connections of the server.
+pub const SERVER_BUDGET_MIB: usize = 1024;
 /// A rejected WRITE payload larger than this is not drained: the connection is closed.
 const MAX_DRAIN_BYTES: u64 = 128 << 20;
 
@@ -29,17 +34,26 @@ pub(super) struct Conn {
     pub negotiated: Negotiated,
     write_lock: AsyncMutex,
     in_flight: Semaphore,
+    budget: Semaphore,
+    server_budget: Rc<Semaphore>,
     broken: Cell<bool>,
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, export: Rc<Export>, negotiated: Negotiated) -> Rc<Conn> {
+    pub fn new(
+        fd: RawFd,
+        export: Rc<Export>,
+        negotiated: Negotiated,
+        server_budget: Rc<Semaphore>,
+    ) -> Rc<Conn> {
         Rc::new(Conn {
             fd,
             export,
             negotiated,
             write_lock: AsyncMutex::default(),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            budget: Semaphore::new(CONNECTION_BUDGET_MIB),
+            server_budget,
             broken: Cell::new(false),
         })
     }
@@ -99,20 +113,37 @@ impl Conn {
             self.reply_error(&req, errno, &msg).await;
             return Ok(());
         }
+        // Reserve the buffer memory first (WRITE payload or READ reply), then allocate.
+        let cost = if matches!(req.kind, CMD_READ | CMD_WRITE) {
+            (req.length as usize).div_ceil(1 << 20)
+        } else {
+            0
+        };
+        self.in_flight.acquire().await;
+        self.budget.acquire_many(cost).await;
+        self.server_budget.acquire_many(cost).await;
         let data = if payload > 0 {
             let buf = BufSlice::zeroed(payload as usize);
-            reader.read_exact(&buf).await?;
+            if let Err(e) = reader.read_exact(&buf).await {
+                self.release(cost);
+                return Err(e);
+            }
             Some(buf)
         } else {
             None
         };
-        self.in_flight.acquire().await;
         let conn = self.clone();
         spawn(async move {
             conn.execute(req, data).await;
-            conn.in_flight.release();
+            conn.release(cost);
         });
         Ok(())
+    }
+
+    fn release(&self, cost: usize) {
+        self.server_budget.release_many(cost);
+        self.budget.release_many(cost);
+        self.in_flight.release();
     }
 
     /// The NBD spec's error for a request, checked before anything is done.

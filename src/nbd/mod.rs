@@ -113,6 +113,8 @@ pub struct Server {
     stopping: Cell<bool>,
     listeners: RefCell<Vec<RawFd>>,
     connections: RefCell<Vec<RawFd>>,
+    /// Buffer memory (MiB) all connections together may hold for requests in flight.
+    budget: Rc<crate::reactor::Semaphore>,
 }
 
 impl Server {
@@ -123,6 +125,7 @@ impl Server {
             stopping: Cell::new(false),
             listeners: RefCell::new(Vec::new()),
             connections: RefCell::new(Vec::new()),
+            budget: Rc::new(crate::reactor::Semaphore::new(conn::SERVER_BUDGET_MIB)),
         })
     }
 
@@ -160,7 +163,12 @@ impl Server {
         spawn(async move {
             match handshake::handshake(fd, &server.export).await {
                 Ok(Some(negotiated)) => {
-                    let conn = conn::Conn::new(fd, server.export.clone(), negotiated);
+                    let conn = conn::Conn::new(
+                        fd,
+                        server.export.clone(),
+                        negotiated,
+                        server.budget.clone(),
+                    );
                     if let Err(e) = conn.serve().await {
                         tracing::info!("connection closed: {e}");
                     }

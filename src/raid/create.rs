@@ -176,7 +176,7 @@ pub async fn create(
 }
 
 /// Metadata areas, then the superblock, then a flush.
-async fn write_member_metadata(m: &dyn Member, sb: &Superblock) -> Result<()> {
+pub(super) async fn write_member_metadata(m: &dyn Member, sb: &Superblock) -> Result<()> {
     let ctx = |what: &str| format!("writing {what} to {}", m.path());
     zero_foreign_superblocks(m).await?;
     let bitmap = if sb.bitmap_offset_sectors != 0 {

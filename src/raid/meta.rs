@@ -35,9 +35,9 @@ pub(super) struct MetaDisk {
 }
 
 pub(super) struct MetaState {
-    disks: RefCell<Vec<MetaDisk>>,
+    pub(super) disks: RefCell<Vec<MetaDisk>>,
     /// Roles, events and resync_offset shared by the array (from the freshest superblock).
-    reference: RefCell<Superblock>,
+    pub(super) reference: RefCell<Superblock>,
     clean: Cell<bool>,
     /// Set only once the dirty mark is on every member: writes wait for it.
     dirty_on_disk: Cell<bool>,

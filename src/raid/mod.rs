@@ -20,6 +20,7 @@ mod assemble;
 mod create;
 pub mod events;
 mod handle;
+mod manage;
 mod meta;
 mod raid5;
 mod rebuild;

@@ -217,3 +217,28 @@ impl Semaphore {
         self.permits.get()
     }
 }
+
+impl Semaphore {
+    /// Takes `n` permits at once (never part of them, so two waiters cannot each hold half
+    /// of what both need). `n` must not exceed the semaphore's capacity.
+    pub async fn acquire_many(&self, n: usize) {
+        std::future::poll_fn(|cx| {
+            if self.permits.get() >= n {
+                self.permits.set(self.permits.get() - n);
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Returns `n` permits and lets every waiter re-check.
+    pub fn release_many(&self, n: usize) {
+        self.permits.set(self.permits.get() + n);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `raidctl fail / remove / add / rebuild`: member management through the control socket.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use raidcore::daemon::control::{request, ControlRequest, ControlResponse};
+use raidcore::daemon::rundir::RunDir;
+use raidcore::size::format_size;
+use raidcore::{Error, ErrorKind, Result};
+
+use crate::cli::{AddArgs, MemberArgs, RebuildArgs};
+use crate::cmd_status::{not_running, query};
+
+fn send(run_dir: &RunDir, name: &str, req: ControlRequest) -> Result<ControlResponse> {
+    if run_dir.running_pid(name).is_none() {
+        return Err(not_running(run_dir, name));
+    }
+    let answer = request(&run_dir.ctl(name), &req, Duration::from_secs(60))?;
+    if !answer.ok {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            answer.error.unwrap_or_else(|| "refused".into()),
+        ));
+    }
+    Ok(answer)
+}
+
+pub fn fail(args: MemberArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    send(
+        &run_dir,
+        &args.name,
+        ControlRequest::Fail {
+            device: args.device.clone(),
+        },
+    )?;
+    println!("{} marked faulty in array {}", args.device, args.name);
+    Ok(0)
+}
+
+pub fn remove(args: MemberArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    send(
+        &run_dir,
+        &args.name,
+        ControlRequest::Remove {
+            device: args.device.clone(),
+        },
+    )?;
+    println!("{} removed from array {}", args.device, args.name);
+    Ok(0)
+}
+
+pub fn add(args: AddArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    send(
+        &run_dir,
+        &args.name,
+        ControlRequest::Add {
+            device: args.device.clone(),
+            force: args.force,
+        },
+    )?;
+    println!("{} added to array {} as a spare", args.device, args.name);
+    Ok(0)
+}
+
+pub fn rebuild(args: RebuildArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    send(
+        &run_dir,
+        &args.name,
+        ControlRequest::Rebuild {
+            speed_min_kib: args.speed_min,
+            speed_max_kib: args.speed_max,
+        },
+    )?;
+    if !args.wait {
+        println!(
+            "rebuild of array {} started or resumed (if a member needs one)",
+            args.name
+        );
+        return Ok(0);
+    }
+    wait_for_rebuild(&run_dir, &args.name)
+}
+
+/// Shows progress until no member is recovering: a bar with rate and ETA on a terminal, a
+/// plain line per 10 % otherwise.
+fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
+    let tty = std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut first: Option<u64> = None;
+    let mut last_decile = None;
+    loop {
+        let status = query(run_dir, name)?;
+        let rec: Vec<_> = status
+            .members
+            .iter()
+            .filter(|m| m.state == "recovering")
+            .collect();
+        if rec.is_empty() {
+            if tty {
+                println!();
+            }
+            println!("array {name}: no rebuild running, state {}", status.state);
+            return Ok(if status.state == "failed" { 1 } else { 0 });
+        }
+        let done: u64 = rec.iter().filter_map(|m| m.recovered_bytes).sum();
+        let total: u64 = rec
+            .iter()
+            .filter_map(|m| m.recovery_total_bytes)
+            .sum::<u64>()
+            .max(1);
+        let base = *first.get_or_insert(done);
+        let secs = start.elapsed().as_secs_f64().max(0.001);
+        let rate = (done.saturating_sub(base)) as f64 / secs;
+        let eta = if rate > 0.0 {
+            ((total - done) as f64 / rate) as u64
+        } else {
+            0
+        };
+        let pct = done as f64 * 100.0 / total as f64;
+        if tty {
+            let filled = (pct / 5.0) as usize;
+            print!(
+                "\r[{}{}] {pct:5.1}%  {}/s  ETA {}:{:02}   ",
+                "#".repeat(filled),
+                ".".repeat(20 - filled.min(20)),
+                format_size(rate as u64),
+                eta / 60,
+                eta % 60
+            );
+            let _ = std::io::stdout().flush();
+        } else {
+            let decile = (pct / 10.0) as u64;
+            if last_decile != Some(decile) {
+                last_decile = Some(decile);
+                println!(
+                    "rebuild {name}: {pct:.1}% ({} of {}), {}/s",
+                    format_size(done),
+                    format_size(total),
+                    format_size(rate as u64)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(if tty { 250 } else { 500 }));
+    }
+}
