@@ -411,3 +411,75 @@ fn first_write_marks_superblocks_and_whole_bitmap_dirty_before_data() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
+    // Start degraded without member 3, write, crash (no close), then offer all four: the
+    // out-of-date member must be left out, and the data must be what was written.
+    let sims: Vec<Rc<MemMember>> = (0..4)
+        .map(|i| Rc::new(MemMember::new(&format!("m{i}"), MEMBER, i)))
+        .collect();
+    let stores: Vec<_> = sims.iter().map(|s| s.store()).collect();
+    let size = block_on(async move {
+        let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
+        let opts = CreateOptions {
+            name: "d".into(),
+            kind: LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+            chunk_bytes: 64 << 10,
+            bitmap: true,
+            assume_clean: false,
+            force: true,
+            fresh: true,
+        };
+        create(&plain, &[], &opts).await.unwrap();
+        let three = plain[..3].to_vec();
+        let array = assemble(
+            three,
+            &AssembleOptions {
+                run: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .array;
+        let size = array.size_bytes() as usize;
+        array.write(0, filled(size, 77), true).await.unwrap();
+        size
+    })
+    .unwrap();
+    block_on(async move {
+        let all: Vec<Rc<dyn Member>> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Rc::new(MemMember::with_store(&format!("m{i}"), s.clone(), 5)) as Rc<dyn Member>
+            })
+            .collect();
+        // Dirty and degraded: refusing (md does too) is as good as leaving m3 out; taking m3
+        // back as a current member is the one wrong answer.
+        match assemble(
+            all,
+            &AssembleOptions {
+                run: true,
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        {
+            Err(e) => assert!(e.to_string().contains("--force"), "unexpected refusal: {e}"),
+            Ok(assembled) => {
+                assert!(
+                    !assembled.array.slots()[3].is_active(),
+                    "the out-of-date member was taken back"
+                );
+                assert_eq!(
+                    read(&assembled.array, 0, size).await.unwrap(),
+                    filled(size, 77).to_vec()
+                );
+            }
+        }
+    })
+    .unwrap();
+}

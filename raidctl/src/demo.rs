@@ -139,14 +139,39 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         size as f64 / secs / 1048576.0,
         array.counters().degraded_reads
     );
+    // No command needed: the scheduler gives slot 2 the spare and rebuilds it online.
+    println!("== the hot spare takes slot 2 by itself and is rebuilt from parity...");
+    let started = Instant::now();
+    loop {
+        raidcore::reactor::sleep(std::time::Duration::from_millis(20)).await;
+        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
+            break;
+        }
+        if array.is_failed() || started.elapsed().as_secs() > 600 {
+            return Err(Error::new(
+                raidcore::ErrorKind::Io,
+                "the rebuild did not finish",
+            ));
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let member = array.geometry().member_used_bytes();
+    println!(
+        "== rebuilt {} onto {} in {secs:.1} s ({:.0} MiB/s)",
+        format_size(member),
+        paths[4],
+        member as f64 / secs / 1048576.0
+    );
+    run_lanes(&array, size, false).await?;
+    println!(
+        "== verified all {} again, now with full redundancy",
+        format_size(size)
+    );
     println!();
     print_report(&StatusReport {
         pid: 0,
         ..StatusReport::build(&array, None, Vec::new())
     });
-    println!(
-        "\nThe spare stands by; automatic promotion and rebuild come with the rebuild scheduler."
-    );
     array.close().await?;
     println!(
         "== stopped cleanly: superblocks updated (events {})",
@@ -211,7 +236,7 @@ fn parent(p: &str) -> String {
 fn serve(dir: &str, paths: &[String], keep: bool) -> Result<()> {
     let run_dir = format!("{dir}/run");
     println!(
-        "\n== serving it over NBD: raidctl --run-dir {run_dir} assemble demo --run {}",
+        "\n== serving it over NBD: raidctl --run-dir {run_dir} assemble demo {}",
         paths.join(" ")
     );
     let args = crate::cli::AssembleArgs {
@@ -219,7 +244,7 @@ fn serve(dir: &str, paths: &[String], keep: bool) -> Result<()> {
         devices: paths.to_vec(),
         foreground: false,
         listen: Vec::new(),
-        run: true,
+        run: false,
         force: false,
         read_only: false,
     };
@@ -246,9 +271,6 @@ fn serve(dir: &str, paths: &[String], keep: bool) -> Result<()> {
             }
         }
     }
-    println!(
-        "\nThe spare stands by; automatic promotion and rebuild come with the rebuild scheduler."
-    );
     if keep {
         println!("\nstill serving; stop it with: raidctl --run-dir {run_dir} stop demo");
         return Ok(());

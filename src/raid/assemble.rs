@@ -229,6 +229,9 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             ));
         }
     }
+    if absent && !opts.read_only {
+        array.record_absent_members().await?;
+    }
     for n in &notes {
         tracing::warn!(array = %name, "{n}");
     }
@@ -367,6 +370,37 @@ fn layout_kind(
 }
 
 impl Array {
+    /// Starting degraded: members the superblocks still call active but that are not here
+    /// are recorded as faulty (events bumped) before anything is written. Otherwise a crash
+    /// later could let the out-of-date member back in as if it were current (md rewrites the
+    /// roles the same way when it starts an array degraded).
+    async fn record_absent_members(&self) -> Result<()> {
+        let present: Vec<u32> = self
+            .meta
+            .disks
+            .borrow()
+            .iter()
+            .map(|m| m.disk.dev_number)
+            .collect();
+        let absent: Vec<u32> = {
+            let reference = self.meta.reference.borrow();
+            (0..reference.max_dev())
+                .filter(|dev| matches!(reference.role_of(*dev), crate::metadata::Role::Active(_)))
+                .filter(|dev| !present.contains(dev))
+                .collect()
+        };
+        if absent.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut reference = self.meta.reference.borrow_mut();
+            for dev in &absent {
+                let _ = reference.set_role(*dev, crate::metadata::Role::Faulty);
+            }
+        }
+        self.persist_now().await
+    }
+
     /// Writes the current state to every member's superblock now (events bumped).
     pub(super) async fn persist_now(&self) -> Result<()> {
         let _guard = self.meta_lock.lock().await;

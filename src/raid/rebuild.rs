@@ -32,8 +32,9 @@ pub const SPEED_MAX_KIB_DEFAULT: u64 = 200_000;
 /// md-like defaults: a checkpoint at least every 64 MiB or 5 s of rebuild.
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 << 20;
 pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
-/// Rebuild step for RAID1 (RAID5 and RAID10 step a chunk row / a chunk).
-const MIRROR_STEP_BYTES: u64 = 1 << 20;
+/// Member bytes rebuilt per step (whole chunks): large sequential reads and writes, while
+/// the stripe locks it holds stay few enough not to stall foreground writes for long.
+const STEP_BYTES: u64 = 4 << 20;
 
 /// Progress of a rebuild, for status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,8 +167,11 @@ impl Array {
             total_bytes: total,
         });
         let step = match self.geo.level() {
-            Level::Raid1 => MIRROR_STEP_BYTES,
-            _ => self.geo.chunk_bytes(),
+            Level::Raid1 => STEP_BYTES,
+            _ => {
+                let chunk = self.geo.chunk_bytes();
+                (STEP_BYTES / chunk).max(1) * chunk
+            }
         };
         let mut checkpointed = (start, Instant::now());
         let mut window = (
@@ -373,29 +377,35 @@ impl Array {
     }
 
     /// md's throttle: at most speed-max, and at speed-min while the array has other I/O.
-    /// `window` is (start, rebuild bytes since, foreground requests at start).
+    /// `window` is (start, rebuild bytes since, foreground requests last seen). Sleeps in
+    /// short slices and re-checks, so the rebuild speeds up as soon as the foreground stops.
     async fn throttle(&self, window: (Instant, u64, u64), just_done: u64) -> (Instant, u64, u64) {
-        let (start, bytes, fg_start) = window;
+        const SLICE: Duration = Duration::from_millis(20);
+        let (start, bytes, mut fg_seen) = window;
         let bytes = bytes + just_done;
-        let fg_now = {
-            let c = self.counters.borrow();
-            c.reads + c.writes
-        };
-        let busy = fg_now > fg_start;
-        let rate_kib = if busy {
-            self.speed_min_kib.get()
-        } else {
-            self.speed_max_kib.get()
-        };
-        let allowed = Duration::from_secs_f64(bytes as f64 / 1024.0 / rate_kib as f64);
-        let elapsed = start.elapsed();
-        if allowed > elapsed {
-            sleep(allowed - elapsed).await;
+        loop {
+            let fg_now = {
+                let c = self.counters.borrow();
+                c.reads + c.writes
+            };
+            let busy = fg_now != fg_seen;
+            fg_seen = fg_now;
+            let rate_kib = if busy {
+                self.speed_min_kib.get()
+            } else {
+                self.speed_max_kib.get()
+            };
+            let allowed = Duration::from_secs_f64(bytes as f64 / 1024.0 / rate_kib as f64);
+            let elapsed = start.elapsed();
+            if allowed <= elapsed || self.stopping.get() {
+                break;
+            }
+            sleep((allowed - elapsed).min(SLICE)).await;
         }
         if start.elapsed() >= Duration::from_secs(1) {
-            (Instant::now(), 0, fg_now)
+            (Instant::now(), 0, fg_seen)
         } else {
-            (start, bytes, fg_start)
+            (start, bytes, fg_seen)
         }
     }
 }
