@@ -108,6 +108,43 @@ pub fn loop_detach(device: &str) -> Result<()> {
     Ok(())
 }
 
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the loop device still exists (still has a backing file).
+pub fn loop_still_attached(device: &str) -> bool {
+    Path::new(device)
+        .file_name()
+        .map(|b| {
+            Path::new(&format!(
+                "/sys/block/{}/loop/backing_file",
+                b.to_string_lossy()
+            ))
+            .exists()
+        })
+        .unwrap_or(false)
+}
+
 /// Where `device` (a block device path) is mounted or held, if anywhere.
 pub fn in_use_by(device: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
@@ -117,7 +154,7 @@ pub fn in_use_by(device: &str) -> Option<String> {
     for line in mounts.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() > 4 && f[2] == id {
-            return Some(format!("mounted on {}", f[4]));
+            return Some(format!("mounted on {}", unescape_mountinfo(f[4])));
         }
     }
     let base = Path::new(device).file_name()?.to_string_lossy().to_string();
@@ -134,9 +171,11 @@ pub fn is_mount_point(dir: &Path) -> bool {
         return false;
     };
     let want = dir.to_string_lossy();
-    mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+    mounts.lines().any(|l| {
+        l.split_whitespace()
+            .nth(4)
+            .is_some_and(|f| unescape_mountinfo(f) == want)
+    })
 }
 
 /// Lazily unmounts `dir` (works on a dead FUSE mount: "transport endpoint is not connected").
@@ -177,5 +216,21 @@ pub fn cleanup_stale(run_dir: &RunDir, name: &str) {
     if is_mount_point(&dir) {
         tracing::info!("unmounting the dead FUSE mount {}", dir.display());
         lazy_unmount(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo("/tmp/sp\\040test/run\\040dir"),
+            "/tmp/sp test/run dir"
+        );
+        assert_eq!(unescape_mountinfo("/a\\011b\\134c"), "/a\tb\\c");
+        assert_eq!(unescape_mountinfo("/plain/path"), "/plain/path");
+        assert_eq!(unescape_mountinfo("/trailing\\04"), "/trailing\\04");
     }
 }

@@ -355,10 +355,11 @@ impl Daemon {
         };
         let name = self.config.name.clone();
         let dir = attach::fuse_dir(&self.config.run_dir, &name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        // A dead mount left behind first (stat on it fails, so create_dir_all would too).
         if attach::is_mount_point(&dir) {
             attach::lazy_unmount(&dir);
         }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
         let handle = EngineHandle::new(
             self.inbox.clone(),
             self.array.size_bytes(),
@@ -409,9 +410,37 @@ impl Daemon {
             return Ok(());
         };
         let device = a.report.device.clone();
-        if let Err(e) = blocking(&self.inbox, move || attach::loop_detach(&device)).await {
+        // Already gone (an earlier detach set autoclear and the last user closed it): fine.
+        let gone = !attach::loop_still_attached(&device);
+        if let Err(e) = blocking(&self.inbox, move || {
+            if gone {
+                Ok(())
+            } else {
+                attach::loop_detach(&device)
+            }
+        })
+        .await
+        {
             *self.attachment.borrow_mut() = Some(a);
             return Err(e);
+        }
+        // A loop device someone holds open only gets autoclear: it goes when they close it.
+        // Until then the FUSE file must stay served, and the detach has not happened.
+        for _ in 0..100 {
+            if !attach::loop_still_attached(&a.report.device) {
+                break;
+            }
+            crate::reactor::sleep(Duration::from_millis(20)).await;
+        }
+        if attach::loop_still_attached(&a.report.device) {
+            let device = a.report.device.clone();
+            *self.attachment.borrow_mut() = Some(a);
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{device} is held open by a process, so it cannot be detached yet (it detaches by itself when closed; retry then)"
+                ),
+            ));
         }
         // Unmounting waits for the FUSE session thread: keep it off the reactor.
         let session = a._session;
@@ -479,15 +508,21 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                     status: Some(daemon.status()),
                     ..Default::default()
                 },
-                Ok(ControlRequest::Stop) => match daemon.check_not_in_use() {
-                    Err(e) => ControlResponse::error(e.to_string()),
-                    Ok(()) => {
-                        // Answered once the array is stopped and clean.
-                        daemon.stop_waiters.borrow_mut().push(fd);
-                        daemon.stop.release();
-                        return;
+                Ok(ControlRequest::Stop) => {
+                    // Detach first: a mounted or held-open device refuses the stop.
+                    match daemon.check_not_in_use() {
+                        Ok(()) => match daemon.detach().await {
+                            Ok(()) => {
+                                // Answered once the array is stopped and clean.
+                                daemon.stop_waiters.borrow_mut().push(fd);
+                                daemon.stop.release();
+                                return;
+                            }
+                            Err(e) => ControlResponse::error(e.to_string()),
+                        },
+                        Err(e) => ControlResponse::error(e.to_string()),
                     }
-                },
+                }
                 Ok(ControlRequest::Attach { device }) => match daemon.attach(device).await {
                     Ok(report) => ControlResponse {
                         ok: true,
