@@ -1161,18 +1161,21 @@ fn demo_leaves_md_readable_members() {
     assert_eq!(m0.get("State"), "clean", "{}", m0.text);
     assert_eq!(m0.get("Raid Level"), "raid5");
     assert_eq!(m0.get("Device Role"), "Active device 0");
-    // Slot 2 failed: the others' role tables say it is faulty, so no device claims slot 2.
-    assert_eq!(m0.array_state(), "AA.A", "{}", m0.text);
+    // Slot 2 failed and the hot spare was rebuilt into it: every slot is claimed again.
+    assert_eq!(m0.array_state(), "AAAA", "{}", m0.text);
     let events: u64 = m0.get("Events").parse().expect("events");
 
-    // The surviving members and the spare agree with m0.
+    // The surviving members and the former spare agree with m0; the spare now holds slot 2.
     for other in ["m1.img", "m3.img", "spare.img"] {
         let md = mdadm_examine(&dir.join(other));
         md.assert_checksum_correct();
         assert_eq!(md.get("Array UUID"), m0.get("Array UUID"), "{}", md.what);
         assert_eq!(md.get("Events"), m0.get("Events"), "{}", md.what);
-        assert_eq!(md.array_state(), "AA.A", "{}", md.text);
+        assert_eq!(md.array_state(), "AAAA", "{}", md.text);
     }
+    let spare = mdadm_examine(&dir.join("spare.img"));
+    assert_eq!(spare.get("Device Role"), "Active device 2", "{}", spare.text);
+    assert!(!spare.text.contains("Recovery Offset"), "the rebuild finished: {}", spare.text);
 
     // The failed member is still examinable: its own (older) superblock is left as it was.
     let m2 = mdadm_examine(&dir.join("m2.img"));
@@ -1187,10 +1190,10 @@ fn demo_leaves_md_readable_members() {
 
     // raidctl examine reads the same state.
     let text = raidctl_examine_text(&dir.join("m0.img"));
-    assert_eq!(text.array_state(), "AA.A", "{}", text.text);
+    assert_eq!(text.array_state(), "AAAA", "{}", text.text);
     assert_eq!(text.get("State"), "clean", "{}", text.text);
     let j = raidctl_examine_json(&dir.join("m0.img"));
-    assert_eq!(j["array_state"], "AA.A", "{j:#}");
+    assert_eq!(j["array_state"], "AAAA", "{j:#}");
     assert_eq!(j["events"], events, "{j:#}");
     assert_eq!(j["state"], "clean", "{j:#}");
 }
