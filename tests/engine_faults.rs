@@ -78,42 +78,97 @@ async fn read(array: &Array, offset: u64, len: usize) -> raidcore::Result<Vec<u8
 }
 
 #[test]
-fn raid1_read_error_is_answered_by_the_mirror_and_fails_the_member() {
+fn read_errors_are_repaired_counted_and_fail_the_member_only_when_persistent() {
+    for kind in [
+        LayoutKind::Raid1,
+        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+    ] {
+        block_on(async move {
+            let r = rig(kind.clone(), 3, true, false).await;
+            let data = filled(1 << 20, 1);
+            r.array.write(0, data.clone(), false).await.unwrap();
+            // One bad read on member 0 (wherever it is read): answered from redundancy and
+            // rewritten; the member stays.
+            r.faults[0].inject(FaultRule {
+                kind: FaultKind::ReadError,
+                range: None,
+                count: Some(1),
+            });
+            let mut reads = 0;
+            while r.faults[0].fired() == 0 && reads < 64 {
+                let got = read(&r.array, (reads % 16) * 65536, 65536)
+                    .await
+                    .expect("read answered");
+                assert_eq!(
+                    got,
+                    data.to_vec()[(reads as usize % 16) * 65536..][..65536],
+                    "{kind:?}"
+                );
+                reads += 1;
+            }
+            assert_eq!(r.faults[0].fired(), 1, "{kind:?}: the bad read happened");
+            assert!(
+                r.array.slots()[0].is_active(),
+                "{kind:?}: one corrected read error must not fail the member"
+            );
+            assert_eq!(r.array.state(), ArrayState::Active, "{kind:?}");
+            // More than 20 corrected errors: the member is failed.
+            for _ in 0..30 {
+                r.faults[0].inject(FaultRule {
+                    kind: FaultKind::ReadError,
+                    range: None,
+                    count: Some(1),
+                });
+                for at in 0..16 {
+                    let got = read(&r.array, at * 65536, 65536)
+                        .await
+                        .expect("read answered");
+                    assert_eq!(got, data.to_vec()[at as usize * 65536..][..65536]);
+                }
+            }
+            assert!(
+                !r.array.slots()[0].is_active(),
+                "{kind:?}: persistent read errors must fail the member"
+            );
+            assert_eq!(r.array.superblock().role_of(0), Role::Faulty, "{kind:?}");
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_failed_rewrite_after_a_read_error_fails_the_member() {
     block_on(async {
         let r = rig(LayoutKind::Raid1, 2, true, false).await;
-        let data = filled(1 << 20, 1);
+        let data = filled(1 << 20, 2);
         r.array.write(0, data.clone(), false).await.unwrap();
-        let events_before = r.array.events();
-        // Whichever copy the engine reads first, both error once; the retry must use the other.
+        // Reads at offset 0 go to copy 0 first: it errors, copy 1 answers, and the rewrite of
+        // copy 0 fails, which fails member 0.
+        r.faults[0].inject(FaultRule {
+            kind: FaultKind::WriteError,
+            range: None,
+            count: Some(1),
+        });
         r.faults[0].inject(FaultRule {
             kind: FaultKind::ReadError,
             range: None,
             count: Some(1),
         });
-        r.faults[1].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((0, 1 << 30)),
-            count: Some(0),
-        });
         let got = read(&r.array, 0, 1 << 20)
             .await
-            .expect("read answered from the mirror");
+            .expect("answered from the other copy");
         assert_eq!(got, data.to_vec());
-        if r.faults[0].fired() > 0 {
-            assert!(!r.array.slots()[0].is_active());
-            assert_eq!(r.array.state(), ArrayState::Degraded);
-            assert_eq!(r.array.superblock().role_of(0), Role::Faulty);
-            assert!(r.array.events() > events_before, "failure must bump events");
-            // The surviving member's own superblock says so too.
-            let sb = raidcore::metadata::Superblock::decode(
-                &r.sims[1].store().lock().unwrap()[4096..8192],
-            )
-            .unwrap();
-            assert_eq!(sb.role_of(0), Role::Faulty);
-            assert_eq!(sb.events, r.array.events());
-        }
-        // Writes keep working on the survivor.
-        r.array.write(4096, filled(8192, 9), true).await.unwrap();
+        assert_eq!(
+            r.faults[0].fired(),
+            2,
+            "the read and the rewrite both hit member 0"
+        );
+        assert_eq!(
+            r.array.state(),
+            ArrayState::Degraded,
+            "the member whose rewrite failed is out"
+        );
+        assert!(!r.array.slots()[0].is_active());
     })
     .unwrap();
 }
@@ -482,4 +537,62 @@ fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
         }
     })
     .unwrap();
+}
+
+#[test]
+fn check_counts_flipped_bytes_and_repair_fixes_them() {
+    use std::time::Duration;
+    for kind in [
+        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+        LayoutKind::Raid1,
+        LayoutKind::Raid10(Raid10Layout {
+            near: 2,
+            far: 1,
+            offset: false,
+        }),
+    ] {
+        block_on(async move {
+            let r = rig(kind.clone(), 4, true, false).await;
+            let size = r.array.size_bytes() as usize;
+            r.array.write(0, filled(size, 9), false).await.unwrap();
+            let off = r.array.slots()[1].disk().unwrap().data_offset as usize;
+            // Flip one byte in two different 4 KiB blocks of member 1's data area.
+            for at in [off + 5000, off + 3 * 65536 + 17] {
+                r.sims[1].store().lock().unwrap()[at] ^= 0x5a;
+            }
+            let wait = |array: Rc<Array>| async move {
+                loop {
+                    raidcore::reactor::sleep(Duration::from_millis(2)).await;
+                    let s = array.scrub_state().expect("scrub state");
+                    if !s.running {
+                        return s;
+                    }
+                }
+            };
+            r.array.start_scrub(false).unwrap();
+            let checked = wait(r.array.clone()).await;
+            assert_eq!(
+                checked.done_bytes, checked.total_bytes,
+                "{kind:?}: check ran to the end"
+            );
+            assert_eq!(
+                checked.mismatch_sectors, 16,
+                "{kind:?}: two 4 KiB blocks = 16 sectors"
+            );
+            r.array.start_scrub(true).unwrap();
+            let repaired = wait(r.array.clone()).await;
+            assert_eq!(
+                repaired.mismatch_sectors, 16,
+                "{kind:?}: repair counts what it fixes"
+            );
+            r.array.start_scrub(false).unwrap();
+            assert_eq!(
+                wait(r.array.clone()).await.mismatch_sectors,
+                0,
+                "{kind:?}: consistent after repair"
+            );
+            r.array.close().await.unwrap();
+        })
+        .unwrap();
+    }
 }

@@ -45,6 +45,8 @@ pub enum Command {
     Add(AddArgs),
     /// Start or resume a rebuild now, change its speed limits, and optionally wait for it.
     Rebuild(RebuildArgs),
+    /// Scrub every stripe: count mismatches (md's mismatch_cnt); --repair fixes them.
+    Check(CheckArgs),
     /// Run a self-contained demonstration on member files in a temporary directory.
     Demo(DemoArgs),
 }
@@ -229,4 +231,16 @@ pub struct RebuildArgs {
     /// Maximum rebuild speed (KiB/s, md's default 200000).
     #[arg(long, value_name = "KIB")]
     pub speed_max: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Array name.
+    pub name: String,
+    /// Rewrite parity (RAID5) or the other copies (mirrors) where they disagree.
+    #[arg(long)]
+    pub repair: bool,
+    /// Wait for the scrub to finish, showing progress; exit 1 if mismatches were found.
+    #[arg(long)]
+    pub wait: bool,
 }

@@ -8,7 +8,7 @@ use raidcore::daemon::rundir::RunDir;
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 
-use crate::cli::{AddArgs, MemberArgs, RebuildArgs};
+use crate::cli::{AddArgs, CheckArgs, MemberArgs, RebuildArgs};
 use crate::cmd_status::{not_running, query};
 
 fn send(run_dir: &RunDir, name: &str, req: ControlRequest) -> Result<ControlResponse> {
@@ -141,6 +141,83 @@ fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
                     format_size(done),
                     format_size(total),
                     format_size(rate as u64)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(if tty { 250 } else { 500 }));
+    }
+}
+
+pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    send(
+        &run_dir,
+        &args.name,
+        ControlRequest::Check {
+            repair: args.repair,
+        },
+    )?;
+    let what = if args.repair { "repair" } else { "check" };
+    if !args.wait {
+        println!(
+            "{what} of array {} started (raidctl status {} shows progress)",
+            args.name, args.name
+        );
+        return Ok(0);
+    }
+    let tty = std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut last_decile = None;
+    loop {
+        let status = query(&run_dir, &args.name)?;
+        let Some(s) = status.check else {
+            return Err(Error::new(ErrorKind::Io, "the daemon reports no check"));
+        };
+        let pct = s.done_bytes as f64 * 100.0 / s.total_bytes.max(1) as f64;
+        if !s.running {
+            if tty {
+                println!();
+            }
+            let complete = s.done_bytes >= s.total_bytes;
+            println!(
+                "{what} of array {} {}: {} mismatched sectors{}",
+                args.name,
+                if complete {
+                    "finished"
+                } else {
+                    "stopped early"
+                },
+                s.mismatch_sectors,
+                if args.repair && s.mismatch_sectors > 0 {
+                    " (repaired)"
+                } else {
+                    ""
+                }
+            );
+            return Ok(if s.mismatch_sectors > 0 && !args.repair || !complete {
+                1
+            } else {
+                0
+            });
+        }
+        let rate = s.done_bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
+        if tty {
+            let filled = (pct / 5.0) as usize;
+            print!(
+                "\r[{}{}] {pct:5.1}%  {}/s  {} mismatched   ",
+                "#".repeat(filled),
+                ".".repeat(20 - filled.min(20)),
+                format_size(rate as u64),
+                s.mismatch_sectors
+            );
+            let _ = std::io::stdout().flush();
+        } else {
+            let decile = (pct / 10.0) as u64;
+            if last_decile != Some(decile) {
+                last_decile = Some(decile);
+                println!(
+                    "{what} {}: {pct:.1}%, {} mismatched sectors",
+                    args.name, s.mismatch_sectors
                 );
             }
         }

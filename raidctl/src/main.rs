@@ -29,6 +29,7 @@ fn main() {
         cli::Command::Remove(a) => cmd_manage::remove(a, args.run_dir.as_deref()),
         cli::Command::Add(a) => cmd_manage::add(a, args.run_dir.as_deref()),
         cli::Command::Rebuild(a) => cmd_manage::rebuild(a, args.run_dir.as_deref()),
+        cli::Command::Check(a) => cmd_manage::check(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {

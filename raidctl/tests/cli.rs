@@ -1174,8 +1174,17 @@ fn demo_leaves_md_readable_members() {
         assert_eq!(md.array_state(), "AAAA", "{}", md.text);
     }
     let spare = mdadm_examine(&dir.join("spare.img"));
-    assert_eq!(spare.get("Device Role"), "Active device 2", "{}", spare.text);
-    assert!(!spare.text.contains("Recovery Offset"), "the rebuild finished: {}", spare.text);
+    assert_eq!(
+        spare.get("Device Role"),
+        "Active device 2",
+        "{}",
+        spare.text
+    );
+    assert!(
+        !spare.text.contains("Recovery Offset"),
+        "the rebuild finished: {}",
+        spare.text
+    );
 
     // The failed member is still examinable: its own (older) superblock is left as it was.
     let m2 = mdadm_examine(&dir.join("m2.img"));

@@ -48,6 +48,11 @@ pub enum ControlRequest {
         #[serde(default)]
         speed_max_kib: Option<u64>,
     },
+    /// Scrub every stripe, counting mismatches; `repair` also fixes them.
+    Check {
+        #[serde(default)]
+        repair: bool,
+    },
     /// A fault drill on a live array (see `raidctl inject`).
     Inject {
         device: String,

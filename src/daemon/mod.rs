@@ -546,6 +546,7 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                 Ok(ControlRequest::Add { device, force }) => {
                     reply(daemon.add(&device, force).await)
                 }
+                Ok(ControlRequest::Check { repair }) => reply(daemon.array.start_scrub(repair)),
                 Ok(ControlRequest::Rebuild {
                     speed_min_kib,
                     speed_max_kib,

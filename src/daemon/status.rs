@@ -77,6 +77,9 @@ pub struct StatusReport {
     /// NBD URIs clients can use (`nbd+unix:///NAME?socket=...`, `nbd://HOST:PORT/NAME`).
     pub export_uris: Vec<String>,
     pub io: IoReport,
+    /// The running or last `check` / `repair` (md's sync_action and mismatch_cnt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::raid::ScrubState>,
     /// Rebuild throttle, KiB/s.
     pub speed_min_kib: u64,
     pub speed_max_kib: u64,
@@ -154,6 +157,7 @@ impl StatusReport {
             total_connections: server.map_or(0, |s| s.stats.total_connections.get()),
             export_uris,
             io: array.counters().into(),
+            check: array.scrub_state(),
             speed_min_kib: array.speed_limits().0,
             speed_max_kib: array.speed_limits().1,
             attachments: Vec::new(),

@@ -53,6 +53,15 @@ pub enum Event {
     MemberRemoved {
         member: String,
     },
+    ReadErrorCorrected {
+        slot: usize,
+        member: String,
+        corrected: u32,
+    },
+    CheckFinished {
+        repair: bool,
+        mismatch_sectors: u64,
+    },
 }
 
 impl Event {
@@ -69,6 +78,8 @@ impl Event {
             Event::ArrayFailed { .. } => "ArrayFailed",
             Event::SparesMissing { .. } => "SparesMissing",
             Event::MemberAdded { .. } => "MemberAdded",
+            Event::ReadErrorCorrected { .. } => "ReadErrorCorrected",
+            Event::CheckFinished { .. } => "CheckFinished",
             Event::MemberRemoved { .. } => "MemberRemoved",
         }
     }
@@ -83,6 +94,7 @@ impl Event {
             | Event::RebuildFinished { member, .. }
             | Event::RebuildAborted { member, .. }
             | Event::MemberAdded { member, .. }
+            | Event::ReadErrorCorrected { member, .. }
             | Event::MemberRemoved { member } => Some(member),
             _ => None,
         }

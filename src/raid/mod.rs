@@ -17,6 +17,7 @@
 //! so concurrent overlapping writes never interleave on a stripe.
 
 mod assemble;
+mod correct;
 mod create;
 pub mod events;
 mod handle;
@@ -24,6 +25,7 @@ mod manage;
 mod meta;
 mod raid5;
 mod rebuild;
+mod scrub;
 mod slots;
 mod striped;
 
@@ -34,6 +36,7 @@ pub use assemble::{assemble, AssembleOptions, Assembled};
 pub use create::{create, CreateOptions, CreatedArray};
 pub use handle::{install_engine, uninstall_engine, EngineHandle};
 pub use rebuild::RebuildState;
+pub use scrub::ScrubState;
 pub use slots::{Disk, SlotState};
 
 use crate::buf::BufSlice;
@@ -92,6 +95,7 @@ pub struct Array {
     speed_min_kib: Cell<u64>,
     speed_max_kib: Cell<u64>,
     checkpoint_every: Cell<(u64, std::time::Duration)>,
+    scrub: Cell<Option<scrub::ScrubState>>,
 }
 
 impl Array {

@@ -52,20 +52,24 @@ impl Array {
 
     async fn read_raid5_piece(&self, array_offset: u64, buf: BufSlice) -> Result<()> {
         let loc = self.geo.raid5_locate(array_offset);
-        if self
-            .read_slot(loc.slot, loc.member_offset, buf.clone())
+        let miss = match self
+            .read_slot_correctable(loc.slot, loc.member_offset, buf.clone())
             .await
-            .is_ok()
         {
-            return Ok(());
-        }
+            Ok(()) => return Ok(()),
+            Err(miss) => miss,
+        };
         self.count(|c| c.degraded_reads += 1);
         // Reconstruct under the row lock: a concurrent write must not change the row between
         // our reads of its members.
         let _guard = self.locks.lock(loc.stripe).await;
-        self.reconstruct(loc.slot, loc.member_offset, buf)
+        self.reconstruct(loc.slot, loc.member_offset, buf.clone())
             .await
-            .map_err(|_| self.lost_error(array_offset))
+            .map_err(|_| self.lost_error(array_offset))?;
+        if miss == super::correct::ReadMiss::Bad {
+            self.repair_range(loc.slot, loc.member_offset, buf).await;
+        }
+        Ok(())
     }
 
     /// Fills `out` with the bytes of `missing_slot` at `member_offset`: the XOR of every other

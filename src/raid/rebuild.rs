@@ -379,7 +379,11 @@ impl Array {
     /// md's throttle: at most speed-max, and at speed-min while the array has other I/O.
     /// `window` is (start, rebuild bytes since, foreground requests last seen). Sleeps in
     /// short slices and re-checks, so the rebuild speeds up as soon as the foreground stops.
-    async fn throttle(&self, window: (Instant, u64, u64), just_done: u64) -> (Instant, u64, u64) {
+    pub(super) async fn throttle(
+        &self,
+        window: (Instant, u64, u64),
+        just_done: u64,
+    ) -> (Instant, u64, u64) {
         const SLICE: Duration = Duration::from_millis(20);
         let (start, bytes, mut fg_seen) = window;
         let bytes = bytes + just_done;

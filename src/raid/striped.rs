@@ -88,36 +88,38 @@ impl Array {
         };
         let first_try = self.copy_extents(offset, len, preferred, true);
         let results = join_all(first_try.iter().map(|e| {
-            self.read_slot(
-                e.slot,
-                e.member_offset,
-                buf.slice(e.buf_offset as usize, e.len as usize),
-            )
+            let part = buf.slice(e.buf_offset as usize, e.len as usize);
+            self.read_slot_correctable(e.slot, e.member_offset, part)
         }))
         .await;
-        // Pieces whose preferred copy failed: retry piece by piece on the other copies.
+        // Pieces whose preferred copy failed: retry piece by piece on the other copies, then
+        // repair a copy that had a bad range (it is still a member).
         for (ext, result) in first_try.iter().zip(results) {
-            if result.is_ok() {
-                continue;
-            }
+            let Err(miss) = result else { continue };
             self.count(|c| c.degraded_reads += 1);
-            self.read_from_any_copy(
-                offset + ext.buf_offset,
-                buf.slice(ext.buf_offset as usize, ext.len as usize),
-            )
-            .await?;
+            let part = buf.slice(ext.buf_offset as usize, ext.len as usize);
+            self.read_from_any_copy(offset + ext.buf_offset, part.clone(), Some(ext.slot))
+                .await?;
+            if miss == super::correct::ReadMiss::Bad {
+                self.repair_range(ext.slot, ext.member_offset, part).await;
+            }
         }
         Ok(())
     }
 
     /// Reads `buf.len()` bytes at array `offset`, piece by piece, from the first copy that works
     /// (failed members are inactive by now, so they are skipped at once).
-    async fn read_from_any_copy(&self, offset: u64, buf: BufSlice) -> Result<()> {
+    async fn read_from_any_copy(
+        &self,
+        offset: u64,
+        buf: BufSlice,
+        skip: Option<usize>,
+    ) -> Result<()> {
         for piece in self.geo.pieces(offset, buf.len() as u64) {
             let part = buf.slice((piece.array_offset - offset) as usize, piece.len as usize);
             let copies = self.geo.map_copies(piece.array_offset);
             let mut done = false;
-            for place in copies.iter() {
+            for place in copies.iter().filter(|p| Some(p.slot) != skip) {
                 if self
                     .read_slot(place.slot, place.member_offset, part.clone())
                     .await

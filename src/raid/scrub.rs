@@ -1,0 +1,227 @@
+//! `check` and `repair`: read every stripe and compare its redundancy (md's sync_action).
+//!
+//! RAID5: the XOR of a row over all members must be zero; RAID1/RAID10: every copy of a chunk
+//! must be equal. Mismatches are counted like md's mismatch_cnt: in 512-byte sectors, 8 per
+//! mismatching 4 KiB block. `repair` rewrites parity from the data (RAID5) or the other copies
+//! from the first (mirrors), as md does. Regions are scrubbed under their stripe locks and
+//! throttled like a rebuild.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures::future::join_all;
+
+use super::events::Event;
+use super::Array;
+use crate::buf::BufSlice;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::Level;
+use crate::parity::xor_into;
+
+const BLOCK: usize = 4096;
+
+/// A scrub in progress (or the last one finished).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScrubState {
+    pub repair: bool,
+    pub running: bool,
+    /// Member bytes (RAID5) or array bytes (mirrors) scrubbed so far, of `total_bytes`.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// md's mismatch_cnt: sectors found inconsistent (repaired too, with `repair`).
+    pub mismatch_sectors: u64,
+}
+
+impl Array {
+    pub fn scrub_state(&self) -> Option<ScrubState> {
+        self.scrub.get()
+    }
+
+    /// Starts a check (or repair) in the background. Refused on a degraded, failed or
+    /// RAID0 array, and while a rebuild or another scrub runs.
+    pub fn start_scrub(self: &Rc<Self>, repair: bool) -> Result<()> {
+        if self.geo.level() == Level::Raid0 {
+            return Err(Error::invalid("RAID0 has no redundancy to check"));
+        }
+        if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            return Err(Error::new(
+                ErrorKind::Inconsistent,
+                format!(
+                    "array {} is not complete ({}): check needs every member; rebuild first",
+                    self.name,
+                    self.missing_description()
+                ),
+            ));
+        }
+        if self.scrub.get().is_some_and(|s| s.running) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("a check of array {} is already running", self.name),
+            ));
+        }
+        if repair && self.read_only {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!("array {} is read-only: check without --repair", self.name),
+            ));
+        }
+        let total = match self.geo.level() {
+            Level::Raid5 => self.geo.member_used_bytes(),
+            _ => self.geo.array_bytes(),
+        };
+        self.scrub.set(Some(ScrubState {
+            repair,
+            running: true,
+            done_bytes: 0,
+            total_bytes: total,
+            mismatch_sectors: 0,
+        }));
+        crate::reactor::spawn(self.clone().scrub(repair, total));
+        Ok(())
+    }
+
+    async fn scrub(self: Rc<Self>, repair: bool, total: u64) {
+        if repair && self.mark_dirty().await.is_err() {
+            return self.finish_scrub(false);
+        }
+        let step = (4u64 << 20) / self.geo.stripe_bytes().max(1) * self.geo.stripe_bytes().max(1);
+        let step = step.max(self.geo.stripe_bytes());
+        let done = Cell::new(0u64);
+        let mut window = (Instant::now(), 0u64, 0u64);
+        while done.get() < total {
+            if self.stopping.get()
+                || self.failed.get()
+                || self.slots.borrow().iter().any(|s| !s.is_active())
+            {
+                return self.finish_scrub(false);
+            }
+            let len = step.min(total - done.get());
+            let found = match self.geo.level() {
+                Level::Raid5 => self.scrub_rows(done.get(), len, repair).await,
+                _ => self.scrub_copies(done.get(), len, repair).await,
+            };
+            let Some(found) = found else {
+                return self.finish_scrub(false);
+            };
+            done.set(done.get() + len);
+            if let Some(mut s) = self.scrub.get() {
+                s.done_bytes = done.get();
+                s.mismatch_sectors += found;
+                self.scrub.set(Some(s));
+            }
+            window = self.throttle(window, len).await;
+        }
+        self.finish_scrub(true);
+    }
+
+    fn finish_scrub(&self, complete: bool) {
+        if let Some(mut s) = self.scrub.get() {
+            s.running = false;
+            self.scrub.set(Some(s));
+            if complete {
+                self.emit(Event::CheckFinished {
+                    repair: s.repair,
+                    mismatch_sectors: s.mismatch_sectors,
+                });
+            }
+        }
+    }
+
+    /// RAID5 rows covering member bytes `at..at+len`: returns mismatching sectors.
+    async fn scrub_rows(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
+        let chunk = self.geo.chunk_bytes();
+        let _guards = self
+            .locks
+            .lock_range(at / chunk..(at + len - 1) / chunk + 1)
+            .await;
+        let bufs: Vec<BufSlice> = (0..self.geo.members())
+            .map(|_| BufSlice::zeroed(len as usize))
+            .collect();
+        let reads = bufs
+            .iter()
+            .enumerate()
+            .map(|(slot, b)| self.read_slot(slot, at, b.clone()));
+        if join_all(reads).await.iter().any(|r| r.is_err()) {
+            return None;
+        }
+        let acc = BufSlice::zeroed(len as usize);
+        for b in &bufs {
+            xor_into(acc.bytes_mut(), b.bytes());
+        }
+        let mut sectors = 0;
+        for (i, block) in acc.bytes().chunks(BLOCK).enumerate() {
+            if block.iter().all(|&x| x == 0) {
+                continue;
+            }
+            sectors += (block.len() / 512) as u64;
+            if repair {
+                // The parity member of this row gets parity recomputed from the data.
+                let off = at + (i * BLOCK) as u64;
+                let stripe = off / chunk;
+                let pslot = self.geo.raid5_parity_slot(stripe);
+                let fixed = BufSlice::zeroed(block.len());
+                for (slot, b) in bufs.iter().enumerate() {
+                    if slot != pslot {
+                        xor_into(
+                            fixed.bytes_mut(),
+                            &b.bytes()[i * BLOCK..i * BLOCK + block.len()],
+                        );
+                    }
+                }
+                if self.write_slot(pslot, off, fixed, false).await.is_err() {
+                    return None;
+                }
+            }
+        }
+        Some(sectors)
+    }
+
+    /// Mirror chunks covering array bytes `at..at+len`: returns mismatching sectors.
+    async fn scrub_copies(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
+        let unit = self.geo.stripe_bytes();
+        let _guards = self
+            .locks
+            .lock_range(at / unit..(at + len - 1) / unit + 1)
+            .await;
+        let mut sectors = 0;
+        for piece in self.geo.pieces(at, len) {
+            let copies = self.geo.map_copies(piece.array_offset);
+            let bufs: Vec<BufSlice> = copies
+                .iter()
+                .map(|_| BufSlice::zeroed(piece.len as usize))
+                .collect();
+            let reads = copies
+                .iter()
+                .zip(&bufs)
+                .map(|(c, b)| self.read_slot(c.slot, c.member_offset, b.clone()));
+            if join_all(reads).await.iter().any(|r| r.is_err()) {
+                return None;
+            }
+            for (i, block) in bufs[0].bytes().chunks(BLOCK).enumerate() {
+                let range = i * BLOCK..i * BLOCK + block.len();
+                let differs: Vec<usize> = (1..bufs.len())
+                    .filter(|&k| bufs[k].bytes()[range.clone()] != *block)
+                    .collect();
+                if differs.is_empty() {
+                    continue;
+                }
+                sectors += (block.len() / 512) as u64;
+                if repair {
+                    for k in differs {
+                        let c = copies.as_slice()[k];
+                        let fixed = bufs[0].slice(range.start, block.len());
+                        if self
+                            .write_slot(c.slot, c.member_offset + range.start as u64, fixed, false)
+                            .await
+                            .is_err()
+                        {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+        Some(sectors)
+    }
+}
