@@ -20,7 +20,6 @@ use rand::{Rng, SeedableRng};
 struct Config {
     seed: u64,
     kind: LayoutKind,
-    members: usize,
     chunk: u64,
     sizes: Vec<u64>,
     fail_at: Option<(usize, usize)>,
@@ -72,7 +71,6 @@ fn random_config(seed: u64) -> Config {
     Config {
         seed,
         kind,
-        members,
         chunk,
         sizes,
         fail_at,
