@@ -47,6 +47,8 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Scrub every stripe: count mismatches (md's mismatch_cnt); --repair fixes them.
     Check(CheckArgs),
+    /// Stream events (failures, spares, rebuilds, checks) of one array or of all of them.
+    Monitor(MonitorArgs),
     /// Run a self-contained demonstration on member files in a temporary directory.
     Demo(DemoArgs),
 }
@@ -243,4 +245,16 @@ pub struct CheckArgs {
     /// Wait for the scrub to finish, showing progress; exit 1 if mismatches were found.
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Array name (default: every array running in the run directory).
+    pub name: Option<String>,
+    /// One JSON object per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Run PROGRAM EVENT ARRAY [MEMBER] for every event, in order (like mdadm --monitor --program).
+    #[arg(long, value_name = "PATH")]
+    pub program: Option<String>,
 }

@@ -7,6 +7,7 @@ mod cmd_attach;
 mod cmd_create;
 mod cmd_examine;
 mod cmd_manage;
+mod cmd_monitor;
 mod cmd_status;
 mod demo;
 mod devices;
@@ -30,6 +31,7 @@ fn main() {
         cli::Command::Add(a) => cmd_manage::add(a, args.run_dir.as_deref()),
         cli::Command::Rebuild(a) => cmd_manage::rebuild(a, args.run_dir.as_deref()),
         cli::Command::Check(a) => cmd_manage::check(a, args.run_dir.as_deref()),
+        cli::Command::Monitor(a) => cmd_monitor::run(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };
     match result {

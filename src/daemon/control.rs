@@ -48,6 +48,8 @@ pub enum ControlRequest {
         #[serde(default)]
         speed_max_kib: Option<u64>,
     },
+    /// Stream events on this connection, one JSON object per line, until it closes.
+    Monitor,
     /// Scrub every stripe, counting mismatches; `repair` also fixes them.
     Check {
         #[serde(default)]

@@ -502,7 +502,11 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let request: std::result::Result<ControlRequest, _> = serde_json::from_slice(&line);
+            if matches!(request, Ok(ControlRequest::Monitor)) {
+                return monitor_connection(daemon, fd).await;
+            }
             let answer = match request {
+                Ok(ControlRequest::Monitor) => unreachable!("handled above"),
                 Ok(ControlRequest::Status) => ControlResponse {
                     ok: true,
                     status: Some(daemon.status()),
@@ -603,6 +607,57 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
             return;
         }
         pending.extend_from_slice(&chunk.bytes()[..n as usize]);
+    }
+}
+
+/// Streams every later event of the array to `fd` as JSON lines ({"event":"...", "array":
+/// "...", ...}) until the peer goes away or the daemon stops.
+async fn monitor_connection(daemon: Rc<Daemon>, fd: RawFd) {
+    use std::collections::VecDeque;
+    let queue: Rc<RefCell<VecDeque<Vec<u8>>>> = Rc::new(RefCell::new(VecDeque::new()));
+    let ready = Rc::new(Semaphore::new(0));
+    let closed = Rc::new(std::cell::Cell::new(false));
+    {
+        let (queue, ready, closed) = (queue.clone(), ready.clone(), closed.clone());
+        let name = daemon.config.name.clone();
+        daemon.array.subscribe(move |event| {
+            // A monitor that went away, or one that reads far too slowly, gets nothing more.
+            if closed.get() || queue.borrow().len() > 10_000 {
+                return;
+            }
+            let mut value = serde_json::to_value(event).unwrap_or_default();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("array".into(), serde_json::Value::String(name.clone()));
+            }
+            let mut line = serde_json::to_vec(&value).unwrap_or_default();
+            line.push(b'\n');
+            queue.borrow_mut().push_back(line);
+            if ready.available() == 0 {
+                ready.release();
+            }
+        });
+    }
+    // Tell the client it is subscribed, then forward events as they come.
+    let hello = ControlResponse {
+        ok: true,
+        ..Default::default()
+    };
+    if send_line(fd, &hello).await.is_err() {
+        closed.set(true);
+        sock::close(fd);
+        return;
+    }
+    loop {
+        ready.acquire().await;
+        let lines: Vec<Vec<u8>> = queue.borrow_mut().drain(..).collect();
+        for line in lines {
+            let buf = AlignedBuf::from_slice(&line).into_shared();
+            if sock::write_all(fd, &[buf]).await.is_err() {
+                closed.set(true);
+                sock::close(fd);
+                return;
+            }
+        }
     }
 }
 

@@ -247,6 +247,12 @@ impl Array {
                 slot,
                 member: disk.member.path().to_string(),
             });
+            let missing = self.missing_description();
+            if self.failed.get() {
+                self.emit(super::events::Event::ArrayFailed { missing });
+            } else {
+                self.emit(super::events::Event::DegradedArray { missing });
+            }
             self.needs_attention();
         }
         SlotGone
