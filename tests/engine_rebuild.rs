@@ -330,3 +330,77 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
     })
     .unwrap();
 }
+
+#[test]
+fn replace_builds_the_new_member_while_the_old_stays_active() {
+    for (kind, members) in [
+        (LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric), 4),
+        (LayoutKind::Raid1, 2),
+        (
+            LayoutKind::Raid10(Raid10Layout {
+                near: 2,
+                far: 1,
+                offset: false,
+            }),
+            4,
+        ),
+    ] {
+        block_on(async move {
+            let r = rig(kind.clone(), members, 0).await;
+            let size = r.array.size_bytes() as usize;
+            let mut model = pattern(size, 7).to_vec();
+            r.array.write(0, pattern(size, 7), false).await.unwrap();
+            let new = Rc::new(MemMember::new("new", MEMBER, 99));
+            r.array
+                .replace_member("m1", new.clone(), false)
+                .await
+                .expect("replace starts");
+            let writer = {
+                let array = r.array.clone();
+                spawn(async move {
+                    let mut done = Vec::new();
+                    for i in 0..48u64 {
+                        let at = (i * 6007 * 4096) % (array.size_bytes() - 65536);
+                        let data = pattern(65536, 300 + i);
+                        array.write(at, data.clone(), false).await.unwrap();
+                        done.push((at, data.to_vec()));
+                        sleep(Duration::from_micros(300)).await;
+                    }
+                    done
+                })
+            };
+            for (at, data) in writer.await {
+                model[at as usize..at as usize + data.len()].copy_from_slice(&data);
+            }
+            for _ in 0..20_000 {
+                if r.array.replacement_state().is_none() {
+                    break;
+                }
+                sleep(Duration::from_millis(2)).await;
+            }
+            assert!(
+                r.array.replacement_state().is_none(),
+                "{kind:?}: replacement did not finish"
+            );
+            assert!(
+                matches!(&r.array.slots()[1], SlotState::Active(d) if d.member.path() == "new"),
+                "{kind:?}"
+            );
+            assert!(
+                r.array
+                    .replaced_faulty()
+                    .iter()
+                    .any(|d| d.member.path() == "m1"),
+                "{kind:?}: old member faulty"
+            );
+            let got = BufSlice::zeroed(size);
+            r.array.read(0, got.clone()).await.unwrap();
+            assert!(got.to_vec() == model, "{kind:?}: data after replace");
+            let mut sims = r.sims.clone();
+            sims.push(new);
+            check_consistent(&r.array, &sims);
+            r.array.close().await.unwrap();
+        })
+        .unwrap();
+    }
+}

@@ -45,6 +45,8 @@ pub enum Command {
     Add(AddArgs),
     /// Start or resume a rebuild now, change its speed limits, and optionally wait for it.
     Rebuild(RebuildArgs),
+    /// Replace an active member: NEW is rebuilt while DEV stays in, then DEV is failed.
+    Replace(ReplaceArgs),
     /// Scrub every stripe: count mismatches (md's mismatch_cnt); --repair fixes them.
     Check(CheckArgs),
     /// Stream events (failures, spares, rebuilds, checks) of one array or of all of them.
@@ -257,4 +259,21 @@ pub struct MonitorArgs {
     /// Run PROGRAM EVENT ARRAY [MEMBER] for every event, in order (like mdadm --monitor --program).
     #[arg(long, value_name = "PATH")]
     pub program: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ReplaceArgs {
+    /// Array name.
+    pub name: String,
+    /// The active member to replace.
+    pub device: String,
+    /// The new device.
+    #[arg(long = "with", value_name = "NEW")]
+    pub with: String,
+    /// Overwrite a NEW that belongs to another array.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait until the replacement is complete, showing progress.
+    #[arg(long)]
+    pub wait: bool,
 }

@@ -8,7 +8,7 @@ use raidcore::daemon::rundir::RunDir;
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 
-use crate::cli::{AddArgs, CheckArgs, MemberArgs, RebuildArgs};
+use crate::cli::{AddArgs, CheckArgs, MemberArgs, RebuildArgs, ReplaceArgs};
 use crate::cmd_status::{not_running, query};
 
 fn send(run_dir: &RunDir, name: &str, req: ControlRequest) -> Result<ControlResponse> {
@@ -223,4 +223,25 @@ pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(if tty { 250 } else { 500 }));
     }
+}
+
+pub fn replace(args: ReplaceArgs, run_dir: Option<&str>) -> Result<i32> {
+    let run_dir = RunDir::resolve(run_dir);
+    send(
+        &run_dir,
+        &args.name,
+        ControlRequest::Replace {
+            device: args.device.clone(),
+            with: args.with.clone(),
+            force: args.force,
+        },
+    )?;
+    println!(
+        "replacing {} with {} in array {} (the old member stays active until the copy is complete)",
+        args.device, args.with, args.name
+    );
+    if args.wait {
+        return wait_for_rebuild(&run_dir, &args.name);
+    }
+    Ok(0)
 }

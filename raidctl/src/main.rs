@@ -31,6 +31,7 @@ fn main() {
         cli::Command::Add(a) => cmd_manage::add(a, args.run_dir.as_deref()),
         cli::Command::Rebuild(a) => cmd_manage::rebuild(a, args.run_dir.as_deref()),
         cli::Command::Check(a) => cmd_manage::check(a, args.run_dir.as_deref()),
+        cli::Command::Replace(a) => cmd_manage::replace(a, args.run_dir.as_deref()),
         cli::Command::Monitor(a) => cmd_monitor::run(a, args.run_dir.as_deref()),
         cli::Command::Demo(a) => demo::run(a),
     };

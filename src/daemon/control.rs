@@ -41,6 +41,13 @@ pub enum ControlRequest {
         #[serde(default)]
         force: bool,
     },
+    /// Build `with` as a copy of the active member `device`, then fail `device`.
+    Replace {
+        device: String,
+        with: String,
+        #[serde(default)]
+        force: bool,
+    },
     /// Start or resume recovery now; optionally change the throttle (KiB/s).
     Rebuild {
         #[serde(default)]

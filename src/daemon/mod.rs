@@ -250,6 +250,18 @@ impl Daemon {
             .unwrap_or_else(|_| device.to_string())
     }
 
+    /// Opens and claims NEW, and starts replacing DEV with it.
+    async fn replace(&self, device: &str, with: &str, force: bool) -> Result<()> {
+        let old = self.member_path(device);
+        let path = self.member_path(with);
+        let file: Rc<dyn Member> = Rc::new(FileMember::open(&path, OpenOptions::default())?);
+        let handle = FaultHandle::default();
+        let member: Rc<dyn Member> = Rc::new(FaultMember::new(file, handle.clone()));
+        self.array.replace_member(&old, member, force).await?;
+        self.faults.borrow_mut().insert(path, handle);
+        Ok(())
+    }
+
     /// Opens, claims and adds a hot spare.
     async fn add(&self, device: &str, force: bool) -> Result<()> {
         let path = self.member_path(device);
@@ -551,6 +563,11 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                     reply(daemon.add(&device, force).await)
                 }
                 Ok(ControlRequest::Check { repair }) => reply(daemon.array.start_scrub(repair)),
+                Ok(ControlRequest::Replace {
+                    device,
+                    with,
+                    force,
+                }) => reply(daemon.replace(&device, &with, force).await),
                 Ok(ControlRequest::Rebuild {
                     speed_min_kib,
                     speed_max_kib,

@@ -114,6 +114,16 @@ impl StatusReport {
                 }
             })
             .collect();
+        if let Some((slot, path, done, total)) = array.replacement_state() {
+            members.push(MemberReport {
+                slot: Some(slot),
+                path: Some(path),
+                role: "replacement".into(),
+                state: "recovering".into(),
+                recovered_bytes: Some(done),
+                recovery_total_bytes: Some(total),
+            });
+        }
         for d in array.replaced_faulty() {
             members.push(MemberReport {
                 slot: None,

@@ -173,6 +173,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         speed_min_kib: Cell::new(super::rebuild::SPEED_MIN_KIB_DEFAULT),
         speed_max_kib: Cell::new(super::rebuild::SPEED_MAX_KIB_DEFAULT),
         scrub: Cell::new(None),
+        replacement: RefCell::new(None),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,

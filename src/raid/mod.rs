@@ -25,6 +25,7 @@ mod manage;
 mod meta;
 mod raid5;
 mod rebuild;
+mod replace;
 mod scrub;
 mod slots;
 mod striped;
@@ -96,6 +97,7 @@ pub struct Array {
     speed_max_kib: Cell<u64>,
     checkpoint_every: Cell<(u64, std::time::Duration)>,
     scrub: Cell<Option<scrub::ScrubState>>,
+    replacement: RefCell<Option<replace::Replacement>>,
 }
 
 impl Array {

@@ -326,6 +326,24 @@ impl Array {
         guards
     }
 
+    pub(super) async fn lock_member_range_pub(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        len: u64,
+    ) -> Vec<KeyedLockGuard> {
+        self.lock_member_range(slot, member_offset, len).await
+    }
+
+    pub(super) async fn read_for_rebuild_pub(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        buf: &BufSlice,
+    ) -> bool {
+        self.read_for_rebuild(slot, member_offset, buf).await
+    }
+
     /// Fills `buf` with what `slot` must hold at `member_offset`, from the other members.
     async fn read_for_rebuild(&self, slot: usize, member_offset: u64, buf: &BufSlice) -> bool {
         match self.geo.level() {

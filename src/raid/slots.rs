@@ -134,11 +134,13 @@ impl Array {
         let disk = self
             .writable_disk(slot, member_offset, buf.len() as u64)
             .ok_or(SlotGone)?;
-        match disk
+        // A replacement being built for this slot gets the write too, below its cursor.
+        let mirror = self.replacement_write(slot, member_offset, &buf, fua);
+        let main = disk
             .member
-            .write(disk.data_offset + member_offset, buf, fua)
-            .await
-        {
+            .write(disk.data_offset + member_offset, buf, fua);
+        let (main, ()) = futures::join!(main, mirror);
+        match main {
             Ok(()) => Ok(()),
             Err(e) => Err(self
                 .slot_failed(slot, &disk, "write", member_offset, e)
@@ -173,7 +175,11 @@ impl Array {
             disk.member.write_zeroes(at, len).await
         };
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.replacement_zero(slot, member_offset, len, discard)
+                    .await;
+                Ok(())
+            }
             Err(e) => Err(self
                 .slot_failed(slot, &disk, "zero", member_offset, e)
                 .await),

@@ -1,0 +1,267 @@
+//! `replace DEV --with NEW`: NEW is built while DEV stays active, then DEV is failed, so the
+//! array never loses redundancy (md's `--replace`).
+//!
+//! NEW joins as a spare (its superblock says so), is taken off the spare list, and is filled
+//! region by region under the stripe locks, from DEV itself (or from redundancy where DEV
+//! cannot be read). Foreground writes to the slot also go to NEW below the copy cursor. Only
+//! when NEW is complete and flushed do the roles change, in one superblock update: NEW takes
+//! the slot and DEV becomes faulty. A crash before that leaves DEV active and NEW a spare.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::events::Event;
+use super::slots::{Disk, SlotState};
+use super::Array;
+use crate::buf::BufSlice;
+use crate::error::{Error, ErrorKind, Result};
+use crate::member::Member;
+use crate::metadata::Role;
+
+/// A replacement being built.
+pub(super) struct Replacement {
+    pub slot: usize,
+    pub old: Rc<Disk>,
+    pub new: Rc<Disk>,
+    pub cursor: Rc<Cell<u64>>,
+}
+
+impl Array {
+    /// The replacement under way, as (slot, new member path, bytes copied, total).
+    pub fn replacement_state(&self) -> Option<(usize, String, u64, u64)> {
+        self.replacement.borrow().as_ref().map(|r| {
+            (
+                r.slot,
+                r.new.member.path().to_string(),
+                r.cursor.get(),
+                self.geo.slot_used_bytes(r.slot),
+            )
+        })
+    }
+
+    /// Starts replacing the active member `path` with `new`.
+    pub async fn replace_member(
+        self: &Rc<Self>,
+        path: &str,
+        new: Rc<dyn Member>,
+        force: bool,
+    ) -> Result<()> {
+        let slot = self
+            .slots
+            .borrow()
+            .iter()
+            .position(|s| matches!(s, SlotState::Active(d) if d.member.path() == path))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{path} is not an active member of array {}",
+                    self.name
+                ))
+            })?;
+        if self.replacement.borrow().is_some() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("a replacement is already running in array {}", self.name),
+            ));
+        }
+        if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            return Err(Error::new(
+                ErrorKind::Inconsistent,
+                format!(
+                    "array {} is degraded ({}): rebuild it before replacing a member",
+                    self.name,
+                    self.missing_description()
+                ),
+            ));
+        }
+        let new_path = new.path().to_string();
+        self.add_spare(new, force).await?;
+        let new_disk = {
+            let mut spares = self.spares.borrow_mut();
+            let i = spares
+                .iter()
+                .position(|d| d.member.path() == new_path)
+                .expect("just added");
+            spares.remove(i)
+        };
+        let old = match &self.slots.borrow()[slot] {
+            SlotState::Active(d) => d.clone(),
+            _ => return Err(Error::invalid(format!("{path} is no longer active"))),
+        };
+        *self.replacement.borrow_mut() = Some(Replacement {
+            slot,
+            old,
+            new: new_disk,
+            cursor: Rc::new(Cell::new(0)),
+        });
+        crate::reactor::spawn(self.clone().replace_copy());
+        Ok(())
+    }
+
+    /// The part of a foreground write that the replacement must get too (below its cursor).
+    pub(super) fn replacement_write(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        buf: &BufSlice,
+        fua: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        let target = self
+            .replacement
+            .borrow()
+            .as_ref()
+            .filter(|r| r.slot == slot)
+            .map(|r| (r.new.clone(), r.cursor.get()));
+        let Some((new, cursor)) = target else {
+            return Box::pin(async {});
+        };
+        if member_offset >= cursor {
+            return Box::pin(async {});
+        }
+        let n = (cursor - member_offset).min(buf.len() as u64) as usize;
+        let part = buf.slice(0, n);
+        Box::pin(async move {
+            if let Err(e) = new
+                .member
+                .write(new.data_offset + member_offset, part, fua)
+                .await
+            {
+                self.abort_replacement(&format!("write to the new member failed: {e}"));
+            }
+        })
+    }
+
+    pub(super) async fn replacement_zero(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        len: u64,
+        discard: bool,
+    ) {
+        let target = self
+            .replacement
+            .borrow()
+            .as_ref()
+            .filter(|r| r.slot == slot)
+            .map(|r| (r.new.clone(), r.cursor.get()));
+        let Some((new, cursor)) = target else { return };
+        if member_offset >= cursor {
+            return;
+        }
+        let n = (cursor - member_offset).min(len);
+        let at = new.data_offset + member_offset;
+        let r = if discard {
+            new.member.discard(at, n).await
+        } else {
+            new.member.write_zeroes(at, n).await
+        };
+        if let Err(e) = r {
+            self.abort_replacement(&format!("zeroing on the new member failed: {e}"));
+        }
+    }
+
+    /// Gives up: the new member goes back to being a spare.
+    fn abort_replacement(&self, reason: &str) {
+        let Some(r) = self.replacement.borrow_mut().take() else {
+            return;
+        };
+        self.emit(Event::RebuildAborted {
+            slot: r.slot,
+            member: r.new.member.path().to_string(),
+            reason: reason.into(),
+        });
+        self.spares.borrow_mut().push(r.new);
+    }
+
+    async fn replace_copy(self: Rc<Self>) {
+        self.rebuilds.set(self.rebuilds.get() + 1);
+        self.replace_copy_inner().await;
+        self.rebuilds.set(self.rebuilds.get() - 1);
+    }
+
+    async fn replace_copy_inner(&self) {
+        let Some((slot, new, cursor)) = self
+            .replacement
+            .borrow()
+            .as_ref()
+            .map(|r| (r.slot, r.new.clone(), r.cursor.clone()))
+        else {
+            return;
+        };
+        let member = new.member.path().to_string();
+        let total = self.geo.slot_used_bytes(slot);
+        self.emit(Event::RebuildStarted {
+            slot,
+            member: member.clone(),
+            from_bytes: 0,
+            total_bytes: total,
+        });
+        let chunk = self.geo.chunk_bytes().max(1 << 16);
+        let step = ((4u64 << 20) / chunk).max(1) * chunk;
+        let mut window = (Instant::now(), 0u64, 0u64);
+        while cursor.get() < total {
+            let ours = self
+                .replacement
+                .borrow()
+                .as_ref()
+                .is_some_and(|r| Rc::ptr_eq(&r.new, &new));
+            if !ours || self.failed.get() {
+                return;
+            }
+            if self.stopping.get() {
+                return self.abort_replacement("the array is stopping; run replace again");
+            }
+            let at = cursor.get();
+            let len = step.min(total - at);
+            let guards = self.lock_member_range_pub(slot, at, len).await;
+            let buf = BufSlice::zeroed(len as usize);
+            let read = self.read_slot(slot, at, buf.clone()).await.is_ok()
+                || self.read_for_rebuild_pub(slot, at, &buf).await;
+            if !read {
+                drop(guards);
+                return self.abort_replacement("no readable source for the data");
+            }
+            if let Err(e) = new.member.write(new.data_offset + at, buf, false).await {
+                drop(guards);
+                return self.abort_replacement(&format!("write to the new member failed: {e}"));
+            }
+            cursor.set(at + len);
+            drop(guards);
+            window = self.throttle(window, len).await;
+        }
+        if let Err(e) = new.member.flush().await {
+            return self.abort_replacement(&format!("flush of the new member failed: {e}"));
+        }
+        // Swap roles in one metadata update. With the cursor at the end every write already
+        // reaches both members, so none can slip between the last copy and the switch.
+        let Some(r) = self.replacement.borrow_mut().take() else {
+            return;
+        };
+        {
+            let _meta = self.meta_lock.lock().await;
+            {
+                let mut reference = self.meta.reference.borrow_mut();
+                let _ = reference.set_role(r.new.dev_number, Role::Active(slot as u16));
+                let _ = reference.set_role(r.old.dev_number, Role::Faulty);
+            }
+            for m in self.meta.disks.borrow_mut().iter_mut() {
+                if Rc::ptr_eq(&m.disk, &r.old) {
+                    m.present = false;
+                }
+            }
+            self.slots.borrow_mut()[slot] = SlotState::Active(r.new.clone());
+            if let Err(e) = self.write_all_superblocks().await {
+                tracing::error!(array = %self.name, "recording the replacement failed: {e}");
+            }
+        }
+        self.emit(Event::RebuildFinished {
+            slot,
+            member,
+            bytes_rebuilt: total,
+        });
+        self.emit(Event::MemberFailed {
+            slot,
+            member: r.old.member.path().to_string(),
+        });
+    }
+}
