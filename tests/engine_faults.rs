@@ -23,6 +23,16 @@ struct Rig {
 }
 
 async fn rig(kind: LayoutKind, members: usize, fresh: bool, junk: bool) -> Rig {
+    rig_with(kind, members, fresh, junk, AssembleOptions::default()).await
+}
+
+async fn rig_with(
+    kind: LayoutKind,
+    members: usize,
+    fresh: bool,
+    junk: bool,
+    assemble_opts: AssembleOptions,
+) -> Rig {
     let sims: Vec<Rc<MemMember>> = (0..members)
         .map(|i| Rc::new(MemMember::new(&format!("m{i}"), MEMBER, i as u64)))
         .collect();
@@ -52,7 +62,7 @@ async fn rig(kind: LayoutKind, members: usize, fresh: bool, junk: bool) -> Rig {
         .zip(&faults)
         .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
         .collect();
-    let array = assemble(wrapped, &AssembleOptions::default())
+    let array = assemble(wrapped, &assemble_opts)
         .await
         .expect("assemble")
         .array;
@@ -318,11 +328,17 @@ fn write_error_fails_the_member_and_the_write_still_lands() {
 fn unsynced_raid5_is_written_by_reconstruct_write_so_parity_ends_up_right() {
     block_on(async {
         // Members full of junk, created without --assume-clean: parity is not trustworthy.
-        let r = rig(
+        // The resync is held back (as md's frozen sync_action) so the writes alone are seen.
+        let frozen = AssembleOptions {
+            no_resync: true,
+            ..Default::default()
+        };
+        let r = rig_with(
             LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
             6,
             false,
             true,
+            frozen,
         )
         .await;
         assert_ne!(
@@ -592,6 +608,57 @@ fn check_counts_flipped_bytes_and_repair_fixes_them() {
                 "{kind:?}: consistent after repair"
             );
             r.array.close().await.unwrap();
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn resync_makes_an_array_on_old_contents_consistent_by_itself() {
+    use std::time::Duration;
+    for kind in [
+        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+        LayoutKind::Raid1,
+        LayoutKind::Raid10(Raid10Layout {
+            near: 2,
+            far: 1,
+            offset: false,
+        }),
+    ] {
+        block_on(async move {
+            let r = rig(kind.clone(), 4, false, true).await;
+            for _ in 0..20_000 {
+                if r.array.sync_offset() == u64::MAX {
+                    break;
+                }
+                raidcore::reactor::sleep(Duration::from_millis(2)).await;
+            }
+            assert_eq!(
+                r.array.sync_offset(),
+                u64::MAX,
+                "{kind:?}: the resync did not finish"
+            );
+            r.array.start_scrub(false).unwrap();
+            let s = loop {
+                raidcore::reactor::sleep(Duration::from_millis(2)).await;
+                let s = r.array.scrub_state().unwrap();
+                if !s.running {
+                    break s;
+                }
+            };
+            assert_eq!(
+                s.mismatch_sectors, 0,
+                "{kind:?}: consistent after the resync"
+            );
+            r.array.close().await.unwrap();
+            let sb = raidcore::metadata::Superblock::decode(
+                &r.sims[0].store().lock().unwrap()[4096..8192],
+            )
+            .unwrap();
+            assert!(
+                sb.is_clean(),
+                "{kind:?}: a clean stop after the resync records it as in sync"
+            );
         })
         .unwrap();
     }

@@ -93,6 +93,7 @@ pub fn run(args: AssembleArgs, run_dir: Option<&str>) -> Result<i32> {
             force: args.force,
             read_only: args.read_only,
             expected_uuid: None,
+            no_resync: false,
         },
     };
     if args.foreground {

@@ -574,6 +574,7 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                 }) => {
                     daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
                     daemon.array.needs_attention();
+                    daemon.array.start_resync_if_needed();
                     ControlResponse {
                         ok: true,
                         status: Some(daemon.status()),

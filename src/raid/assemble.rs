@@ -31,6 +31,9 @@ pub struct AssembleOptions {
     pub read_only: bool,
     /// Only accept members of this array.
     pub expected_uuid: Option<[u8; 16]>,
+    /// Leave a pending resync for later (`raidctl rebuild` starts it), like md's frozen
+    /// sync_action: writes past the sync point still use reconstruct-write.
+    pub no_resync: bool,
 }
 
 /// An assembled array and what the user should be told about it.
@@ -174,6 +177,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         speed_max_kib: Cell::new(super::rebuild::SPEED_MAX_KIB_DEFAULT),
         scrub: Cell::new(None),
         replacement: RefCell::new(None),
+        resync_wanted: Cell::new(false),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
@@ -241,6 +245,9 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         // Hot spares and unfinished rebuilds get going at once.
         crate::reactor::spawn(array.clone().run_scheduler());
         array.needs_attention();
+        if !opts.no_resync {
+            array.start_resync_if_needed();
+        }
     }
     Ok(Assembled { array, notes })
 }

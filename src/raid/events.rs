@@ -62,6 +62,9 @@ pub enum Event {
         repair: bool,
         mismatch_sectors: u64,
     },
+    ResyncFinished {
+        mismatch_sectors: u64,
+    },
 }
 
 impl Event {
@@ -80,6 +83,7 @@ impl Event {
             Event::MemberAdded { .. } => "MemberAdded",
             Event::ReadErrorCorrected { .. } => "ReadErrorCorrected",
             Event::CheckFinished { .. } => "CheckFinished",
+            Event::ResyncFinished { .. } => "ResyncFinished",
             Event::MemberRemoved { .. } => "MemberRemoved",
         }
     }

@@ -98,6 +98,7 @@ pub struct Array {
     checkpoint_every: Cell<(u64, std::time::Duration)>,
     scrub: Cell<Option<scrub::ScrubState>>,
     replacement: RefCell<Option<replace::Replacement>>,
+    resync_wanted: Cell<bool>,
 }
 
 impl Array {

@@ -98,6 +98,9 @@ impl Array {
                 continue;
             }
             self.promote_spares().await;
+            if self.resync_wanted.replace(false) {
+                self.start_resync_if_needed();
+            }
             let recovering: Vec<usize> = (0..self.geo.members())
                 .filter(|&s| matches!(self.slots.borrow()[s], SlotState::Recovering(..)))
                 .collect();

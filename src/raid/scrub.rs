@@ -24,6 +24,9 @@ const BLOCK: usize = 4096;
 /// A scrub in progress (or the last one finished).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScrubState {
+    /// A resync (after an unclean stop or for an initial sync): repair that moves the sync point.
+    #[serde(default)]
+    pub resync: bool,
     pub repair: bool,
     pub running: bool,
     /// Member bytes (RAID5) or array bytes (mirrors) scrubbed so far, of `total_bytes`.
@@ -66,28 +69,61 @@ impl Array {
                 format!("array {} is read-only: check without --repair", self.name),
             ));
         }
+        self.begin_scrub(repair, false, 0);
+        Ok(())
+    }
+
+    /// Resyncs from the sync point to the end if the array needs it and can (complete,
+    /// writable, redundant, nothing else running). Called at assembly and after a rebuild.
+    pub fn start_resync_if_needed(self: &Rc<Self>) {
+        let sync = self.sync_offset.get();
+        let busy =
+            self.scrub.get().is_some_and(|s| s.running) || self.replacement.borrow().is_some();
+        if sync == u64::MAX || self.read_only || self.geo.level() == Level::Raid0 || busy {
+            return;
+        }
+        if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            tracing::warn!(array = %self.name, "resync needed but the array is not complete: it runs once the rebuild has finished");
+            return;
+        }
+        tracing::info!(array = %self.name, "resync from {sync} (after an unclean stop, or the initial sync)");
+        let step = self.scrub_step();
+        self.begin_scrub(true, true, sync / step * step);
+    }
+
+    fn scrub_step(&self) -> u64 {
+        let unit = if self.geo.level() == Level::Raid5 {
+            self.geo.chunk_bytes()
+        } else {
+            self.geo.stripe_bytes()
+        };
+        ((4u64 << 20) / unit.max(1)).max(1) * unit.max(1)
+    }
+
+    fn begin_scrub(self: &Rc<Self>, repair: bool, resync: bool, from: u64) {
         let total = match self.geo.level() {
             Level::Raid5 => self.geo.member_used_bytes(),
             _ => self.geo.array_bytes(),
         };
-        self.scrub.set(Some(ScrubState {
+        let from = from.min(total);
+        let state = ScrubState {
+            resync,
             repair,
             running: true,
-            done_bytes: 0,
+            done_bytes: from,
             total_bytes: total,
             mismatch_sectors: 0,
-        }));
-        crate::reactor::spawn(self.clone().scrub(repair, total));
-        Ok(())
+        };
+        self.scrub.set(Some(state));
+        crate::reactor::spawn(self.clone().scrub(repair, resync, from, total));
     }
 
-    async fn scrub(self: Rc<Self>, repair: bool, total: u64) {
+    async fn scrub(self: Rc<Self>, repair: bool, resync: bool, from: u64, total: u64) {
         if repair && self.mark_dirty().await.is_err() {
             return self.finish_scrub(false);
         }
-        let step = (4u64 << 20) / self.geo.stripe_bytes().max(1) * self.geo.stripe_bytes().max(1);
-        let step = step.max(self.geo.stripe_bytes());
-        let done = Cell::new(0u64);
+        let step = self.scrub_step();
+        let done = Cell::new(from);
         let mut window = (Instant::now(), 0u64, 0u64);
         while done.get() < total {
             if self.stopping.get()
@@ -105,12 +141,19 @@ impl Array {
                 return self.finish_scrub(false);
             };
             done.set(done.get() + len);
+            if resync {
+                // Everything below here is consistent now: writes there may trust parity.
+                self.sync_offset.set(done.get());
+            }
             if let Some(mut s) = self.scrub.get() {
                 s.done_bytes = done.get();
                 s.mismatch_sectors += found;
                 self.scrub.set(Some(s));
             }
             window = self.throttle(window, len).await;
+        }
+        if resync {
+            self.sync_offset.set(u64::MAX);
         }
         self.finish_scrub(true);
     }

@@ -75,6 +75,11 @@ impl Reactor {
         }))
     }
 
+    /// The reactor of this thread, if there is one (None also during thread teardown).
+    pub fn try_current() -> Option<Rc<Reactor>> {
+        CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
+    }
+
     /// The reactor of this thread. Panics outside [`block_on`]: a programming error.
     pub fn current() -> Rc<Reactor> {
         CURRENT

@@ -218,7 +218,11 @@ impl Future for Op {
 impl Drop for Op {
     fn drop(&mut self) {
         let Some(id) = self.id else { return };
-        let reactor = Reactor::current();
+        // During thread teardown (a panic unwinding past block_on) the reactor may be gone;
+        // its op table then leaks what it kept rather than freeing memory the kernel may use.
+        let Some(reactor) = Reactor::try_current() else {
+            return;
+        };
         let mut slots = reactor.ops.slots.borrow_mut();
         let Some(slot) = slots.get_mut(id) else {
             return;
