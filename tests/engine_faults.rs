@@ -54,6 +54,7 @@ async fn rig_with(
         assume_clean: false,
         force: true,
         fresh,
+        spare_group: None,
     };
     create(&plain, &[], &opts).await.expect("create");
     let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
@@ -501,6 +502,7 @@ fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
             assume_clean: false,
             force: true,
             fresh: true,
+            spare_group: None,
         };
         create(&plain, &[], &opts).await.unwrap();
         let three = plain[..3].to_vec();

@@ -105,6 +105,7 @@ async fn build(cfg: &Config) -> Rig {
         assume_clean: false,
         force: false,
         fresh: true,
+        spare_group: None,
     };
     create(&plain, &[], &opts)
         .await

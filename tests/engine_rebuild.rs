@@ -37,6 +37,7 @@ async fn rig(kind: LayoutKind, members: usize, spares: usize) -> Rig {
         assume_clean: false,
         force: true,
         fresh: true,
+        spare_group: None,
     };
     create(&plain[..members], &plain[members..], &opts)
         .await

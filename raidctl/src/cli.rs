@@ -132,6 +132,9 @@ pub struct CreateArgs {
     /// Overwrite devices that belong to another array.
     #[arg(long)]
     pub force: bool,
+    /// Share hot spares with the other running arrays of this group.
+    #[arg(long, value_name = "GROUP")]
+    pub spare_group: Option<String>,
     /// Member devices or files, in slot order.
     #[arg(required = true, value_name = "DEV")]
     pub devices: Vec<String>,

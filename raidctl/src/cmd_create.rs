@@ -175,6 +175,7 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
         assume_clean: args.assume_clean,
         force: args.force,
         fresh: false,
+        spare_group: args.spare_group.clone(),
     })
 }
 

@@ -91,6 +91,7 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         assume_clean: false,
         force: true,
         fresh: true,
+        spare_group: None,
     };
     let created = create(&members, &spare, &opts).await?;
     println!(

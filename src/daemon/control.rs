@@ -57,6 +57,10 @@ pub enum ControlRequest {
     },
     /// Stream events on this connection, one JSON object per line, until it closes.
     Monitor,
+    /// Another array of spare group `group` needs a spare: give one up if we can spare it.
+    GiveSpare {
+        group: String,
+    },
     /// Scrub every stripe, counting mismatches; `repair` also fixes them.
     Check {
         #[serde(default)]
@@ -87,6 +91,9 @@ pub struct ControlResponse {
     pub status: Option<StatusReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<super::attach::AttachReport>,
+    /// The device given up by GiveSpare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl ControlResponse {

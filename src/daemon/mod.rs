@@ -194,6 +194,7 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         faults: RefCell::new(faults),
     });
     spawn(control_loop(daemon.clone(), ctl.into_raw_fd()));
+    watch_for_missing_spares(&daemon);
     spawn(signal_loop(daemon.clone(), signal_fd));
     let status = daemon.status();
     tracing::info!(array = %daemon.config.name, "serving {} ({} bytes) at {}", status.level, status.size_bytes, daemon.uris.join(" "));
@@ -230,6 +231,53 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     uninstall_engine();
     daemon.inbox.close();
     closed
+}
+
+/// With a spare group, a SparesMissing event makes us ask the other daemons of the group for
+/// a spare; the first that gives one up loses its claim, and our `add` takes it (first
+/// claimant wins: the claim is an exclusive lock).
+fn watch_for_missing_spares(daemon: &Rc<Daemon>) {
+    let Some(group) = daemon.array.spare_group() else {
+        return;
+    };
+    let weak = Rc::downgrade(daemon);
+    let asking = Rc::new(std::cell::Cell::new(false));
+    daemon.array.subscribe(move |event| {
+        if !matches!(event, crate::raid::events::Event::SparesMissing { .. }) || asking.get() {
+            return;
+        }
+        let Some(daemon) = weak.upgrade() else { return };
+        asking.set(true);
+        let (group, asking) = (group.clone(), asking.clone());
+        spawn(async move {
+            let run_dir = daemon.config.run_dir.clone();
+            let me = daemon.config.name.clone();
+            let wanted = group.clone();
+            let found = blocking(&daemon.inbox, move || borrow_spare(&run_dir, &me, &wanted)).await;
+            if let Some((path, from)) = found {
+                match daemon.add(&path, true).await {
+                    Ok(()) => daemon.array.emit(crate::raid::events::Event::SpareMoved { member: path, from }),
+                    Err(e) => tracing::warn!(array = %daemon.config.name, "could not take spare {path} from {from}: {e}"),
+                }
+            }
+            asking.set(false);
+        });
+    });
+}
+
+/// Asks every other running array's daemon for a spare of `group` (blocking; off-reactor).
+fn borrow_spare(run_dir: &RunDir, me: &str, group: &str) -> Option<(String, String)> {
+    for name in run_dir.arrays().into_iter().filter(|n| n != me) {
+        let req = ControlRequest::GiveSpare {
+            group: group.to_string(),
+        };
+        if let Ok(answer) = control::request(&run_dir.ctl(&name), &req, Duration::from_secs(10)) {
+            if let (true, Some(device)) = (answer.ok, answer.device) {
+                return Some((device, name));
+            }
+        }
+    }
+    None
 }
 
 fn reply(r: Result<()>) -> ControlResponse {
@@ -514,11 +562,30 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let request: std::result::Result<ControlRequest, _> = serde_json::from_slice(&line);
+            if let Ok(ControlRequest::GiveSpare { group }) = &request {
+                let device = daemon.array.give_spare(group).await;
+                if let Some(d) = &device {
+                    daemon.faults.borrow_mut().remove(d);
+                    tracing::info!(array = %daemon.config.name, "gave spare {d} to another array of group {group}");
+                }
+                let answer = ControlResponse {
+                    ok: device.is_some(),
+                    device,
+                    ..Default::default()
+                };
+                if send_line(fd, &answer).await.is_err() {
+                    sock::close(fd);
+                    return;
+                }
+                continue;
+            }
             if matches!(request, Ok(ControlRequest::Monitor)) {
                 return monitor_connection(daemon, fd).await;
             }
             let answer = match request {
-                Ok(ControlRequest::Monitor) => unreachable!("handled above"),
+                Ok(ControlRequest::Monitor) | Ok(ControlRequest::GiveSpare { .. }) => {
+                    unreachable!("handled above")
+                }
                 Ok(ControlRequest::Status) => ControlResponse {
                     ok: true,
                     status: Some(daemon.status()),

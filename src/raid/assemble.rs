@@ -178,12 +178,14 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         scrub: Cell::new(None),
         replacement: RefCell::new(None),
         resync_wanted: Cell::new(false),
+        spare_group: RefCell::new(None),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
         )),
     });
 
+    *array.spare_group.borrow_mut() = read_spare_group(&array).await;
     let missing = array.missing_description();
     if !array.has_redundancy_for_all_data() {
         return Err(Error::new(
@@ -250,6 +252,26 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         }
     }
     Ok(Assembled { array, notes })
+}
+
+/// The spare group recorded in a member's extension block (None for md-made arrays).
+async fn read_spare_group(array: &Array) -> Option<String> {
+    let reference = array.meta.reference();
+    for slot in array.slots.borrow().iter() {
+        let Some(disk) = slot.disk() else { continue };
+        let at = disk
+            .data_offset
+            .checked_sub(crate::metadata::EXTENSION_BLOCK_BYTES as u64)?;
+        let buf = AlignedBuf::zeroed(crate::metadata::EXTENSION_BLOCK_BYTES).into_shared();
+        if disk.member.read(at, buf.clone()).await.is_ok() {
+            if let Ok(Some(ext)) =
+                crate::metadata::Extension::decode(buf.bytes(), &reference.set_uuid)
+            {
+                return ext.spare_group;
+            }
+        }
+    }
+    None
 }
 
 fn first_note(notes: &[String]) -> String {

@@ -33,6 +33,8 @@ pub struct CreateOptions {
     pub force: bool,
     /// Every member is new, all-zero storage: consistent without a sync.
     pub fresh: bool,
+    /// Share hot spares with the other arrays of this group (kept in the extension block).
+    pub spare_group: Option<String>,
 }
 
 /// What was created.
@@ -159,7 +161,7 @@ pub async fn create(
     let results = join_all(
         all.iter()
             .zip(&superblocks)
-            .map(|(m, sb)| write_member_metadata(m.as_ref(), sb)),
+            .map(|(m, sb)| write_member_metadata(m.as_ref(), sb, opts.spare_group.as_deref())),
     )
     .await;
     for r in results {
@@ -176,7 +178,11 @@ pub async fn create(
 }
 
 /// Metadata areas, then the superblock, then a flush.
-pub(super) async fn write_member_metadata(m: &dyn Member, sb: &Superblock) -> Result<()> {
+pub(super) async fn write_member_metadata(
+    m: &dyn Member,
+    sb: &Superblock,
+    spare_group: Option<&str>,
+) -> Result<()> {
     let ctx = |what: &str| format!("writing {what} to {}", m.path());
     zero_foreign_superblocks(m).await?;
     let bitmap = if sb.bitmap_offset_sectors != 0 {
@@ -204,6 +210,7 @@ pub(super) async fn write_member_metadata(m: &dyn Member, sb: &Superblock) -> Re
         * SECTOR;
     let ext = Extension {
         created_by: format!("raidctl {}", env!("CARGO_PKG_VERSION")),
+        spare_group: spare_group.map(str::to_string),
         ..Default::default()
     };
     let block = ext

@@ -65,6 +65,11 @@ pub enum Event {
     ResyncFinished {
         mismatch_sectors: u64,
     },
+    /// A spare came from another array of the spare group (md's MoveSpare).
+    SpareMoved {
+        member: String,
+        from: String,
+    },
 }
 
 impl Event {
@@ -84,6 +89,7 @@ impl Event {
             Event::ReadErrorCorrected { .. } => "ReadErrorCorrected",
             Event::CheckFinished { .. } => "CheckFinished",
             Event::ResyncFinished { .. } => "ResyncFinished",
+            Event::SpareMoved { .. } => "SpareMoved",
             Event::MemberRemoved { .. } => "MemberRemoved",
         }
     }
@@ -99,6 +105,7 @@ impl Event {
             | Event::RebuildAborted { member, .. }
             | Event::MemberAdded { member, .. }
             | Event::ReadErrorCorrected { member, .. }
+            | Event::SpareMoved { member, .. }
             | Event::MemberRemoved { member } => Some(member),
             _ => None,
         }

@@ -142,6 +142,23 @@ impl Array {
         Ok(())
     }
 
+    /// Gives up one spare to another array of our spare group, if we have one and are complete
+    /// ourselves. Returns its path; its claim is released when the last reference goes.
+    pub async fn give_spare(&self, group: &str) -> Option<String> {
+        if self.spare_group.borrow().as_deref() != Some(group)
+            || self.slots.borrow().iter().any(|s| !s.is_active())
+        {
+            return None;
+        }
+        let path = self
+            .spares
+            .borrow()
+            .first()
+            .map(|d| d.member.path().to_string())?;
+        self.remove_member(&path).await.ok()?;
+        Some(path)
+    }
+
     /// Adds `member` as a hot spare: writes its superblock (this array's, role spare) and
     /// wakes the scheduler, which puts it to work if a slot is empty.
     pub async fn add_spare(&self, member: Rc<dyn Member>, force: bool) -> Result<()> {
@@ -197,7 +214,8 @@ impl Array {
         sb.cnt_corrected_read = 0;
         sb.set_role(dev_number, Role::Spare)
             .map_err(|e| Error::invalid(e.to_string()))?;
-        write_member_metadata(member.as_ref(), &sb).await?;
+        let group = self.spare_group.borrow().clone();
+        write_member_metadata(member.as_ref(), &sb, group.as_deref()).await?;
         let disk = Rc::new(Disk {
             member: member.clone(),
             data_offset,

@@ -99,6 +99,8 @@ pub struct Array {
     scrub: Cell<Option<scrub::ScrubState>>,
     replacement: RefCell<Option<replace::Replacement>>,
     resync_wanted: Cell<bool>,
+    /// Spares are shared with the other arrays of this group (from the extension block).
+    spare_group: RefCell<Option<String>>,
 }
 
 impl Array {
@@ -114,6 +116,11 @@ impl Array {
     pub fn level(&self) -> Level {
         self.geo.level()
     }
+    /// The spare group this array shares spares with, if any.
+    pub fn spare_group(&self) -> Option<String> {
+        self.spare_group.borrow().clone()
+    }
+
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
