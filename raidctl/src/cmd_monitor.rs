@@ -54,7 +54,10 @@ pub fn run(args: MonitorArgs, run_dir: Option<&str>) -> Result<i32> {
                 }
             }
             // The daemon stopped: say so once.
-            let _ = tx.send((name.clone(), serde_json::json!({"event": "MonitorEnded"})));
+            let _ = tx.send((
+                name.clone(),
+                serde_json::json!({"event": "MonitorEnded", "array": name}),
+            ));
         });
     }
     drop(tx);

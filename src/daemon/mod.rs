@@ -640,6 +640,11 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                     speed_max_kib,
                 }) => {
                     daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
+                    if speed_min_kib.is_some() || speed_max_kib.is_some() {
+                        if let Err(e) = daemon.array.save_settings().await {
+                            tracing::warn!(array = %daemon.config.name, "speed limits not saved: {e}");
+                        }
+                    }
                     daemon.array.needs_attention();
                     daemon.array.start_resync_if_needed();
                     ControlResponse {

@@ -179,13 +179,18 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         replacement: RefCell::new(None),
         resync_wanted: Cell::new(false),
         spare_group: RefCell::new(None),
+        extension: RefCell::new(crate::metadata::Extension::default()),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
         )),
     });
 
-    *array.spare_group.borrow_mut() = read_spare_group(&array).await;
+    if let Some(ext) = read_extension(&array).await {
+        *array.spare_group.borrow_mut() = ext.spare_group.clone();
+        array.set_speed_limits(ext.speed_min_kib, ext.speed_max_kib);
+        *array.extension.borrow_mut() = ext;
+    }
     let missing = array.missing_description();
     if !array.has_redundancy_for_all_data() {
         return Err(Error::new(
@@ -254,8 +259,8 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     Ok(Assembled { array, notes })
 }
 
-/// The spare group recorded in a member's extension block (None for md-made arrays).
-async fn read_spare_group(array: &Array) -> Option<String> {
+/// Our extension block from the first member that has a valid one (None for md-made arrays).
+async fn read_extension(array: &Array) -> Option<crate::metadata::Extension> {
     let reference = array.meta.reference();
     for slot in array.slots.borrow().iter() {
         let Some(disk) = slot.disk() else { continue };
@@ -267,7 +272,7 @@ async fn read_spare_group(array: &Array) -> Option<String> {
             if let Ok(Some(ext)) =
                 crate::metadata::Extension::decode(buf.bytes(), &reference.set_uuid)
             {
-                return ext.spare_group;
+                return Some(ext);
             }
         }
     }

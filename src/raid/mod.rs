@@ -101,6 +101,8 @@ pub struct Array {
     resync_wanted: Cell<bool>,
     /// Spares are shared with the other arrays of this group (from the extension block).
     spare_group: RefCell<Option<String>>,
+    /// Our extension block as read at assembly (settings md has no field for).
+    extension: RefCell<crate::metadata::Extension>,
 }
 
 impl Array {
@@ -250,6 +252,12 @@ impl Array {
             crate::reactor::sleep(std::time::Duration::from_millis(5)).await;
         }
         if self.read_only {
+            return Ok(());
+        }
+        if self.failed.get() {
+            // Flush what is left; the array stays marked dirty and failed on its members.
+            let _ = self.flush_members().await;
+            tracing::warn!(array = %self.name, "stopped while failed: {}", self.missing_description());
             return Ok(());
         }
         self.flush_members().await?;

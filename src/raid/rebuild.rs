@@ -67,6 +67,39 @@ impl Array {
         self.checkpoint_every.set((bytes.max(1), interval));
     }
 
+    /// Writes the current settings (speed limits, spare group) into every present member's
+    /// extension block, so they survive a restart.
+    pub async fn save_settings(&self) -> crate::Result<()> {
+        let (min, max) = self.speed_limits();
+        let block = {
+            let mut ext = self.extension.borrow_mut();
+            ext.speed_min_kib = Some(min);
+            ext.speed_max_kib = Some(max);
+            ext.spare_group = self.spare_group.borrow().clone();
+            if ext.created_by.is_empty() {
+                ext.created_by = format!("raidctl {}", env!("CARGO_PKG_VERSION"));
+            }
+            ext.encode(&self.meta.reference().set_uuid)
+                .map_err(|e| crate::Error::invalid(e.to_string()))?
+        };
+        let disks: Vec<Rc<super::Disk>> = self
+            .meta
+            .disks
+            .borrow()
+            .iter()
+            .filter(|m| m.present)
+            .map(|m| m.disk.clone())
+            .collect();
+        for d in disks {
+            let buf = crate::buf::AlignedBuf::from_slice(&block).into_shared();
+            let at = d.data_offset - crate::metadata::EXTENSION_BLOCK_BYTES as u64;
+            d.member.write(at, buf, true).await.map_err(|e| {
+                crate::Error::io(format!("writing settings to {}", d.member.path()), e)
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn speed_limits(&self) -> (u64, u64) {
         (self.speed_min_kib.get(), self.speed_max_kib.get())
     }
@@ -252,14 +285,18 @@ impl Array {
             self.fail_recovering(slot, &disk).await;
             return;
         }
+        // Record the finished rebuild on disk first, and only then call the member in sync:
+        // whoever sees it active (status, rebuild --wait) may rely on the superblocks. Until
+        // then it is still "recovering" with its cursor at the end, so writes reach it.
+        if let Err(e) = self.meta_recovery(disk.dev_number, None, total).await {
+            tracing::error!(array = %self.name, "could not record the finished rebuild: {e}");
+            return;
+        }
         {
             let mut slots = self.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk)) {
                 slots[slot] = SlotState::Active(disk.clone());
             }
-        }
-        if let Err(e) = self.meta_recovery(disk.dev_number, None, total).await {
-            tracing::error!(array = %self.name, "could not record the finished rebuild: {e}");
         }
         self.emit(Event::RebuildFinished {
             slot,
