@@ -262,11 +262,21 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
 /// Our extension block from the first member that has a valid one (None for md-made arrays).
 async fn read_extension(array: &Array) -> Option<crate::metadata::Extension> {
     let reference = array.meta.reference();
-    for slot in array.slots.borrow().iter() {
-        let Some(disk) = slot.disk() else { continue };
-        let at = disk
-            .data_offset
-            .checked_sub(crate::metadata::EXTENSION_BLOCK_BYTES as u64)?;
+    let places: Vec<(Rc<Disk>, u64)> = array
+        .meta
+        .disks
+        .borrow()
+        .iter()
+        .filter_map(|m| {
+            let bitmap = m
+                .bitmap_sector
+                .as_ref()
+                .and_then(|b| BitmapSuper::decode(b.as_slice()).ok());
+            let at = crate::metadata::extension_offset_sectors(&m.sb, bitmap.as_ref()).ok()?;
+            Some((m.disk.clone(), at * SECTOR))
+        })
+        .collect();
+    for (disk, at) in places {
         let buf = AlignedBuf::zeroed(crate::metadata::EXTENSION_BLOCK_BYTES).into_shared();
         if disk.member.read(at, buf.clone()).await.is_ok() {
             if let Ok(Some(ext)) =

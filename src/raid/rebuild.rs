@@ -82,17 +82,31 @@ impl Array {
             ext.encode(&self.meta.reference().set_uuid)
                 .map_err(|e| crate::Error::invalid(e.to_string()))?
         };
-        let disks: Vec<Rc<super::Disk>> = self
+        // Only where our block has its own room below the data: on md-made arrays the place
+        // may belong to md's bad-block log, which we must never overwrite.
+        let targets: Vec<(Rc<super::Disk>, u64)> = self
             .meta
             .disks
             .borrow()
             .iter()
             .filter(|m| m.present)
-            .map(|m| m.disk.clone())
+            .filter_map(|m| {
+                let bitmap = m
+                    .bitmap_sector
+                    .as_ref()
+                    .and_then(|b| crate::metadata::BitmapSuper::decode(b.as_slice()).ok());
+                let at = crate::metadata::extension_offset_sectors(&m.sb, bitmap.as_ref()).ok()?;
+                Some((m.disk.clone(), at * 512))
+            })
             .collect();
-        for d in disks {
+        if targets.is_empty() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("array {} has no room for raidctl's settings block (made by mdadm?): settings stay in memory", self.name),
+            ));
+        }
+        for (d, at) in targets {
             let buf = crate::buf::AlignedBuf::from_slice(&block).into_shared();
-            let at = d.data_offset - crate::metadata::EXTENSION_BLOCK_BYTES as u64;
             d.member.write(at, buf, true).await.map_err(|e| {
                 crate::Error::io(format!("writing settings to {}", d.member.path()), e)
             })?;
