@@ -116,6 +116,11 @@ fn errno_of(e: &raidcore::Error) -> Errno {
 impl Filesystem for ArrayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
+        // The loop device submits asynchronous direct I/O: without ASYNC_DIO the kernel would
+        // serve it one request at a time. Let many be in flight (our replies are async).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
+        let _ = config.set_max_background(256);
+        let _ = config.set_congestion_threshold(192);
         Ok(())
     }
 
