@@ -46,7 +46,7 @@ pub fn kernel_nbd() -> std::result::Result<(), String> {
     if !Path::new("/dev/nbd0").exists() {
         return Err("no /dev/nbdN devices exist".into());
     }
-    Err("the nbd module is loaded, but raidctl cannot connect /dev/nbdN through netlink yet (the FUSE path is used instead)".into())
+    Err("the nbd module is loaded, but raidctl cannot connect /dev/nbdN through netlink yet".into())
 }
 
 pub fn fuse_dir(run_dir: &RunDir, name: &str) -> PathBuf {
