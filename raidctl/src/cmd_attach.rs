@@ -4,13 +4,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use raidcore::daemon::attach::FuseMounter;
-use raidcore::daemon::control::{request, ControlRequest};
+use raidcore::daemon::control::ControlRequest;
 use raidcore::daemon::rundir::RunDir;
 use raidcore::raid::EngineHandle;
 use raidcore::{Error, ErrorKind, Result};
 
 use crate::cli::{AttachArgs, InjectArgs, StopArgs};
-use crate::cmd_status::not_running;
+use crate::cmd_status::call;
 
 /// The FUSE frontend, handed to the daemon (raidcore does not link FUSE itself).
 pub struct FuseFrontend;
@@ -28,22 +28,13 @@ impl FuseMounter for FuseFrontend {
 
 pub fn attach(args: AttachArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    if run_dir.running_pid(&args.name).is_none() {
-        return Err(not_running(&run_dir, &args.name));
-    }
-    let answer = request(
-        &run_dir.ctl(&args.name),
-        &ControlRequest::Attach {
-            device: args.device.clone(),
-        },
-        Duration::from_secs(60),
-    )?;
-    let Some(report) = answer.attach.filter(|_| answer.ok) else {
-        return Err(Error::new(
-            ErrorKind::Io,
-            answer.error.unwrap_or_else(|| "attach failed".into()),
-        ));
+    let req = ControlRequest::Attach {
+        device: args.device.clone(),
     };
+    let answer = call(&run_dir, &args.name, &req, Duration::from_secs(60))?;
+    let report = answer
+        .attach
+        .ok_or_else(|| Error::new(ErrorKind::Io, "the daemon did not say which device"))?;
     eprintln!(
         "raidctl: {} attached as {} through {} ({}direct I/O on {}): {}",
         args.name,
@@ -59,20 +50,12 @@ pub fn attach(args: AttachArgs, run_dir: Option<&str>) -> Result<i32> {
 
 pub fn detach(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    if run_dir.running_pid(&args.name).is_none() {
-        return Err(not_running(&run_dir, &args.name));
-    }
-    let answer = request(
-        &run_dir.ctl(&args.name),
+    call(
+        &run_dir,
+        &args.name,
         &ControlRequest::Detach,
         Duration::from_secs(60),
     )?;
-    if !answer.ok {
-        return Err(Error::new(
-            ErrorKind::Busy,
-            answer.error.unwrap_or_else(|| "detach failed".into()),
-        ));
-    }
     println!("array {} detached", args.name);
     Ok(0)
 }
@@ -80,9 +63,6 @@ pub fn detach(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
 /// `raidctl inject`: a fault drill, applied by the daemon to one member's fault wrapper.
 pub fn inject(args: InjectArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    if run_dir.running_pid(&args.name).is_none() {
-        return Err(not_running(&run_dir, &args.name));
-    }
     let size = |s: &Option<String>| {
         s.as_deref()
             .map(raidcore::size::parse_size)
@@ -109,13 +89,7 @@ pub fn inject(args: InjectArgs, run_dir: Option<&str>) -> Result<i32> {
         length,
         count: args.count,
     };
-    let answer = request(&run_dir.ctl(&args.name), &req, Duration::from_secs(10))?;
-    if !answer.ok {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            answer.error.unwrap_or_else(|| "inject failed".into()),
-        ));
-    }
+    call(&run_dir, &args.name, &req, Duration::from_secs(10))?;
     println!(
         "{fault} armed on {} of array {} (a drill: raidctl inject {} {} --clear removes it)",
         args.device, args.name, args.name, args.device

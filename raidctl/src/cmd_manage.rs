@@ -3,77 +3,73 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use raidcore::daemon::control::{request, ControlRequest, ControlResponse};
+use raidcore::daemon::control::ControlRequest;
 use raidcore::daemon::rundir::RunDir;
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 
 use crate::cli::{AddArgs, CheckArgs, MemberArgs, RebuildArgs, ReplaceArgs};
-use crate::cmd_status::{not_running, query};
+use crate::cmd_status::{call, query};
 
-fn send(run_dir: &RunDir, name: &str, req: ControlRequest) -> Result<ControlResponse> {
-    if run_dir.running_pid(name).is_none() {
-        return Err(not_running(run_dir, name));
-    }
-    let answer = request(&run_dir.ctl(name), &req, Duration::from_secs(60))?;
-    if !answer.ok {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            answer.error.unwrap_or_else(|| "refused".into()),
-        ));
-    }
-    Ok(answer)
+/// One request, then one line saying what was done.
+fn simple(run_dir: Option<&str>, name: &str, req: ControlRequest, done: String) -> Result<i32> {
+    call(
+        &RunDir::resolve(run_dir),
+        name,
+        &req,
+        Duration::from_secs(60),
+    )?;
+    println!("{done}");
+    Ok(0)
 }
 
 pub fn fail(args: MemberArgs, run_dir: Option<&str>) -> Result<i32> {
-    let run_dir = RunDir::resolve(run_dir);
-    send(
-        &run_dir,
+    let done = format!("{} marked faulty in array {}", args.device, args.name);
+    simple(
+        run_dir,
         &args.name,
         ControlRequest::Fail {
-            device: args.device.clone(),
+            device: args.device,
         },
-    )?;
-    println!("{} marked faulty in array {}", args.device, args.name);
-    Ok(0)
+        done,
+    )
 }
 
 pub fn remove(args: MemberArgs, run_dir: Option<&str>) -> Result<i32> {
-    let run_dir = RunDir::resolve(run_dir);
-    send(
-        &run_dir,
+    let done = format!("{} removed from array {}", args.device, args.name);
+    simple(
+        run_dir,
         &args.name,
         ControlRequest::Remove {
-            device: args.device.clone(),
+            device: args.device,
         },
-    )?;
-    println!("{} removed from array {}", args.device, args.name);
-    Ok(0)
+        done,
+    )
 }
 
 pub fn add(args: AddArgs, run_dir: Option<&str>) -> Result<i32> {
-    let run_dir = RunDir::resolve(run_dir);
-    send(
-        &run_dir,
+    let done = format!("{} added to array {} as a spare", args.device, args.name);
+    simple(
+        run_dir,
         &args.name,
         ControlRequest::Add {
-            device: args.device.clone(),
+            device: args.device,
             force: args.force,
         },
-    )?;
-    println!("{} added to array {} as a spare", args.device, args.name);
-    Ok(0)
+        done,
+    )
 }
 
 pub fn rebuild(args: RebuildArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    send(
+    call(
         &run_dir,
         &args.name,
-        ControlRequest::Rebuild {
+        &ControlRequest::Rebuild {
             speed_min_kib: args.speed_min,
             speed_max_kib: args.speed_max,
         },
+        Duration::from_secs(60),
     )?;
     if !args.wait {
         println!(
@@ -150,12 +146,13 @@ fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
 
 pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    send(
+    call(
         &run_dir,
         &args.name,
-        ControlRequest::Check {
+        &ControlRequest::Check {
             repair: args.repair,
         },
+        Duration::from_secs(60),
     )?;
     let what = if args.repair { "repair" } else { "check" };
     if !args.wait {
@@ -227,14 +224,15 @@ pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
 
 pub fn replace(args: ReplaceArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    send(
+    call(
         &run_dir,
         &args.name,
-        ControlRequest::Replace {
+        &ControlRequest::Replace {
             device: args.device.clone(),
             with: args.with.clone(),
             force: args.force,
         },
+        Duration::from_secs(60),
     )?;
     println!(
         "replacing {} with {} in array {} (the old member stays active until the copy is complete)",

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use raidcore::daemon::control::{request, ControlRequest};
+use raidcore::daemon::control::{request, ControlRequest, ControlResponse};
 use raidcore::daemon::rundir::RunDir;
 use raidcore::daemon::status::StatusReport;
 use raidcore::size::format_size;
@@ -60,23 +60,41 @@ fn collect(args: &StatusArgs, run_dir: &RunDir) -> Result<Vec<StatusReport>> {
     Ok(out)
 }
 
-pub fn query(run_dir: &RunDir, name: &str) -> Result<StatusReport> {
+/// Sends one request to a running array's daemon. Not running, unreachable, or refused: one
+/// line saying so (a refusal is the daemon's own message).
+pub fn call(
+    run_dir: &RunDir,
+    name: &str,
+    req: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlResponse> {
     if run_dir.running_pid(name).is_none() {
         return Err(not_running(run_dir, name));
     }
-    let answer = request(
-        &run_dir.ctl(name),
+    let answer = request(&run_dir.ctl(name), req, timeout)?;
+    if !answer.ok {
+        let why = answer
+            .error
+            .unwrap_or_else(|| format!("array {name}: the daemon refused the request"));
+        return Err(Error::new(ErrorKind::Io, why));
+    }
+    Ok(answer)
+}
+
+pub fn query(run_dir: &RunDir, name: &str) -> Result<StatusReport> {
+    call(
+        run_dir,
+        name,
         &ControlRequest::Status,
         Duration::from_secs(10),
-    )?;
-    match (answer.ok, answer.status, answer.error) {
-        (true, Some(s), _) => Ok(s),
-        (_, _, Some(e)) => Err(Error::new(ErrorKind::Io, format!("array {name}: {e}"))),
-        _ => Err(Error::new(
+    )?
+    .status
+    .ok_or_else(|| {
+        Error::new(
             ErrorKind::Io,
             format!("array {name}: empty answer from the daemon"),
-        )),
-    }
+        )
+    })
 }
 
 pub fn not_running(run_dir: &RunDir, name: &str) -> Error {
@@ -88,20 +106,12 @@ pub fn not_running(run_dir: &RunDir, name: &str) -> Error {
 
 pub fn stop(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
     let run_dir = RunDir::resolve(run_dir);
-    if run_dir.running_pid(&args.name).is_none() {
-        return Err(not_running(&run_dir, &args.name));
-    }
-    let answer = request(
-        &run_dir.ctl(&args.name),
+    call(
+        &run_dir,
+        &args.name,
         &ControlRequest::Stop,
         Duration::from_secs(120),
     )?;
-    if !answer.ok {
-        return Err(Error::new(
-            ErrorKind::Io,
-            answer.error.unwrap_or_else(|| "stop failed".into()),
-        ));
-    }
     // The daemon answers after the array is clean; wait for it to let go of its lock.
     for _ in 0..200 {
         if run_dir.running_pid(&args.name).is_none() {

@@ -178,7 +178,6 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         scrub: Cell::new(None),
         replacement: RefCell::new(None),
         resync_wanted: Cell::new(false),
-        spare_group: RefCell::new(None),
         extension: RefCell::new(crate::metadata::Extension::default()),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
@@ -187,7 +186,6 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     });
 
     if let Some(ext) = read_extension(&array).await {
-        *array.spare_group.borrow_mut() = ext.spare_group.clone();
         array.set_speed_limits(ext.speed_min_kib, ext.speed_max_kib);
         *array.extension.borrow_mut() = ext;
     }

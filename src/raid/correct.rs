@@ -50,7 +50,7 @@ impl Array {
             }
             Err(e) => {
                 let _: SlotGone = self
-                    .slot_failed_pub(slot, &disk, "read", member_offset, e)
+                    .slot_failed(slot, &disk, "read", member_offset, e)
                     .await;
                 Err(ReadMiss::Gone)
             }
@@ -80,7 +80,7 @@ impl Array {
                 "more than {MAX_CORRECTED_READS} corrected read errors"
             ));
             let _ = self
-                .slot_failed_pub(slot, &disk, "read", member_offset, e)
+                .slot_failed(slot, &disk, "read", member_offset, e)
                 .await;
         }
     }

@@ -145,7 +145,7 @@ impl Array {
     /// Gives up one spare to another array of our spare group, if we have one and are complete
     /// ourselves. Returns its path; its claim is released when the last reference goes.
     pub async fn give_spare(&self, group: &str) -> Option<String> {
-        if self.spare_group.borrow().as_deref() != Some(group)
+        if self.extension.borrow().spare_group.as_deref() != Some(group)
             || self.slots.borrow().iter().any(|s| !s.is_active())
         {
             return None;
@@ -214,7 +214,7 @@ impl Array {
         sb.cnt_corrected_read = 0;
         sb.set_role(dev_number, Role::Spare)
             .map_err(|e| Error::invalid(e.to_string()))?;
-        let group = self.spare_group.borrow().clone();
+        let group = self.spare_group();
         write_member_metadata(member.as_ref(), &sb, group.as_deref()).await?;
         let disk = Rc::new(Disk {
             member: member.clone(),

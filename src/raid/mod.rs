@@ -99,8 +99,6 @@ pub struct Array {
     scrub: Cell<Option<scrub::ScrubState>>,
     replacement: RefCell<Option<replace::Replacement>>,
     resync_wanted: Cell<bool>,
-    /// Spares are shared with the other arrays of this group (from the extension block).
-    spare_group: RefCell<Option<String>>,
     /// Our extension block as read at assembly (settings md has no field for).
     extension: RefCell<crate::metadata::Extension>,
 }
@@ -120,7 +118,7 @@ impl Array {
     }
     /// The spare group this array shares spares with, if any.
     pub fn spare_group(&self) -> Option<String> {
-        self.spare_group.borrow().clone()
+        self.extension.borrow().spare_group.clone()
     }
 
     pub fn is_read_only(&self) -> bool {

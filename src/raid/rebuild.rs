@@ -75,7 +75,6 @@ impl Array {
             let mut ext = self.extension.borrow_mut();
             ext.speed_min_kib = Some(min);
             ext.speed_max_kib = Some(max);
-            ext.spare_group = self.spare_group.borrow().clone();
             if ext.created_by.is_empty() {
                 ext.created_by = format!("raidctl {}", env!("CARGO_PKG_VERSION"));
             }
@@ -343,7 +342,7 @@ impl Array {
     }
 
     /// Stripe locks covering `len` bytes of `slot` at `member_offset`, in ascending order.
-    async fn lock_member_range(
+    pub(super) async fn lock_member_range(
         &self,
         slot: usize,
         member_offset: u64,
@@ -380,26 +379,13 @@ impl Array {
         guards
     }
 
-    pub(super) async fn lock_member_range_pub(
-        &self,
-        slot: usize,
-        member_offset: u64,
-        len: u64,
-    ) -> Vec<KeyedLockGuard> {
-        self.lock_member_range(slot, member_offset, len).await
-    }
-
-    pub(super) async fn read_for_rebuild_pub(
+    /// Fills `buf` with what `slot` must hold at `member_offset`, from the other members.
+    pub(super) async fn read_for_rebuild(
         &self,
         slot: usize,
         member_offset: u64,
         buf: &BufSlice,
     ) -> bool {
-        self.read_for_rebuild(slot, member_offset, buf).await
-    }
-
-    /// Fills `buf` with what `slot` must hold at `member_offset`, from the other members.
-    async fn read_for_rebuild(&self, slot: usize, member_offset: u64, buf: &BufSlice) -> bool {
         match self.geo.level() {
             Level::Raid5 => self
                 .reconstruct(slot, member_offset, buf.clone())

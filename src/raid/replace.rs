@@ -213,10 +213,10 @@ impl Array {
             }
             let at = cursor.get();
             let len = step.min(total - at);
-            let guards = self.lock_member_range_pub(slot, at, len).await;
+            let guards = self.lock_member_range(slot, at, len).await;
             let buf = BufSlice::zeroed(len as usize);
             let read = self.read_slot(slot, at, buf.clone()).await.is_ok()
-                || self.read_for_rebuild_pub(slot, at, &buf).await;
+                || self.read_for_rebuild(slot, at, &buf).await;
             if !read {
                 drop(guards);
                 return self.abort_replacement("no readable source for the data");

@@ -204,19 +204,8 @@ impl Array {
         Ok(())
     }
 
-    pub(super) async fn slot_failed_pub(
-        &self,
-        slot: usize,
-        disk: &Rc<Disk>,
-        op: &str,
-        member_offset: u64,
-        e: std::io::Error,
-    ) -> SlotGone {
-        self.slot_failed(slot, disk, op, member_offset, e).await
-    }
-
     /// Marks `slot` faulty (once), persists it, and decides whether the array has failed.
-    async fn slot_failed(
+    pub(super) async fn slot_failed(
         &self,
         slot: usize,
         disk: &Rc<Disk>,
