@@ -1,7 +1,9 @@
 //! Page-aligned I/O buffers shared between a request and the kernel.
 //!
-//! O_DIRECT needs buffers aligned to the device's logical block; we align every buffer to 4096 so
-//! any member accepts it. A request often splits one buffer into many member I/Os (one per chunk),
+//! O_DIRECT needs buffers aligned to the device's logical block. Buffers of 4 KiB and more are
+//! 4096-aligned, so any member accepts them; buffers of whole 512-byte sectors below that are
+//! 512-aligned (members that need more fall back to buffered I/O at open); smaller ones (reply
+//! headers, never given to O_DIRECT) only get a cache line, so they cost no page each. A request often splits one buffer into many member I/Os (one per chunk),
 //! so a buffer is reference-counted and handed out as [`BufSlice`]s: each in-flight operation
 //! keeps its own `Arc` until its completion arrives, which keeps the memory alive even if the
 //! future that started it were dropped.
@@ -14,10 +16,25 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-/// Alignment of every buffer: the largest logical block size of real devices.
+/// Alignment of buffers of 4 KiB and more: the largest logical block size of real devices.
 pub const BUF_ALIGN: usize = 4096;
+/// Alignment of buffers of at least one sector but less than 4 KiB.
+pub const SECTOR_ALIGN: usize = 512;
+/// Alignment of buffers smaller than a sector.
+const SMALL_ALIGN: usize = 64;
 
-/// A zero-initialised, 4096-aligned heap buffer.
+/// The alignment a buffer of `len` bytes gets.
+pub fn alignment_for(len: usize) -> usize {
+    if len >= BUF_ALIGN {
+        BUF_ALIGN
+    } else if len >= SECTOR_ALIGN {
+        SECTOR_ALIGN
+    } else {
+        SMALL_ALIGN
+    }
+}
+
+/// A zero-initialised, aligned heap buffer (see [`alignment_for`]).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -30,7 +47,7 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes (a zero-length buffer still owns one aligned page).
+    /// A zeroed buffer of `len` bytes (a zero-length buffer still owns a small allocation).
     pub fn zeroed(len: usize) -> AlignedBuf {
         let layout = Self::layout(len);
         // SAFETY: layout has non-zero size (at least one page) and a power-of-two alignment.
@@ -47,8 +64,9 @@ impl AlignedBuf {
     }
 
     fn layout(len: usize) -> Layout {
-        let size = len.max(1).next_multiple_of(BUF_ALIGN);
-        Layout::from_size_align(size, BUF_ALIGN).expect("buffer size overflows")
+        let align = alignment_for(len);
+        let size = len.max(1).next_multiple_of(align);
+        Layout::from_size_align(size, align).expect("buffer size overflows")
     }
 
     pub fn len(&self) -> usize {
@@ -165,9 +183,18 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_and_zeroed() {
-        for len in [0, 1, 512, 4095, 4096, 1 << 20] {
+        for (len, align) in [
+            (0, 64),
+            (1, 64),
+            (28, 64),
+            (512, 512),
+            (4095, 512),
+            (4096, 4096),
+            (1 << 20, 4096),
+        ] {
+            assert_eq!(alignment_for(len), align, "len {len}");
             let b = AlignedBuf::zeroed(len);
-            assert_eq!(b.as_slice().as_ptr() as usize % BUF_ALIGN, 0);
+            assert_eq!(b.as_slice().as_ptr() as usize % align, 0, "len {len}");
             assert!(b.as_slice().iter().all(|&x| x == 0));
         }
     }
