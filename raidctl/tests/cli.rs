@@ -1206,3 +1206,189 @@ fn demo_leaves_md_readable_members() {
     assert_eq!(j["events"], events, "{j:#}");
     assert_eq!(j["state"], "clean", "{j:#}");
 }
+
+/// A run directory outside the fixture, so the refusal checks see member files only.
+fn run_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("raidctl-cli-run-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("cannot create a run directory")
+}
+
+#[test]
+fn assemble_refuses_bad_input_and_touches_no_member() {
+    let (fx, devs) = pattern_members(3);
+    let other = [
+        fx.member("n0.img"),
+        fx.member("n1.img"),
+        fx.member("n2.img"),
+    ];
+    raidctl_ok(&create_args(
+        "a1",
+        &["--level", "5", "--chunk", "64K"],
+        &devs,
+    ));
+    raidctl_ok(&create_args(
+        "a2",
+        &["--level", "5", "--chunk", "64K"],
+        &other,
+    ));
+    let run = run_dir();
+    let run_arg = s(run.path());
+    let assemble = |rest: &[String]| {
+        let mut a = args(&["--run-dir", &run_arg, "assemble", "a1"]);
+        a.extend(rest.iter().cloned());
+        a
+    };
+    let dev = |p: &PathBuf| s(p);
+    assert_refused(&fx, &assemble(&[]), &["no member devices given"]);
+    let all: Vec<String> = devs.iter().map(dev).collect();
+    let mut bad_listen = all.clone();
+    bad_listen.extend(args(&["--listen", "tcp:nonsense"]));
+    assert_refused(
+        &fx,
+        &assemble(&bad_listen),
+        &["invalid --listen", "tcp:nonsense"],
+    );
+    let missing = s(&fx.path("missing.img"));
+    assert_refused(
+        &fx,
+        &assemble(&[all[0].clone(), all[1].clone(), missing.clone()]),
+        &[&missing],
+    );
+    // Members of two arrays: the foreign one is named.
+    let foreign = dev(&other[0]);
+    assert_refused(
+        &fx,
+        &assemble(&[all[0].clone(), all[1].clone(), foreign.clone()]),
+        &["belongs to array", &foreign],
+    );
+    // Degraded without --run is refused and says how to insist.
+    assert_refused(
+        &fx,
+        &assemble(&[all[0].clone(), all[1].clone()]),
+        &["degraded", "--run"],
+    );
+    // No daemon was left behind by any of these.
+    let out = raidctl(&args(&["--run-dir", &run_arg, "status", "--json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe(&args(&["status"]), &out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn management_verbs_refuse_bad_input_in_one_line() {
+    let (fx, devs) = pattern_members(3);
+    let run = run_dir();
+    let r = s(run.path());
+    let d0 = s(&devs[0]);
+    // Not running: every verb says so, naming the array and how to start it.
+    for verb in [
+        vec!["fail", "ghost", &d0],
+        vec!["remove", "ghost", &d0],
+        vec!["add", "ghost", &d0],
+        vec!["rebuild", "ghost"],
+        vec!["check", "ghost"],
+        vec!["attach", "ghost"],
+        vec!["detach", "ghost"],
+        vec!["stop", "ghost"],
+        vec!["status", "ghost"],
+        vec!["inject", "ghost", &d0, "--vanish"],
+        vec!["replace", "ghost", &d0, "--with", &d0],
+        vec!["monitor", "ghost"],
+    ] {
+        let mut a = args(&["--run-dir", &r]);
+        a.extend(args(&verb));
+        assert_refused(&fx, &a, &["ghost", "not running", "raidctl assemble ghost"]);
+    }
+    // Bad arguments are reported before the daemon is asked anything.
+    let a = args(&[
+        "--run-dir",
+        &r,
+        "inject",
+        "ghost",
+        &d0,
+        "--read-error",
+        "--offset",
+        "12Q",
+        "--length",
+        "4K",
+    ]);
+    assert_refused(&fx, &a, &["invalid size", "12Q"]);
+}
+
+#[test]
+fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
+    use std::io::{BufRead, BufReader, Write as _};
+    let (fx, devs) = pattern_members(3);
+    raidctl_ok(&create_args(
+        "cs",
+        &["--level", "5", "--chunk", "64K"],
+        &devs,
+    ));
+    let run = run_dir();
+    let r = s(run.path());
+    let mut a = args(&["--run-dir", &r, "assemble", "cs"]);
+    a.extend(devs.iter().map(|d| s(d)));
+    raidctl_ok(&a);
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = raidctl(&args(&["--run-dir", &self.0, "stop", "cs"]));
+        }
+    }
+    let _stop = Stop(r.clone());
+    let ctl = run.path().join("cs.ctl");
+    let stream = std::os::unix::net::UnixStream::connect(&ctl).expect("control socket");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for bad in [
+        "this is not json",
+        "{\"cmd\":\"make_coffee\"}",
+        "{\"cmd\":\"fail\"}",
+        "[1,2,3]",
+    ] {
+        (&stream).write_all(format!("{bad}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("an answer");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{bad}: {e}: {line}"));
+        assert_eq!(v["ok"], false, "{bad}: {line}");
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("bad request") && !e.contains('\n')),
+            "{bad}: {line}"
+        );
+    }
+    // The same connection still works, and so does the CLI.
+    (&stream).write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"ok\":true") && line.contains("\"name\":\"cs\""),
+        "{line}"
+    );
+    // A drill on something that is not a member names the members.
+    let ghost = s(&fx.path("not-a-member.img"));
+    let out = raidctl(&args(&[
+        "--run-dir",
+        &r,
+        "inject",
+        "cs",
+        &ghost,
+        "--vanish",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a member") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let out = raidctl(&args(&["--run-dir", &r, "status", "cs", "--json"]));
+    assert!(out.status.success(), "the daemon is still up");
+}
