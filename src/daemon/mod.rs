@@ -13,6 +13,7 @@
 
 pub mod attach;
 pub mod control;
+mod control_server;
 pub mod rundir;
 pub mod status;
 
@@ -193,8 +194,11 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         attachment: RefCell::new(None),
         faults: RefCell::new(faults),
     });
-    spawn(control_loop(daemon.clone(), ctl.into_raw_fd()));
-    watch_for_missing_spares(&daemon);
+    spawn(control_server::control_loop(
+        daemon.clone(),
+        ctl.into_raw_fd(),
+    ));
+    control_server::watch_for_missing_spares(&daemon);
     spawn(signal_loop(daemon.clone(), signal_fd));
     let status = daemon.status();
     tracing::info!(array = %daemon.config.name, "serving {} ({} bytes) at {}", status.level, status.size_bytes, daemon.uris.join(" "));
@@ -225,69 +229,12 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     };
     let waiters: Vec<RawFd> = daemon.stop_waiters.borrow_mut().drain(..).collect();
     for fd in waiters {
-        let _ = send_line(fd, &answer).await;
+        let _ = control_server::send_line(fd, &answer).await;
         sock::close(fd);
     }
     uninstall_engine();
     daemon.inbox.close();
     closed
-}
-
-/// With a spare group, a SparesMissing event makes us ask the other daemons of the group for
-/// a spare; the first that gives one up loses its claim, and our `add` takes it (first
-/// claimant wins: the claim is an exclusive lock).
-fn watch_for_missing_spares(daemon: &Rc<Daemon>) {
-    let Some(group) = daemon.array.spare_group() else {
-        return;
-    };
-    let weak = Rc::downgrade(daemon);
-    let asking = Rc::new(std::cell::Cell::new(false));
-    daemon.array.subscribe(move |event| {
-        if !matches!(event, crate::raid::events::Event::SparesMissing { .. }) || asking.get() {
-            return;
-        }
-        let Some(daemon) = weak.upgrade() else { return };
-        asking.set(true);
-        let (group, asking) = (group.clone(), asking.clone());
-        spawn(async move {
-            let run_dir = daemon.config.run_dir.clone();
-            let me = daemon.config.name.clone();
-            let wanted = group.clone();
-            let found = blocking(&daemon.inbox, move || borrow_spare(&run_dir, &me, &wanted)).await;
-            if let Some((path, from)) = found {
-                match daemon.add(&path, true).await {
-                    Ok(()) => daemon.array.emit(crate::raid::events::Event::SpareMoved { member: path, from }),
-                    Err(e) => tracing::warn!(array = %daemon.config.name, "could not take spare {path} from {from}: {e}"),
-                }
-            }
-            asking.set(false);
-        });
-    });
-}
-
-/// Asks every other running array's daemon for a spare of `group` (blocking; off-reactor).
-fn borrow_spare(run_dir: &RunDir, me: &str, group: &str) -> Option<(String, String)> {
-    for name in run_dir.arrays().into_iter().filter(|n| n != me) {
-        let req = ControlRequest::GiveSpare {
-            group: group.to_string(),
-        };
-        if let Ok(answer) = control::request(&run_dir.ctl(&name), &req, Duration::from_secs(10)) {
-            if let (true, Some(device)) = (answer.ok, answer.device) {
-                return Some((device, name));
-            }
-        }
-    }
-    None
-}
-
-fn reply(r: Result<()>) -> ControlResponse {
-    match r {
-        Ok(()) => ControlResponse {
-            ok: true,
-            ..Default::default()
-        },
-        Err(e) => ControlResponse::error(e.to_string()),
-    }
 }
 
 impl Daemon {
@@ -538,223 +485,6 @@ fn bind(l: &Listen) -> Result<RawFd> {
             Ok(listener.into_raw_fd())
         }
     }
-}
-
-async fn control_loop(daemon: Rc<Daemon>, fd: RawFd) {
-    loop {
-        match sock::accept(fd).await {
-            Ok(conn) => {
-                spawn(control_connection(daemon.clone(), conn));
-            }
-            Err(e) => {
-                tracing::warn!("control socket accept failed: {e}");
-                crate::reactor::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Answers requests on one control connection until it closes.
-async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
-    let mut pending: Vec<u8> = Vec::new();
-    let chunk = BufSlice::zeroed(4096);
-    loop {
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let request: std::result::Result<ControlRequest, _> = serde_json::from_slice(&line);
-            if let Ok(ControlRequest::GiveSpare { group }) = &request {
-                let device = daemon.array.give_spare(group).await;
-                if let Some(d) = &device {
-                    daemon.faults.borrow_mut().remove(d);
-                    tracing::info!(array = %daemon.config.name, "gave spare {d} to another array of group {group}");
-                }
-                let answer = ControlResponse {
-                    ok: device.is_some(),
-                    device,
-                    ..Default::default()
-                };
-                if send_line(fd, &answer).await.is_err() {
-                    sock::close(fd);
-                    return;
-                }
-                continue;
-            }
-            if matches!(request, Ok(ControlRequest::Monitor)) {
-                return monitor_connection(daemon, fd).await;
-            }
-            let answer = match request {
-                Ok(ControlRequest::Monitor) | Ok(ControlRequest::GiveSpare { .. }) => {
-                    unreachable!("handled above")
-                }
-                Ok(ControlRequest::Status) => ControlResponse {
-                    ok: true,
-                    status: Some(daemon.status()),
-                    ..Default::default()
-                },
-                Ok(ControlRequest::Stop) => {
-                    // Detach first: a mounted or held-open device refuses the stop.
-                    match daemon.check_not_in_use() {
-                        Ok(()) => match daemon.detach().await {
-                            Ok(()) => {
-                                // Answered once the array is stopped and clean.
-                                daemon.stop_waiters.borrow_mut().push(fd);
-                                daemon.stop.release();
-                                return;
-                            }
-                            Err(e) => ControlResponse::error(e.to_string()),
-                        },
-                        Err(e) => ControlResponse::error(e.to_string()),
-                    }
-                }
-                Ok(ControlRequest::Attach { device }) => match daemon.attach(device).await {
-                    Ok(report) => ControlResponse {
-                        ok: true,
-                        attach: Some(report),
-                        ..Default::default()
-                    },
-                    Err(e) => ControlResponse::error(e.to_string()),
-                },
-                Ok(ControlRequest::Fail { device }) => {
-                    let path = daemon.member_path(&device);
-                    reply(daemon.array.fail_member(&path).await)
-                }
-                Ok(ControlRequest::Remove { device }) => {
-                    let path = daemon.member_path(&device);
-                    let r = daemon.array.remove_member(&path).await;
-                    if r.is_ok() {
-                        daemon.faults.borrow_mut().remove(&path);
-                    }
-                    reply(r)
-                }
-                Ok(ControlRequest::Add { device, force }) => {
-                    reply(daemon.add(&device, force).await)
-                }
-                Ok(ControlRequest::Check { repair }) => reply(daemon.array.start_scrub(repair)),
-                Ok(ControlRequest::Replace {
-                    device,
-                    with,
-                    force,
-                }) => reply(daemon.replace(&device, &with, force).await),
-                Ok(ControlRequest::Rebuild {
-                    speed_min_kib,
-                    speed_max_kib,
-                }) => {
-                    daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
-                    if speed_min_kib.is_some() || speed_max_kib.is_some() {
-                        if let Err(e) = daemon.array.save_settings().await {
-                            tracing::warn!(array = %daemon.config.name, "speed limits not saved: {e}");
-                        }
-                    }
-                    daemon.array.needs_attention();
-                    daemon.array.start_resync_if_needed();
-                    ControlResponse {
-                        ok: true,
-                        status: Some(daemon.status()),
-                        ..Default::default()
-                    }
-                }
-                Ok(ControlRequest::Inject {
-                    device,
-                    fault,
-                    delay_ms,
-                    offset,
-                    length,
-                    count,
-                }) => match daemon.inject(&device, &fault, delay_ms, offset.zip(length), count) {
-                    Ok(()) => ControlResponse {
-                        ok: true,
-                        ..Default::default()
-                    },
-                    Err(e) => ControlResponse::error(e.to_string()),
-                },
-                Ok(ControlRequest::Detach) => match daemon.check_not_in_use() {
-                    Err(e) => ControlResponse::error(e.to_string()),
-                    Ok(()) => match daemon.detach().await {
-                        Ok(()) => ControlResponse {
-                            ok: true,
-                            ..Default::default()
-                        },
-                        Err(e) => ControlResponse::error(e.to_string()),
-                    },
-                },
-                Err(e) => ControlResponse::error(format!("bad request: {e}")),
-            };
-            if send_line(fd, &answer).await.is_err() {
-                sock::close(fd);
-                return;
-            }
-        }
-        if pending.len() > 1 << 16 {
-            let _ = send_line(fd, &ControlResponse::error("request line too long")).await;
-            sock::close(fd);
-            return;
-        }
-        let entry =
-            opcode::Recv::new(types::Fd(fd), chunk.as_mut_ptr(), chunk.len() as u32).build();
-        let n = submit(entry, Some(Box::new(chunk.clone()))).await;
-        if n <= 0 {
-            sock::close(fd);
-            return;
-        }
-        pending.extend_from_slice(&chunk.bytes()[..n as usize]);
-    }
-}
-
-/// Streams every later event of the array to `fd` as JSON lines ({"event":"...", "array":
-/// "...", ...}) until the peer goes away or the daemon stops.
-async fn monitor_connection(daemon: Rc<Daemon>, fd: RawFd) {
-    use std::collections::VecDeque;
-    let queue: Rc<RefCell<VecDeque<Vec<u8>>>> = Rc::new(RefCell::new(VecDeque::new()));
-    let ready = Rc::new(Semaphore::new(0));
-    let closed = Rc::new(std::cell::Cell::new(false));
-    {
-        let (queue, ready, closed) = (queue.clone(), ready.clone(), closed.clone());
-        let name = daemon.config.name.clone();
-        daemon.array.subscribe(move |event| {
-            // A monitor that went away, or one that reads far too slowly, gets nothing more.
-            if closed.get() || queue.borrow().len() > 10_000 {
-                return;
-            }
-            let mut value = serde_json::to_value(event).unwrap_or_default();
-            if let Some(obj) = value.as_object_mut() {
-                obj.insert("array".into(), serde_json::Value::String(name.clone()));
-            }
-            let mut line = serde_json::to_vec(&value).unwrap_or_default();
-            line.push(b'\n');
-            queue.borrow_mut().push_back(line);
-            if ready.available() == 0 {
-                ready.release();
-            }
-        });
-    }
-    // Tell the client it is subscribed, then forward events as they come.
-    let hello = ControlResponse {
-        ok: true,
-        ..Default::default()
-    };
-    if send_line(fd, &hello).await.is_err() {
-        closed.set(true);
-        sock::close(fd);
-        return;
-    }
-    loop {
-        ready.acquire().await;
-        let lines: Vec<Vec<u8>> = queue.borrow_mut().drain(..).collect();
-        for line in lines {
-            let buf = AlignedBuf::from_slice(&line).into_shared();
-            if sock::write_all(fd, &[buf]).await.is_err() {
-                closed.set(true);
-                sock::close(fd);
-                return;
-            }
-        }
-    }
-}
-
-async fn send_line(fd: RawFd, answer: &ControlResponse) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(answer).expect("responses serialise");
-    line.push(b'\n');
-    sock::write_all(fd, &[AlignedBuf::from_slice(&line).into_shared()]).await
 }
 
 async fn signal_loop(daemon: Rc<Daemon>, fd: RawFd) {
