@@ -12,6 +12,8 @@ use raidcore::member::{FaultHandle, FaultKind, FaultMember, FaultRule, MemMember
 use raidcore::metadata::Role;
 use raidcore::raid::{assemble, create, Array, ArrayState, AssembleOptions, CreateOptions};
 use raidcore::reactor::block_on;
+
+mod common;
 use raidcore::ErrorKind;
 
 const MEMBER: u64 = 8 << 20;
@@ -559,7 +561,6 @@ fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
 
 #[test]
 fn check_counts_flipped_bytes_and_repair_fixes_them() {
-    use std::time::Duration;
     for kind in [
         LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
         LayoutKind::Raid1,
@@ -578,17 +579,8 @@ fn check_counts_flipped_bytes_and_repair_fixes_them() {
             for at in [off + 5000, off + 3 * 65536 + 17] {
                 r.sims[1].store().lock().unwrap()[at] ^= 0x5a;
             }
-            let wait = |array: Rc<Array>| async move {
-                loop {
-                    raidcore::reactor::sleep(Duration::from_millis(2)).await;
-                    let s = array.scrub_state().expect("scrub state");
-                    if !s.running {
-                        return s;
-                    }
-                }
-            };
             r.array.start_scrub(false).unwrap();
-            let checked = wait(r.array.clone()).await;
+            let checked = common::wait_scrub(&r.array).await;
             assert_eq!(
                 checked.done_bytes, checked.total_bytes,
                 "{kind:?}: check ran to the end"
@@ -598,14 +590,14 @@ fn check_counts_flipped_bytes_and_repair_fixes_them() {
                 "{kind:?}: two 4 KiB blocks = 16 sectors"
             );
             r.array.start_scrub(true).unwrap();
-            let repaired = wait(r.array.clone()).await;
+            let repaired = common::wait_scrub(&r.array).await;
             assert_eq!(
                 repaired.mismatch_sectors, 16,
                 "{kind:?}: repair counts what it fixes"
             );
             r.array.start_scrub(false).unwrap();
             assert_eq!(
-                wait(r.array.clone()).await.mismatch_sectors,
+                common::wait_scrub(&r.array).await.mismatch_sectors,
                 0,
                 "{kind:?}: consistent after repair"
             );
@@ -641,13 +633,7 @@ fn resync_makes_an_array_on_old_contents_consistent_by_itself() {
                 "{kind:?}: the resync did not finish"
             );
             r.array.start_scrub(false).unwrap();
-            let s = loop {
-                raidcore::reactor::sleep(Duration::from_millis(2)).await;
-                let s = r.array.scrub_state().unwrap();
-                if !s.running {
-                    break s;
-                }
-            };
+            let s = common::wait_scrub(&r.array).await;
             assert_eq!(
                 s.mismatch_sectors, 0,
                 "{kind:?}: consistent after the resync"

@@ -11,8 +11,10 @@ use std::rc::Rc;
 use raidcore::buf::BufSlice;
 use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
 use raidcore::member::{FaultHandle, FaultKind, FaultMember, FaultRule, MemMember, Member};
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions, SlotState};
+use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
 use raidcore::reactor::{block_on, spawn};
+
+mod common;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -216,68 +218,6 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-/// Every stripe row XORs to zero (RAID5) / every copy is equal (RAID1/10), read straight from
-/// the members' data areas.
-fn check_redundancy(cfg: &Config, array: &Array, sims: &[Rc<MemMember>]) {
-    let geo = array.geometry();
-    let slots = array.slots();
-    let data = |slot: usize| -> (Vec<u8>, u64) {
-        let SlotState::Active(d) = &slots[slot] else {
-            panic!("seed {}: slot {slot} not active", cfg.seed)
-        };
-        (sims[slot].store().lock().unwrap().clone(), d.data_offset)
-    };
-    match geo.level() {
-        Level::Raid5 => {
-            let used = geo.member_used_bytes();
-            let mut acc = vec![0u8; used as usize];
-            for slot in 0..geo.members() {
-                let (bytes, off) = data(slot);
-                for (a, b) in acc
-                    .iter_mut()
-                    .zip(&bytes[off as usize..(off + used) as usize])
-                {
-                    *a ^= b;
-                }
-            }
-            if let Some(i) = acc.iter().position(|&x| x != 0) {
-                panic!(
-                    "seed {}: parity inconsistent at member offset {i} (stripe {})",
-                    cfg.seed,
-                    i as u64 / geo.chunk_bytes()
-                );
-            }
-        }
-        Level::Raid1 | Level::Raid10 => {
-            let members: Vec<(Vec<u8>, u64)> = (0..geo.members()).map(data).collect();
-            let chunk = if geo.level() == Level::Raid1 {
-                65536
-            } else {
-                geo.chunk_bytes()
-            };
-            let mut at = 0;
-            while at < geo.array_bytes() {
-                let len = chunk.min(geo.array_bytes() - at) as usize;
-                let copies = geo.map_copies(at);
-                let first = copies.as_slice()[0];
-                let (m0, o0) = &members[first.slot];
-                let reference = &m0[(o0 + first.member_offset) as usize..][..len];
-                for p in copies.iter().skip(1) {
-                    let (m, o) = &members[p.slot];
-                    let copy = &m[(o + p.member_offset) as usize..][..len];
-                    assert!(
-                        copy == reference,
-                        "seed {}: copies differ for array offset {at}",
-                        cfg.seed
-                    );
-                }
-                at += chunk;
-            }
-        }
-        Level::Raid0 => {}
-    }
-}
-
 fn run_model(seed: u64, batches: usize) {
     let cfg = random_config(seed);
     let cfg2 = cfg.clone();
@@ -339,7 +279,7 @@ fn run_model(seed: u64, batches: usize) {
                     );
                 }
             }
-            None => check_redundancy(&cfg, &array, &rig.sims),
+            None => common::assert_redundancy_consistent(&array, &rig.sims, &format!("seed {}", cfg.seed)),
         }
         if array.level() != Level::Raid0 {
             for (i, m) in rig.sims.iter().enumerate() {

@@ -9,11 +9,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use raidcore::buf::BufSlice;
-use raidcore::layout::{LayoutKind, Level, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::{LayoutKind, Raid10Layout, Raid5Algorithm};
 use raidcore::member::{FaultHandle, FaultMember, MemMember, Member};
 use raidcore::raid::events::Event;
 use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
+
+mod common;
 
 const MEMBER: u64 = 12 << 20;
 
@@ -82,58 +84,7 @@ async fn wait_rebuilt(array: &Array) {
 }
 
 fn check_consistent(array: &Array, sims: &[Rc<MemMember>]) {
-    let geo = array.geometry();
-    let slots = array.slots();
-    let member = |slot: usize| {
-        let d = slots[slot].disk().expect("member").clone();
-        let idx = sims
-            .iter()
-            .position(|s| s.path() == d.member.path())
-            .expect("sim");
-        (
-            sims[idx].store().lock().unwrap().clone(),
-            d.data_offset as usize,
-        )
-    };
-    let used = geo.member_used_bytes() as usize;
-    match geo.level() {
-        Level::Raid5 => {
-            let mut acc = vec![0u8; used];
-            for slot in 0..geo.members() {
-                let (bytes, off) = member(slot);
-                for (a, b) in acc.iter_mut().zip(&bytes[off..off + used]) {
-                    *a ^= b;
-                }
-            }
-            assert!(
-                acc.iter().all(|&x| x == 0),
-                "parity inconsistent after the rebuild"
-            );
-        }
-        _ => {
-            let chunk = if geo.level() == Level::Raid1 {
-                65536
-            } else {
-                geo.chunk_bytes()
-            };
-            let mut at = 0;
-            while at < geo.array_bytes() {
-                let len = chunk.min(geo.array_bytes() - at) as usize;
-                let copies = geo.map_copies(at);
-                let first = copies.as_slice()[0];
-                let (m0, o0) = member(first.slot);
-                let want = m0[o0 + first.member_offset as usize..][..len].to_vec();
-                for p in copies.iter().skip(1) {
-                    let (m, o) = member(p.slot);
-                    assert!(
-                        m[o + p.member_offset as usize..][..len] == want[..],
-                        "copies differ at array offset {at}"
-                    );
-                }
-                at += chunk;
-            }
-        }
-    }
+    common::assert_redundancy_consistent(array, sims, "after the rebuild");
 }
 
 #[test]
