@@ -164,8 +164,8 @@ pub struct DemoArgs {
 pub struct AttachArgs {
     /// Array name.
     pub name: String,
-    /// /dev/nbdN (kernel nbd driver) or "fuse" (FUSE file + loop device). Default: nbd where
-    /// the kernel has it, else fuse.
+    /// /dev/nbdN or "nbd" (the kernel nbd driver; "nbd" takes the first free device) or
+    /// "fuse" (FUSE file + loop device). Default: nbd where the kernel has it, else fuse.
     #[arg(long)]
     pub device: Option<String>,
 }

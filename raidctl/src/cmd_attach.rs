@@ -36,12 +36,9 @@ pub fn attach(args: AttachArgs, run_dir: Option<&str>) -> Result<i32> {
         .attach
         .ok_or_else(|| Error::new(ErrorKind::Io, "the daemon did not say which device"))?;
     eprintln!(
-        "raidctl: {} attached as {} through {} ({}direct I/O on {}): {}",
+        "raidctl: {} attached as {}: {}",
         args.name,
-        report.device,
-        report.method,
-        if report.direct_io { "" } else { "no " },
-        report.file,
+        report.describe(),
         report.reason
     );
     println!("{}", report.device);

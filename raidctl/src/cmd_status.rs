@@ -183,12 +183,6 @@ pub fn print_report(r: &StatusReport) {
         println!("  export {u}");
     }
     for a in &r.attachments {
-        println!(
-            "  attached as {} ({}, {}direct I/O, file {})",
-            a.device,
-            a.method,
-            if a.direct_io { "" } else { "no " },
-            a.file
-        );
+        println!("  attached as {}", a.describe());
     }
 }

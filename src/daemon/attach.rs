@@ -1,11 +1,13 @@
 //! Attaching an array as a block device.
 //!
-//! Where the kernel has the nbd driver, /dev/nbdN is the natural device (netlink connect; not
-//! implemented yet: we say so and use the FUSE path). Otherwise the daemon mounts the FUSE
+//! Where the kernel has the nbd driver, /dev/nbdN is the natural device: the daemon serves one
+//! end of a socketpair per kernel connection (already past the handshake) and hands the other
+//! ends to the kernel with netlink NBD_CMD_CONNECT. Otherwise the daemon mounts the FUSE
 //! frontend, which shows the array as one file, and puts a loop device on that file (direct
 //! I/O when the kernel allows it). `detach` and `stop` refuse while the device is mounted, and
 //! name the mount point. A record in `NAME.attach` lets the next daemon clean up after a
-//! `kill -9`: a loop device on our dead FUSE file is detached and the mount lazily unmounted.
+//! `kill -9`: a loop device on our dead FUSE file is detached and the mount lazily unmounted; an
+//! nbd device still connected to the dead daemon's sockets is disconnected.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +38,33 @@ pub struct AttachReport {
     pub direct_io: bool,
     /// Why this path was used, and what the other one needs.
     pub reason: String,
+    /// For nbd: /sys/block/nbdN/pid as the kernel wrote it at connect, which tells a later
+    /// daemon whether the device is still the one we connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_pid: Option<String>,
+    /// For nbd: how many sockets the kernel has to the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+}
+
+impl AttachReport {
+    /// "DEVICE through METHOD (details)", for people.
+    pub fn describe(&self) -> String {
+        match self.connections {
+            Some(n) => format!(
+                "{} through the kernel nbd driver ({n} connection{} to the daemon)",
+                self.device,
+                if n == 1 { "" } else { "s" }
+            ),
+            None => format!(
+                "{} through {} ({}direct I/O on {})",
+                self.device,
+                self.method,
+                if self.direct_io { "" } else { "no " },
+                self.file
+            ),
+        }
+    }
 }
 
 /// Whether the kernel nbd driver is usable here, and if not, why.
@@ -43,10 +72,27 @@ pub fn kernel_nbd() -> std::result::Result<(), String> {
     if !Path::new("/sys/module/nbd").exists() {
         return Err("the kernel has no nbd driver loaded (no /sys/module/nbd; `modprobe nbd` where the module exists)".into());
     }
-    if !Path::new("/dev/nbd0").exists() {
-        return Err("no /dev/nbdN devices exist".into());
-    }
-    Err("the nbd module is loaded, but raidctl cannot connect /dev/nbdN through netlink yet".into())
+    super::nbd_netlink::family_available().map_err(|e| {
+        format!("the nbd module is loaded but its netlink family does not answer ({e}); the kernel is too old for netlink nbd")
+    })
+}
+
+/// N of /dev/nbdN.
+pub fn nbd_index(device: &str) -> Option<u32> {
+    device.strip_prefix("/dev/nbd")?.parse().ok()
+}
+
+/// /sys/block/nbdN/pid: present while the device is connected.
+pub fn nbd_pid(index: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/block/nbd{index}/pid"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Disconnects /dev/nbdN through netlink.
+pub fn nbd_disconnect(index: u32) -> Result<()> {
+    super::nbd_netlink::disconnect(index)
+        .map_err(|e| Error::io(format!("netlink NBD_CMD_DISCONNECT of /dev/nbd{index}"), e))
 }
 
 pub fn fuse_dir(run_dir: &RunDir, name: &str) -> PathBuf {
@@ -196,6 +242,19 @@ pub fn cleanup_stale(run_dir: &RunDir, name: &str) {
     let dir = fuse_dir(run_dir, name);
     if let Ok(text) = std::fs::read_to_string(&record) {
         if let Ok(r) = serde_json::from_str::<AttachReport>(&text) {
+            if let (Some(index), Some(pid)) = (nbd_index(&r.device), &r.kernel_pid) {
+                // Still connected to the sockets of the daemon that wrote the record (the pid
+                // is the kernel's record of who connected it): I/O on it can only fail now.
+                if nbd_pid(index).as_deref() == Some(pid.as_str()) {
+                    tracing::info!(
+                        "disconnecting {} left connected by a daemon that is gone",
+                        r.device
+                    );
+                    if let Err(e) = nbd_disconnect(index) {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
             let backing = Path::new(&r.device).file_name().and_then(|b| {
                 std::fs::read_to_string(format!(
                     "/sys/block/{}/loop/backing_file",

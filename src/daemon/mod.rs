@@ -12,8 +12,10 @@
 //! the pid file unlocked, replaces the stale sockets and goes on from the superblocks.
 
 pub mod attach;
+mod attachment;
 pub mod control;
 mod control_server;
+mod nbd_netlink;
 pub mod rundir;
 pub mod status;
 
@@ -37,9 +39,7 @@ use crate::buf::{AlignedBuf, BufSlice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
 use crate::nbd::{sock, Export, Server};
-use crate::raid::{
-    assemble, install_engine, uninstall_engine, Array, AssembleOptions, EngineHandle,
-};
+use crate::raid::{assemble, install_engine, uninstall_engine, Array, AssembleOptions};
 use crate::reactor::{block_on, blocking, spawn, submit, Inbox, InboxSender, Semaphore};
 
 /// An extra NBD listening address.
@@ -98,10 +98,10 @@ pub struct DaemonConfig {
     pub fuse: Option<Arc<dyn FuseMounter>>,
 }
 
-/// A block device attached to the array, and what keeps its FUSE mount alive.
+/// A block device attached to the array, and what keeps it alive.
 struct Attachment {
     report: AttachReport,
-    _session: Box<dyn Send>,
+    kind: attachment::Kind,
 }
 
 /// Told to the caller once the export is served.
@@ -315,147 +315,6 @@ impl Daemon {
             .map(|a| a.report.clone())
             .collect();
         status
-    }
-
-    /// Refuses while the attached device is mounted or held, naming where.
-    fn check_not_in_use(&self) -> Result<()> {
-        if let Some(a) = self.attachment.borrow().as_ref() {
-            if let Some(user) = attach::in_use_by(&a.report.device) {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    format!(
-                        "array {} is attached as {}, which is {user}: unmount it first",
-                        self.config.name, a.report.device
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    async fn attach(&self, device: Option<String>) -> Result<AttachReport> {
-        if let Some(a) = self.attachment.borrow().as_ref() {
-            return Ok(a.report.clone());
-        }
-        let nbd = attach::kernel_nbd();
-        let reason = match (device.as_deref(), &nbd) {
-            (Some(d), Err(why)) if d.starts_with("/dev/nbd") => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("cannot attach to {d}: {why}; use --device fuse"),
-                ));
-            }
-            (Some("fuse"), _) => "--device fuse was asked for".to_string(),
-            (None, Err(why)) => format!("{why}, so the FUSE frontend and a loop device are used"),
-            (Some(other), _) if !other.starts_with("/dev/nbd") => {
-                return Err(Error::invalid(format!(
-                    "unknown --device {other:?}: use /dev/nbdN or fuse"
-                )));
-            }
-            _ => unreachable!("kernel_nbd() never reports nbd usable yet"),
-        };
-        let Some(mounter) = self.config.fuse.clone() else {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "this daemon was started without the FUSE frontend",
-            ));
-        };
-        let name = self.config.name.clone();
-        let dir = attach::fuse_dir(&self.config.run_dir, &name);
-        // A dead mount left behind first (stat on it fails, so create_dir_all would too).
-        if attach::is_mount_point(&dir) {
-            attach::lazy_unmount(&dir);
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
-        let handle = EngineHandle::new(
-            self.inbox.clone(),
-            self.array.size_bytes(),
-            self.array.is_read_only(),
-        );
-        let mount_dir = dir.clone();
-        let mount_name = name.clone();
-        let session = blocking(&self.inbox, move || {
-            mounter.mount(handle, &mount_name, &mount_dir)
-        })
-        .await
-        .map_err(|e| {
-            Error::io(
-                format!("cannot mount the FUSE frontend on {}", dir.display()),
-                e,
-            )
-        })?;
-        let file = dir.join(&name);
-        let loop_file = file.clone();
-        let (device, direct_io) =
-            match blocking(&self.inbox, move || attach::losetup(&loop_file)).await {
-                Ok(v) => v,
-                Err(e) => {
-                    drop(session);
-                    return Err(e);
-                }
-            };
-        let report = AttachReport {
-            device,
-            method: "fuse+loop".into(),
-            file: file.display().to_string(),
-            direct_io,
-            reason,
-        };
-        let record = attach::record_path(&self.config.run_dir, &name);
-        let _ = std::fs::write(&record, serde_json::to_vec(&report).unwrap_or_default());
-        tracing::info!(array = %name, "attached as {} ({}): {}", report.device, report.method, report.reason);
-        *self.attachment.borrow_mut() = Some(Attachment {
-            report: report.clone(),
-            _session: session,
-        });
-        Ok(report)
-    }
-
-    /// Detaches the loop device and unmounts FUSE (no-op when not attached).
-    async fn detach(&self) -> Result<()> {
-        let Some(a) = self.attachment.borrow_mut().take() else {
-            return Ok(());
-        };
-        let device = a.report.device.clone();
-        // Already gone (an earlier detach set autoclear and the last user closed it): fine.
-        let gone = !attach::loop_still_attached(&device);
-        if let Err(e) = blocking(&self.inbox, move || {
-            if gone {
-                Ok(())
-            } else {
-                attach::loop_detach(&device)
-            }
-        })
-        .await
-        {
-            *self.attachment.borrow_mut() = Some(a);
-            return Err(e);
-        }
-        // A loop device someone holds open only gets autoclear: it goes when they close it.
-        // Until then the FUSE file must stay served, and the detach has not happened.
-        for _ in 0..100 {
-            if !attach::loop_still_attached(&a.report.device) {
-                break;
-            }
-            crate::reactor::sleep(Duration::from_millis(20)).await;
-        }
-        if attach::loop_still_attached(&a.report.device) {
-            let device = a.report.device.clone();
-            *self.attachment.borrow_mut() = Some(a);
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!(
-                    "{device} is held open by a process, so it cannot be detached yet (it detaches by itself when closed; retry then)"
-                ),
-            ));
-        }
-        // Unmounting waits for the FUSE session thread: keep it off the reactor.
-        let session = a._session;
-        blocking(&self.inbox, move || drop(session)).await;
-        let _ = std::fs::remove_file(attach::record_path(&self.config.run_dir, &self.config.name));
-        let _ = std::fs::remove_dir(attach::fuse_dir(&self.config.run_dir, &self.config.name));
-        tracing::info!(array = %self.config.name, "detached {}", a.report.device);
-        Ok(())
     }
 }
 

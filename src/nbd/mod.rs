@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::raid::Array;
 use crate::reactor::{sleep, spawn};
+pub use handshake::Negotiated;
 use proto::*;
 
 /// What the server exports: the array plus how it is described to clients.
@@ -153,26 +154,44 @@ impl Server {
         });
     }
 
-    fn start_connection(self: &Rc<Self>, fd: RawFd) {
+    /// Serves a connection whose handshake happened elsewhere (the kernel nbd client gets its
+    /// sockets after the handshake: we hand it one end of a socketpair and serve the other).
+    /// Takes ownership of `fd`; the connection counts, and `shutdown` ends it, like any other.
+    pub fn serve_negotiated(self: &Rc<Self>, fd: RawFd, negotiated: Negotiated) {
+        self.count_connection(fd);
+        let server = self.clone();
+        spawn(async move {
+            server.transmit(fd, negotiated).await;
+            server.connections.borrow_mut().retain(|&c| c != fd);
+            sock::close(fd);
+            server
+                .stats
+                .connections
+                .set(server.stats.connections.get() - 1);
+        });
+    }
+
+    async fn transmit(self: &Rc<Self>, fd: RawFd, negotiated: Negotiated) {
+        let conn = conn::Conn::new(fd, self.export.clone(), negotiated, self.budget.clone());
+        if let Err(e) = conn.serve().await {
+            tracing::info!("connection closed: {e}");
+        }
+    }
+
+    fn count_connection(&self, fd: RawFd) {
         self.stats.connections.set(self.stats.connections.get() + 1);
         self.stats
             .total_connections
             .set(self.stats.total_connections.get() + 1);
         self.connections.borrow_mut().push(fd);
+    }
+
+    fn start_connection(self: &Rc<Self>, fd: RawFd) {
+        self.count_connection(fd);
         let server = self.clone();
         spawn(async move {
             match handshake::handshake(fd, &server.export).await {
-                Ok(Some(negotiated)) => {
-                    let conn = conn::Conn::new(
-                        fd,
-                        server.export.clone(),
-                        negotiated,
-                        server.budget.clone(),
-                    );
-                    if let Err(e) = conn.serve().await {
-                        tracing::info!("connection closed: {e}");
-                    }
-                }
+                Ok(Some(negotiated)) => server.transmit(fd, negotiated).await,
                 Ok(None) => {}
                 Err(e) => tracing::info!("handshake failed: {e}"),
             }
