@@ -104,6 +104,7 @@ async fn build(cfg: &Config) -> Rig {
         kind: cfg.kind.clone(),
         chunk_bytes: cfg.chunk,
         bitmap: true,
+        bitmap_chunk_bytes: None,
         assume_clean: false,
         force: false,
         fresh: true,

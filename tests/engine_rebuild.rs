@@ -36,6 +36,7 @@ async fn rig(kind: LayoutKind, members: usize, spares: usize) -> Rig {
         kind,
         chunk_bytes: 64 << 10,
         bitmap: true,
+        bitmap_chunk_bytes: None,
         assume_clean: false,
         force: true,
         fresh: true,

@@ -126,6 +126,11 @@ pub struct CreateArgs {
     /// Write-intent bitmap (default: internal for RAID1/5/10, none for RAID0).
     #[arg(long, value_enum)]
     pub bitmap: Option<BitmapChoice>,
+    /// Bytes of the array each bitmap bit covers (K/M/G, a power of two of at least 4K):
+    /// smaller means less to resync after a crash or to rebuild on a re-add, more bitmap
+    /// writes. Default: mdadm's, at least 64M.
+    #[arg(long, value_name = "SIZE")]
+    pub bitmap_chunk: Option<String>,
     /// Skip the initial sync: the members' contents are declared consistent.
     #[arg(long)]
     pub assume_clean: bool,

@@ -162,6 +162,23 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
         (_, Some(BitmapChoice::None)) => false,
         _ => true,
     };
+    let bitmap_chunk_bytes = match &args.bitmap_chunk {
+        None => None,
+        Some(_) if !bitmap => {
+            return Err(Error::invalid(
+                "--bitmap-chunk needs a bitmap: leave out --bitmap none (RAID0 has none)",
+            ))
+        }
+        Some(text) => {
+            let bytes = raidcore::size::parse_size(text).map_err(Error::invalid)?;
+            if !bytes.is_power_of_two() || !(4096..=(1 << 31)).contains(&bytes) {
+                return Err(Error::invalid(format!(
+                    "invalid --bitmap-chunk {text}: use a power of two from 4K to 2G"
+                )));
+            }
+            Some(bytes as u32)
+        }
+    };
     if level == Level::Raid0 && !args.spares.is_empty() {
         return Err(Error::invalid(
             "RAID0 cannot use hot spares: it has no redundancy to rebuild",
@@ -172,6 +189,7 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
         kind,
         chunk_bytes,
         bitmap,
+        bitmap_chunk_bytes,
         assume_clean: args.assume_clean,
         force: args.force,
         fresh: false,

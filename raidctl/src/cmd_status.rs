@@ -173,6 +173,15 @@ pub fn print_report(r: &StatusReport) {
         io.degraded_reads,
         io.errors
     );
+    if let Some(b) = &r.bitmap {
+        println!(
+            "  bitmap: {} of {} chunks dirty ({} per bit, events_cleared {})",
+            b.dirty_bits,
+            b.bits,
+            format_size(b.chunk_bytes),
+            b.events_cleared
+        );
+    }
     if r.pid != 0 {
         println!(
             "  daemon pid {}, {} connection(s), {} since start",

@@ -88,6 +88,7 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         kind: LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
         chunk_bytes: 512 << 10,
         bitmap: true,
+        bitmap_chunk_bytes: None,
         assume_clean: false,
         force: true,
         fresh: true,

@@ -406,6 +406,17 @@ struct Harness {
 impl Harness {
     /// `raidctl create NAME --level L --chunk 64K --size 96M --spare S... M...`.
     fn create(name: &str, level: &str, members: usize, spares: usize) -> Harness {
+        Harness::create_with(name, level, members, spares, &[])
+    }
+
+    /// `create` with extra flags (e.g. `--bitmap-chunk 1M`).
+    fn create_with(
+        name: &str,
+        level: &str,
+        members: usize,
+        spares: usize,
+        extra: &[&str],
+    ) -> Harness {
         require_environment();
         let tmp = tempfile::Builder::new()
             .prefix("rebuild-")
@@ -430,6 +441,7 @@ impl Harness {
         for sp in &h.spares {
             args.extend(["--spare", sp.as_str()]);
         }
+        args.extend(extra);
         args.extend(h.members.iter().map(String::as_str));
         h.raidctl(&args).ok();
         h
@@ -1792,4 +1804,78 @@ fn rebuild_speed_limits_survive_a_restart() {
         ex[0]["extension"]
     );
     h.stop();
+}
+
+/// A member that was failed and removed comes back with `add`: the write-intent bitmap still
+/// marks every chunk written while it was away, so only those are rebuilt (md's re-add), the
+/// daemon says how many bytes that was, and afterwards the array reads what was written and
+/// mdadm sees the member active again.
+#[test]
+fn readded_member_recovers_only_the_dirty_chunks() {
+    let name = "rb-readd";
+    let mut h = Harness::create_with(name, "5", 4, 0, &["--bitmap-chunk", "1M"]);
+    h.assemble();
+    let size = h.size();
+    let expected = h.path("expected.img");
+    fill_random(&expected, size, 91);
+    h.nbdcopy(&s(&expected), &h.uri());
+    // Quiet bits clear after two passes of the bitmap daemon (5 s each, md's default).
+    wait_for(
+        "the bitmap to be clean",
+        STATE_TIMEOUT,
+        || (h.status()["bitmap"]["dirty_bits"].as_u64() == Some(0)).then_some(()),
+        || format!("{:#}", h.status()),
+    );
+    let text = h.ok(&["status", name]).stdout;
+    assert!(
+        text.contains("bitmap: 0 of "),
+        "status shows the bitmap:\n{text}"
+    );
+
+    let victim = h.members[1].clone();
+    h.ok(&["fail", name, &victim]);
+    h.ok(&["remove", name, &victim]);
+    // Two 64 KiB writes while it is away, far apart.
+    let qemu_io = require("qemu-io", "qemu-utils");
+    let second = size / 2 / MIB * MIB;
+    for (at, byte) in [(0u64, 0x5au8), (second, 0xa5)] {
+        let cmd = format!("write -P {byte} {at} 65536");
+        let ran = run(h.command(&qemu_io, &["-f", "raw", &h.uri(), "-c", &cmd]));
+        assert!(ran.success(), "{}", ran.describe());
+        let mut f = OpenOptions::new().write(true).open(&expected).unwrap();
+        f.write_all_at(&vec![byte; 65536], at).unwrap();
+    }
+    let dirty = h.status()["bitmap"]["dirty_bits"].as_u64().unwrap_or(0);
+    assert!((2..=4).contains(&dirty), "{:#}", h.status());
+
+    let ran = h.ok(&["add", name, &victim]);
+    assert!(ran.stdout.contains(&victim), "{}", ran.describe());
+    h.ok(&["rebuild", name, "--wait"]);
+    let log = wait_for_log(&h, "re-added member");
+    let line = log
+        .lines()
+        .find(|l| l.contains("finished:") && l.contains("re-added member"))
+        .unwrap_or_else(|| panic!("no rebuild line for the re-add:\n{}", tail(&log, 4000)));
+    let copied: u64 = line
+        .split("finished: ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    let member = 96 * MIB;
+    assert!(
+        copied > 0 && copied <= 4 * MIB && copied * 10 < member,
+        "a re-add copies only the dirty chunks, got {copied} bytes: {line}"
+    );
+    assert!(log.contains("MemberAdded"), "{}", tail(&log, 4000));
+    let st = h.status();
+    assert_all_in_sync(&st, &[(1, &victim)], "after the re-add");
+    let out = h.read_export("readback.img");
+    assert_same_range(&expected, &out, 0, size, "after the re-add");
+    h.stop();
+    let md = mdadm_examine(&victim);
+    assert_eq!(md.get("Device Role"), "Active device 1", "{}", md.text);
+    assert!(md.get("Array State").starts_with("AAAA "), "{}", md.text);
+    let other = mdadm_examine(&h.members[0]);
+    assert_eq!(md.get("Events"), other.get("Events"), "{}", md.text);
 }

@@ -86,6 +86,9 @@ pub struct StatusReport {
     /// Block devices attached to the array (`raidctl attach`).
     #[serde(default)]
     pub attachments: Vec<super::attach::AttachReport>,
+    /// The write-intent bitmap, when the array has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<crate::raid::BitmapReport>,
 }
 
 impl StatusReport {
@@ -168,6 +171,7 @@ impl StatusReport {
             export_uris,
             io: array.counters().into(),
             check: array.scrub_state(),
+            bitmap: array.bitmap_report(),
             speed_min_kib: array.speed_limits().0,
             speed_max_kib: array.speed_limits().1,
             attachments: Vec::new(),

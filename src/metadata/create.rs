@@ -54,6 +54,9 @@ pub struct CreateParams {
     pub data_offset_sectors: u64,
     /// Add an internal write-intent bitmap.
     pub bitmap: bool,
+    /// Bytes of resync space per bitmap bit (mdadm's --bitmap-chunk); None: mdadm's choice
+    /// (the smallest of at least 64 MiB that fits).
+    pub bitmap_chunk_bytes: Option<u32>,
     /// u64::MAX for a clean array, 0 for a full initial resync.
     pub resync_offset: u64,
     /// Creation time, Unix seconds.
@@ -118,9 +121,24 @@ fn check_params(params: &CreateParams, dev_number: u32) -> Result<(), MetadataEr
 
 /// The bitmap superblock of a new array: mdadm sizes it for `choose_bm_space(sb.size)`
 /// (4 KiB on small members), with the smallest chunk of at least 64 MiB that fits.
-pub fn create_bitmap_superblock(sb: &Superblock) -> Result<BitmapSuper, MetadataError> {
+/// With `chunk_bytes`, that chunk instead, if its bits fit the space.
+pub fn create_bitmap_superblock(
+    sb: &Superblock,
+    chunk_bytes: Option<u32>,
+) -> Result<BitmapSuper, MetadataError> {
     let space_bytes = choose_bm_space_sectors(sb.size_sectors) * SECTOR_BYTES;
-    new_bitmap_superblock(sb, space_bytes.max(4096))
+    let mut bsb = new_bitmap_superblock(sb, space_bytes.max(4096))?;
+    if let Some(chunk) = chunk_bytes {
+        let needed = 256 + super::bitmap::nbits(bsb.sync_size_sectors, chunk as u64).div_ceil(8);
+        if !chunk.is_power_of_two() || chunk < 4096 || needed > space_bytes.max(4096) {
+            return Err(MetadataError::BitmapTooLarge {
+                sync_size_sectors: bsb.sync_size_sectors,
+                space_bytes: space_bytes.max(4096),
+            });
+        }
+        bsb.chunk_bytes = chunk;
+    }
+    Ok(bsb)
 }
 
 /// Builds the superblock of member `dev_number` (its role is `params.roles[dev_number]`) on a
@@ -183,7 +201,7 @@ pub fn new_member_superblock(
         dev_roles,
     };
     sb.set_name(&params.name)?;
-    let bitmap = place_bitmap(&mut sb, params.bitmap)?;
+    let bitmap = place_bitmap(&mut sb, params.bitmap, params.bitmap_chunk_bytes)?;
     place_bad_block_log(&mut sb, bitmap.as_ref());
     // Both the kernel's load checks and our own extension block must be satisfied.
     extension_offset_sectors(&sb, bitmap.as_ref())?;
@@ -195,11 +213,15 @@ pub fn new_member_superblock(
 
 /// Adds the bitmap feature and offset; returns the bitmap superblock so the caller of this
 /// helper knows how much space it takes. None without a bitmap.
-fn place_bitmap(sb: &mut Superblock, wanted: bool) -> Result<Option<BitmapSuper>, MetadataError> {
+fn place_bitmap(
+    sb: &mut Superblock,
+    wanted: bool,
+    chunk_bytes: Option<u32>,
+) -> Result<Option<BitmapSuper>, MetadataError> {
     if !wanted {
         return Ok(None);
     }
-    let bitmap = create_bitmap_superblock(sb)?;
+    let bitmap = create_bitmap_superblock(sb, chunk_bytes)?;
     sb.feature_map |= FEATURE_BITMAP_OFFSET;
     sb.bitmap_offset_sectors = BITMAP_OFFSET_CREATE_SECTORS;
     Ok(Some(bitmap))

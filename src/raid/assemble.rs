@@ -104,6 +104,8 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         }
         slots.push(SlotState::Active(disk));
     }
+    // Before the spares join: only members of the array carry its bits.
+    let intent = super::intent::load_intent(&reference, &meta_disks).await;
     let mut spares = Vec::new();
     for &i in &plan.spares {
         let sb = own_sb(i);
@@ -179,6 +181,8 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         replacement: RefCell::new(None),
         resync_wanted: Cell::new(false),
         extension: RefCell::new(crate::metadata::Extension::default()),
+        intent,
+        readded: RefCell::new(std::collections::HashSet::new()),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
@@ -249,6 +253,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     if !opts.read_only {
         // Hot spares and unfinished rebuilds get going at once.
         crate::reactor::spawn(array.clone().run_scheduler());
+        crate::reactor::spawn(array.clone().run_intent_daemon());
         array.needs_attention();
         if !opts.no_resync {
             array.start_resync_if_needed();

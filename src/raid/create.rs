@@ -27,6 +27,8 @@ pub struct CreateOptions {
     pub chunk_bytes: u64,
     /// Internal write-intent bitmap (not for RAID0).
     pub bitmap: bool,
+    /// Bytes per bitmap bit (None: mdadm's default, at least 64 MiB).
+    pub bitmap_chunk_bytes: Option<u32>,
     /// Declare the members consistent: no initial sync.
     pub assume_clean: bool,
     /// Overwrite members that belong to another array.
@@ -144,6 +146,7 @@ pub async fn create(
         },
         data_offset_sectors,
         bitmap: opts.bitmap && level != Level::Raid0,
+        bitmap_chunk_bytes: opts.bitmap_chunk_bytes,
         resync_offset: if needs_sync { 0 } else { u64::MAX },
         ctime_secs: now,
         extra_features: if level == Level::Raid0 {
@@ -158,11 +161,14 @@ pub async fn create(
             .map_err(|e| Error::invalid(format!("{}: {e}", m.path())))?;
         superblocks.push(sb);
     }
-    let results = join_all(
-        all.iter()
-            .zip(&superblocks)
-            .map(|(m, sb)| write_member_metadata(m.as_ref(), sb, opts.spare_group.as_deref())),
-    )
+    let results = join_all(all.iter().zip(&superblocks).map(|(m, sb)| {
+        write_member_metadata(
+            m.as_ref(),
+            sb,
+            opts.bitmap_chunk_bytes,
+            opts.spare_group.as_deref(),
+        )
+    }))
     .await;
     for r in results {
         r?;
@@ -181,12 +187,14 @@ pub async fn create(
 pub(super) async fn write_member_metadata(
     m: &dyn Member,
     sb: &Superblock,
+    bitmap_chunk_bytes: Option<u32>,
     spare_group: Option<&str>,
 ) -> Result<()> {
     let ctx = |what: &str| format!("writing {what} to {}", m.path());
     zero_foreign_superblocks(m).await?;
     let bitmap = if sb.bitmap_offset_sectors != 0 {
-        let bsb = create_bitmap_superblock(sb).map_err(|e| Error::invalid(e.to_string()))?;
+        let bsb = create_bitmap_superblock(sb, bitmap_chunk_bytes)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         let area = AlignedBuf::from_slice(&bsb.encode_initial_area());
         let at = SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * SECTOR as i64;
         m.write(at as u64, area.into_shared(), false)

@@ -64,6 +64,8 @@ pub enum Event {
     },
     ResyncFinished {
         mismatch_sectors: u64,
+        /// Bytes actually compared and fixed (the rest the bitmap called clean).
+        bytes_resynced: u64,
     },
     /// A spare came from another array of the spare group (md's MoveSpare).
     SpareMoved {

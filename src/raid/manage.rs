@@ -172,8 +172,11 @@ impl Array {
             )));
         }
         let reference = self.meta.reference();
+        let mut readd = None;
         if let Some(sb) = read_superblock(member.as_ref()).await? {
-            if sb.set_uuid != reference.set_uuid && !force {
+            if sb.set_uuid == reference.set_uuid {
+                readd = self.readd_slot(&sb).map(|slot| (slot, sb));
+            } else if !force {
                 return Err(Error::new(
                     ErrorKind::Busy,
                     format!(
@@ -201,21 +204,44 @@ impl Array {
             .iter()
             .map(|m| m.disk.dev_number)
             .collect();
-        let dev_number = (0u32..)
-            .find(|n| !used.contains(n) && reference.role_of(*n) == Role::Spare)
-            .expect("a free dev_number exists");
+        // A former member keeps its dev_number and device UUID (md's re-add); a new spare
+        // gets the first free number.
+        let (dev_number, role) = match &readd {
+            Some((slot, old)) if !used.contains(&old.dev_number) => {
+                (old.dev_number, Role::Active(*slot as u16))
+            }
+            _ => {
+                readd = None;
+                let n = (0u32..)
+                    .find(|n| !used.contains(n) && reference.role_of(*n) == Role::Spare)
+                    .expect("a free dev_number exists");
+                (n, Role::Spare)
+            }
+        };
         let mut sb = reference.clone();
         sb.dev_number = dev_number;
-        sb.device_uuid = random_bytes();
+        sb.device_uuid = match &readd {
+            Some((_, old)) => old.device_uuid,
+            None => random_bytes(),
+        };
         sb.data_size_sectors = member.size_bytes() / 512 - reference.data_offset_sectors;
         sb.feature_map &= !(FEATURE_RECOVERY_OFFSET | FEATURE_REPLACEMENT);
         sb.recovery_offset_sectors = 0;
         sb.devflags = 0;
         sb.cnt_corrected_read = 0;
-        sb.set_role(dev_number, Role::Spare)
+        if readd.is_some() {
+            // Rebuilt from 0, but only where the bitmap says something changed.
+            sb.feature_map |= FEATURE_RECOVERY_OFFSET;
+        }
+        sb.set_role(dev_number, role)
             .map_err(|e| Error::invalid(e.to_string()))?;
         let group = self.spare_group();
-        write_member_metadata(member.as_ref(), &sb, group.as_deref()).await?;
+        // The new member's bitmap must have the array's chunk (which may not be the default).
+        let chunk = self
+            .intent
+            .as_ref()
+            .map(|i| i.map.borrow().chunk_bytes() as u32);
+        write_member_metadata(member.as_ref(), &sb, chunk, group.as_deref()).await?;
         let disk = Rc::new(Disk {
             member: member.clone(),
             data_offset,
@@ -235,7 +261,7 @@ impl Array {
         };
         {
             let mut r = self.meta.reference.borrow_mut();
-            let _ = r.set_role(dev_number, Role::Spare);
+            let _ = r.set_role(dev_number, role);
         }
         self.meta.disks.borrow_mut().push(super::meta::MetaDisk {
             disk: disk.clone(),
@@ -243,14 +269,47 @@ impl Array {
             bitmap_sector,
             present: true,
         });
+        if let Some((slot, _)) = readd {
+            self.readded.borrow_mut().insert(dev_number);
+            self.slots.borrow_mut()[slot] =
+                SlotState::Recovering(disk.clone(), Rc::new(std::cell::Cell::new(0)));
+        }
         self.write_all_superblocks().await?;
+        // Its bitmap must carry the bits of everything written while it was away.
+        self.write_bitmaps().await?;
         drop(_guard);
-        self.spares.borrow_mut().push(disk);
-        self.emit(Event::MemberAdded {
-            member: path,
-            role: "spare".into(),
-        });
+        let role = match readd {
+            Some((slot, _)) => {
+                tracing::info!(array = %self.name, member = %path, "re-added to slot {slot}: only the chunks the write-intent bitmap marks dirty are rebuilt");
+                format!("re-added to slot {slot}")
+            }
+            None => {
+                self.spares.borrow_mut().push(disk);
+                "spare".into()
+            }
+        };
+        self.emit(Event::MemberAdded { member: path, role });
         self.needs_attention();
         Ok(())
+    }
+
+    /// The slot a former member may return to with a bitmap-driven rebuild (md's re-add):
+    /// it was in sync in that slot when it left (no recovery offset), the slot is empty now,
+    /// and the bitmap has not been cleared since it left (events >= events_cleared), so every
+    /// chunk written without it is still marked.
+    fn readd_slot(&self, sb: &crate::metadata::Superblock) -> Option<usize> {
+        let intent = self.intent.as_ref()?;
+        let reference = self.meta.reference.borrow();
+        let Role::Active(slot) = sb.role_of(sb.dev_number) else {
+            return None;
+        };
+        let slot = slot as usize;
+        let empty = matches!(self.slots.borrow().get(slot)?, SlotState::Missing);
+        (empty
+            && !sb.has_feature(FEATURE_RECOVERY_OFFSET)
+            && sb.data_offset_sectors == reference.data_offset_sectors
+            && sb.events >= intent.events_cleared.get()
+            && sb.events <= reference.events)
+            .then_some(slot)
     }
 }

@@ -118,11 +118,7 @@ impl Array {
 
     /// Marks the array dirty on disk before its first write (no-op when already dirty). Every
     /// write waits here until the mark is on the members, so none can land while the disks
-    /// still call the array clean.
-    ///
-    /// The whole write-intent bitmap is marked dirty too (as mdadm's create writes it): md
-    /// resyncs only what the bitmap marks after a crash, and this engine does not yet track
-    /// per-chunk bits, so "everything may be dirty" is the only safe claim.
+    /// still call the array clean. (The bitmap bits of each write are set by `begin_write`.)
     pub(super) async fn mark_dirty(&self) -> Result<()> {
         if self.meta.dirty_on_disk.get() {
             return Ok(());
@@ -131,54 +127,11 @@ impl Array {
         if self.meta.dirty_on_disk.get() {
             return Ok(());
         }
-        self.mark_bitmaps_all_dirty().await;
         self.meta.reference.borrow_mut().resync_offset = 0;
         self.meta.clean.set(false);
         self.write_all_superblocks().await?;
         self.meta.dirty_on_disk.set(true);
         Ok(())
-    }
-
-    /// Sets every bit of every member's bitmap (the bits after the bitmap superblock).
-    async fn mark_bitmaps_all_dirty(&self) {
-        let jobs: Vec<(usize, Rc<Disk>, u64, usize)> = self
-            .meta
-            .disks
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.present)
-            .filter_map(|(i, d)| {
-                let sector = d.bitmap_sector.as_ref()?;
-                let bsb = BitmapSuper::decode(sector.as_slice()).ok()?;
-                let bits_bytes = bsb.nbits().div_ceil(8) as usize;
-                Some((i, d.disk.clone(), self.bitmap_offset_bytes(i)?, bits_bytes))
-            })
-            .collect();
-        for (index, disk, at, bits_bytes) in jobs {
-            // Sector 0 of the area holds the superblock, rewritten with the superblocks; the
-            // bits start at byte 256 of it.
-            let total = (256 + bits_bytes).next_multiple_of(512);
-            let area = AlignedBuf::zeroed(total).into_shared();
-            let result = match disk.member.read(at, area.clone()).await {
-                Ok(()) => {
-                    area.bytes_mut()[256..256 + bits_bytes].fill(0xff);
-                    disk.member.write(at, area, true).await
-                }
-                Err(e) => Err(e),
-            };
-            // Metadata we cannot write means a member we cannot trust: fail it, as for a
-            // superblock (the superblock write that follows records it).
-            if let Err(e) = result {
-                self.drop_metadata_member(index, &e);
-            }
-        }
-        // Keep our copy of the first sector in step (its bits are now ones too).
-        for d in self.meta.disks.borrow_mut().iter_mut() {
-            if let Some(sector) = d.bitmap_sector.as_mut() {
-                sector.as_mut_slice()[256..].fill(0xff);
-            }
-        }
     }
 
     /// Records a member's rebuild: `Some(slot)` with the bytes rebuilt so far (feature
@@ -252,9 +205,19 @@ impl Array {
                         let bitmap = d.bitmap_sector.as_mut().and_then(|sector| {
                             let mut bsb = BitmapSuper::decode(sector.as_slice()).ok()?;
                             bsb.events = reference.events;
+                            if let Some(intent) = &self.intent {
+                                bsb.events_cleared = intent.events_cleared.get();
+                            }
                             let encoded = bsb.encode();
-                            sector.as_mut_slice()[..encoded.len()].copy_from_slice(&encoded);
-                            Some(AlignedBuf::from_slice(sector.as_slice()))
+                            let s = sector.as_mut_slice();
+                            s[..encoded.len()].copy_from_slice(&encoded);
+                            // The sector's tail is the first bits: keep them as the map says.
+                            if let Some(intent) = &self.intent {
+                                let map = intent.map.borrow();
+                                let n = map.bytes().len().min(s.len() - 256);
+                                s[256..256 + n].copy_from_slice(&map.bytes()[..n]);
+                            }
+                            Some(AlignedBuf::from_slice(s))
                         });
                         (i, d.disk.clone(), sb, bitmap)
                     })
@@ -299,7 +262,7 @@ impl Array {
             .collect()
     }
 
-    fn bitmap_offset_bytes(&self, index: usize) -> Option<u64> {
+    pub(super) fn bitmap_offset_bytes(&self, index: usize) -> Option<u64> {
         let disks = self.meta.disks.borrow();
         let sb = &disks[index].sb;
         let off = sb.bitmap_offset_sectors as i64 * 512 + SUPERBLOCK_OFFSET_BYTES as i64;
@@ -308,7 +271,7 @@ impl Array {
 
     /// A member whose superblock cannot be written is failed (without persisting from here:
     /// the caller's retry loop writes the new roles).
-    fn drop_metadata_member(&self, index: usize, e: &std::io::Error) {
+    pub(super) fn drop_metadata_member(&self, index: usize, e: &std::io::Error) {
         let disk = {
             let mut disks = self.meta.disks.borrow_mut();
             disks[index].present = false;

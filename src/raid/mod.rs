@@ -21,6 +21,7 @@ mod correct;
 mod create;
 pub mod events;
 mod handle;
+mod intent;
 mod manage;
 mod meta;
 mod raid5;
@@ -36,6 +37,7 @@ use std::rc::Rc;
 pub use assemble::{assemble, AssembleOptions, Assembled};
 pub use create::{create, CreateOptions, CreatedArray};
 pub use handle::{install_engine, uninstall_engine, EngineHandle};
+pub use intent::BitmapReport;
 pub use rebuild::RebuildState;
 pub use scrub::ScrubState;
 pub use slots::{Disk, SlotState};
@@ -101,6 +103,10 @@ pub struct Array {
     resync_wanted: Cell<bool>,
     /// Our extension block as read at assembly (settings md has no field for).
     extension: RefCell<crate::metadata::Extension>,
+    /// The write-intent bitmap, when the array has one.
+    intent: Option<Rc<intent::Intent>>,
+    /// Members re-added with the bitmap: only chunks it marks dirty are rebuilt on them.
+    readded: RefCell<std::collections::HashSet<u32>>,
 }
 
 impl Array {
@@ -180,7 +186,7 @@ impl Array {
         if data.is_empty() {
             return Ok(());
         }
-        self.mark_dirty().await?;
+        let _intent = self.begin_write(offset, data.len() as u64).await?;
         let r = match self.geo.level() {
             Level::Raid5 => self.write_raid5(offset, data, fua).await,
             _ => self.write_striped(offset, data, fua).await,
@@ -202,7 +208,7 @@ impl Array {
         self.check_range(offset, len)?;
         self.check_writable()?;
         self.count(|c| c.trims += 1);
-        self.mark_dirty().await?;
+        let _intent = self.begin_write(offset, len).await?;
         let r = self.zero_range(offset, len, true).await;
         self.count_error(&r);
         r
@@ -213,7 +219,7 @@ impl Array {
         self.check_range(offset, len)?;
         self.check_writable()?;
         self.count(|c| c.zeroes += 1);
-        self.mark_dirty().await?;
+        let _intent = self.begin_write(offset, len).await?;
         let r = self.zero_range(offset, len, false).await;
         self.count_error(&r);
         r

@@ -229,6 +229,8 @@ impl Array {
             self.counters.borrow().reads + self.counters.borrow().writes,
         );
         let mut last_decile = (start * 10 / total.max(1)) as u32;
+        let partial = self.readded.borrow().contains(&disk.dev_number);
+        let mut copied = 0u64;
         while cursor.get() < total {
             if self.stopping.get() {
                 break;
@@ -243,8 +245,21 @@ impl Array {
                 return;
             }
             let at = cursor.get();
-            let len = step.min(total - at);
+            let mut len = step.min(total - at);
+            if partial {
+                len =
+                    self.clip_to_bitmap_chunk(at, len, step.min(self.geo.chunk_bytes().max(4096)));
+            }
             let guards = self.lock_member_range(slot, at, len).await;
+            // A re-added member already holds every chunk the bitmap calls clean. Checked
+            // under the stripe locks: a write that sets a bit here after this has to wait
+            // for them, and by then the cursor is past, so it reaches the member itself.
+            if partial && !self.member_range_dirty(slot, at, len) {
+                cursor.set(at + len);
+                drop(guards);
+                continue;
+            }
+            copied += len;
             let buf = BufSlice::zeroed(len as usize);
             if !self.read_for_rebuild(slot, at, &buf).await {
                 drop(guards);
@@ -311,10 +326,13 @@ impl Array {
                 slots[slot] = SlotState::Active(disk.clone());
             }
         }
+        self.readded.borrow_mut().remove(&disk.dev_number);
+        tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {} bytes copied{}", total - start,
+            if partial { " (a re-added member: only what the bitmap marks dirty)" } else { "" });
         self.emit(Event::RebuildFinished {
             slot,
             member,
-            bytes_rebuilt: total - start,
+            bytes_rebuilt: copied,
         });
         // Another slot may still wait for a spare.
         self.needs_attention();

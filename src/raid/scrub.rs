@@ -34,6 +34,13 @@ pub struct ScrubState {
     pub total_bytes: u64,
     /// md's mismatch_cnt: sectors found inconsistent (repaired too, with `repair`).
     pub mismatch_sectors: u64,
+    /// Of `done_bytes`, how many a resync skipped because the write-intent bitmap calls them
+    /// clean.
+    #[serde(default)]
+    pub skipped_bytes: u64,
+    /// Where it started (a resync resumes from the sync point).
+    #[serde(default)]
+    pub start_bytes: u64,
 }
 
 impl Array {
@@ -91,13 +98,19 @@ impl Array {
         self.begin_scrub(true, true, sync / step * step);
     }
 
-    fn scrub_step(&self) -> u64 {
+    /// The smallest region a scrub handles: a chunk of rows (RAID5), a stripe unit (mirrors).
+    fn scrub_unit(&self) -> u64 {
         let unit = if self.geo.level() == Level::Raid5 {
             self.geo.chunk_bytes()
         } else {
             self.geo.stripe_bytes()
         };
-        ((4u64 << 20) / unit.max(1)).max(1) * unit.max(1)
+        unit.max(1)
+    }
+
+    fn scrub_step(&self) -> u64 {
+        let unit = self.scrub_unit();
+        ((4u64 << 20) / unit).max(1) * unit
     }
 
     fn begin_scrub(self: &Rc<Self>, repair: bool, resync: bool, from: u64) {
@@ -113,6 +126,8 @@ impl Array {
             done_bytes: from,
             total_bytes: total,
             mismatch_sectors: 0,
+            skipped_bytes: 0,
+            start_bytes: from,
         };
         self.scrub.set(Some(state));
         crate::reactor::spawn(self.clone().scrub(repair, resync, from, total));
@@ -132,7 +147,20 @@ impl Array {
             {
                 return self.finish_scrub(false);
             }
-            let len = step.min(total - done.get());
+            let mut len = step.min(total - done.get());
+            if resync {
+                len = self.clip_to_bitmap_chunk(done.get(), len, self.scrub_unit());
+            }
+            if resync && !self.resync_region_dirty(done.get(), len) {
+                done.set(done.get() + len);
+                self.sync_offset.set(done.get());
+                if let Some(mut s) = self.scrub.get() {
+                    s.done_bytes = done.get();
+                    s.skipped_bytes += len;
+                    self.scrub.set(Some(s));
+                }
+                continue;
+            }
             let found = match self.geo.level() {
                 Level::Raid5 => self.scrub_rows(done.get(), len, repair).await,
                 _ => self.scrub_copies(done.get(), len, repair).await,
@@ -158,11 +186,24 @@ impl Array {
         self.finish_scrub(true);
     }
 
+    /// Whether a resync must look at resync-space bytes `at..at+len`: always without a
+    /// bitmap, else only where a bit is set.
+    fn resync_region_dirty(&self, at: u64, len: u64) -> bool {
+        self.intent
+            .as_ref()
+            .is_none_or(|i| i.map.borrow().any_set(at, at + len))
+    }
+
     fn finish_scrub(&self, complete: bool) {
         if let Some(mut s) = self.scrub.get() {
             s.running = false;
             self.scrub.set(Some(s));
-            if complete {
+            if complete && s.resync {
+                self.emit(Event::ResyncFinished {
+                    mismatch_sectors: s.mismatch_sectors,
+                    bytes_resynced: s.total_bytes - s.start_bytes - s.skipped_bytes,
+                });
+            } else if complete {
                 self.emit(Event::CheckFinished {
                     repair: s.repair,
                     mismatch_sectors: s.mismatch_sectors,

@@ -222,6 +222,7 @@ fn raid1_with_spare() -> Vec<Candidate> {
         size_sectors: 40_000,
         data_offset_sectors: 2048,
         bitmap: true,
+        bitmap_chunk_bytes: None,
         resync_offset: u64::MAX,
         ctime_secs: 1_700_000_000,
         extra_features: 0,

@@ -176,7 +176,7 @@ fn new_bitmap_like_mdadm() {
     let (sb, fixture, _) = fixture_bitmap("raid5-4.m0");
     let mut fresh_sb = sb.clone();
     fresh_sb.events = 0;
-    let bitmap = create_bitmap_superblock(&fresh_sb).unwrap();
+    let bitmap = create_bitmap_superblock(&fresh_sb, None).unwrap();
     assert_eq!(bitmap.version, BITMAP_VERSION_WRITTEN);
     assert_eq!(bitmap.chunk_bytes, fixture.chunk_bytes);
     assert_eq!(bitmap.sync_size_sectors, fixture.sync_size_sectors);
@@ -189,12 +189,14 @@ fn new_bitmap_like_mdadm() {
 
     let raid10 = Superblock::decode(fixtures::member("raid10n2-4.m0").superblock_block()).unwrap();
     assert_eq!(
-        create_bitmap_superblock(&raid10).unwrap().sync_size_sectors,
+        create_bitmap_superblock(&raid10, None)
+            .unwrap()
+            .sync_size_sectors,
         94208
     );
     let raid0 = Superblock::decode(fixtures::member("raid0-4.m0").superblock_block()).unwrap();
     assert_eq!(
-        create_bitmap_superblock(&raid0),
+        create_bitmap_superblock(&raid0, None),
         Err(MetadataError::NoBitmapForLevel(0))
     );
     assert!(matches!(

@@ -17,6 +17,7 @@ fn params_like(sb: &Superblock, dev_sectors: u64) -> CreateParams {
         size_sectors: sb.size_sectors,
         data_offset_sectors: default_data_offset_sectors(dev_sectors, sb.chunk_sectors),
         bitmap: sb.has_feature(FEATURE_BITMAP_OFFSET),
+        bitmap_chunk_bytes: None,
         resync_offset: u64::MAX,
         ctime_secs: sb.ctime_secs(),
         extra_features: sb.feature_map & FEATURE_RAID0_LAYOUT,
@@ -87,6 +88,7 @@ fn raid5_params(devices: usize) -> CreateParams {
         size_sectors: 0,
         data_offset_sectors: 0,
         bitmap: true,
+        bitmap_chunk_bytes: None,
         resync_offset: u64::MAX,
         ctime_secs: 1_700_000_000,
         extra_features: 0,
@@ -106,7 +108,7 @@ fn large_member_layout() {
     assert_eq!(sb.own_role(), Role::Spare);
     assert_eq!(sb.max_dev(), 128);
     assert_eq!(sb.array_state_string(), "AAA");
-    let bitmap = create_bitmap_superblock(&sb).unwrap();
+    let bitmap = create_bitmap_superblock(&sb, None).unwrap();
     // 4 TiB / 64 MiB = 65536 bits = 8 KiB, fits the 128 KiB reserve.
     assert_eq!(bitmap.chunk_bytes, 64 << 20);
     assert_eq!(bitmap.bytes_on_disk(), 12288);

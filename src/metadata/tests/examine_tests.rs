@@ -211,6 +211,7 @@ fn mdadm_reads_what_we_create() {
         size_sectors: (dev_sectors - 2048) / 128 * 128,
         data_offset_sectors: default_data_offset_sectors(dev_sectors, 128),
         bitmap: true,
+        bitmap_chunk_bytes: None,
         resync_offset: u64::MAX,
         ctime_secs: 1_750_000_000,
         extra_features: 0,
@@ -220,7 +221,7 @@ fn mdadm_reads_what_we_create() {
         if odd_roles {
             sb.dev_roles.truncate(5);
         }
-        let bitmap = create_bitmap_superblock(&sb).unwrap();
+        let bitmap = create_bitmap_superblock(&sb, None).unwrap();
         let extension = Extension {
             created_by: "raidctl test".to_string(),
             ..Extension::default()
