@@ -20,6 +20,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesOrdered, StreamExt};
+
 use super::events::Event;
 use super::slots::SlotState;
 use super::Array;
@@ -35,6 +37,16 @@ pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Member bytes rebuilt per step (whole chunks): large sequential reads and writes, while
 /// the stripe locks it holds stay few enough not to stall foreground writes for long.
 const STEP_BYTES: u64 = 4 << 20;
+/// Recovery steps in flight at once (reads of one overlap the write of another).
+const PIPELINE_DEPTH: usize = 4;
+
+/// How one recovery step ended.
+enum Step {
+    Copied(u64, Vec<KeyedLockGuard>),
+    Skipped(u64, Vec<KeyedLockGuard>),
+    NoSource,
+    WriteFailed(std::io::Error),
+}
 
 /// Progress of a rebuild, for status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,56 +243,63 @@ impl Array {
         let mut last_decile = (start * 10 / total.max(1)) as u32;
         let partial = self.readded.borrow().contains(&disk.dev_number);
         let mut copied = 0u64;
-        while cursor.get() < total {
-            if self.stopping.get() {
+        // Up to PIPELINE_DEPTH steps in flight: each locks its region, reads the sources and
+        // writes the new member; results come back in order, and a step's locks are dropped
+        // only once the cursor has passed it, so a foreground write waiting on them lands
+        // below the cursor and reaches the new member itself.
+        let mut pipeline = FuturesOrdered::new();
+        let mut next = start;
+        loop {
+            while pipeline.len() < PIPELINE_DEPTH && next < total && !self.stopping.get() {
+                let mut len = step.min(total - next);
+                if partial {
+                    len = self.clip_to_bitmap_chunk(
+                        next,
+                        len,
+                        step.min(self.geo.chunk_bytes().max(4096)),
+                    );
+                }
+                pipeline.push_back(self.recovery_step(slot, &disk, next, len, partial));
+                next += len;
+            }
+            let Some(done) = pipeline.next().await else {
                 break;
-            }
+            };
             let still_ours = matches!(&self.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk));
-            if !still_ours || self.failed.get() {
-                self.emit(Event::RebuildAborted {
-                    slot,
-                    member,
-                    reason: "a member failed during the rebuild".into(),
-                });
-                return;
-            }
-            let at = cursor.get();
-            let mut len = step.min(total - at);
-            if partial {
-                len =
-                    self.clip_to_bitmap_chunk(at, len, step.min(self.geo.chunk_bytes().max(4096)));
-            }
-            let guards = self.lock_member_range(slot, at, len).await;
-            // A re-added member already holds every chunk the bitmap calls clean. Checked
-            // under the stripe locks: a write that sets a bit here after this has to wait
-            // for them, and by then the cursor is past, so it reaches the member itself.
-            if partial && !self.member_range_dirty(slot, at, len) {
-                cursor.set(at + len);
-                drop(guards);
-                continue;
-            }
-            copied += len;
-            let buf = BufSlice::zeroed(len as usize);
-            if !self.read_for_rebuild(slot, at, &buf).await {
-                drop(guards);
-                self.emit(Event::RebuildAborted {
-                    slot,
-                    member,
-                    reason: "no readable source for the data".into(),
-                });
-                return;
-            }
-            if let Err(e) = disk.member.write(disk.data_offset + at, buf, false).await {
-                drop(guards);
-                self.emit(Event::RebuildAborted {
-                    slot,
-                    member: member.clone(),
-                    reason: format!("write failed: {e}"),
-                });
-                self.fail_recovering(slot, &disk).await;
-                return;
-            }
-            cursor.set(at + len);
+            let (len, guards) = match done {
+                _ if !still_ours || self.failed.get() => {
+                    self.emit(Event::RebuildAborted {
+                        slot,
+                        member,
+                        reason: "a member failed during the rebuild".into(),
+                    });
+                    return;
+                }
+                Step::Skipped(len, guards) => (len, guards),
+                Step::Copied(len, guards) => {
+                    copied += len;
+                    (len, guards)
+                }
+                Step::NoSource => {
+                    self.emit(Event::RebuildAborted {
+                        slot,
+                        member,
+                        reason: "no readable source for the data".into(),
+                    });
+                    return;
+                }
+                Step::WriteFailed(e) => {
+                    drop(pipeline);
+                    self.emit(Event::RebuildAborted {
+                        slot,
+                        member: member.clone(),
+                        reason: format!("write failed: {e}"),
+                    });
+                    self.fail_recovering(slot, &disk).await;
+                    return;
+                }
+            };
+            cursor.set(cursor.get() + len);
             drop(guards);
 
             let decile = (cursor.get() * 10 / total.max(1)) as u32;
@@ -336,6 +355,32 @@ impl Array {
         });
         // Another slot may still wait for a spare.
         self.needs_attention();
+    }
+
+    /// One region of a recovery: lock it, skip it (a re-added member, nothing dirty there),
+    /// or read it from the other members and write it to the new one.
+    async fn recovery_step(
+        &self,
+        slot: usize,
+        disk: &Rc<super::Disk>,
+        at: u64,
+        len: u64,
+        partial: bool,
+    ) -> Step {
+        let guards = self.lock_member_range(slot, at, len).await;
+        // Checked under the stripe locks: a write that sets a bit here after this has to wait
+        // for them, and by then the cursor is past, so it reaches the member itself.
+        if partial && !self.member_range_dirty(slot, at, len) {
+            return Step::Skipped(len, guards);
+        }
+        let buf = BufSlice::zeroed(len as usize);
+        if !self.read_for_rebuild(slot, at, &buf).await {
+            return Step::NoSource;
+        }
+        match disk.member.write(disk.data_offset + at, buf, false).await {
+            Ok(()) => Step::Copied(len, guards),
+            Err(e) => Step::WriteFailed(e),
+        }
     }
 
     /// Flushes the new member, then records how far it is rebuilt.
