@@ -14,6 +14,7 @@
 //! `layout` and `parity` are pure; everything that does I/O runs on a [`reactor`].
 
 pub mod buf;
+pub mod cache;
 pub mod daemon;
 pub mod error;
 pub mod inspect;

@@ -24,7 +24,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, WriteFlags,
 };
 use raidcore::buf::BufSlice;
-use raidcore::raid::EngineHandle;
+use raidcore::cache::EngineHandle;
 
 const ROOT: INodeNo = INodeNo::ROOT;
 const FILE: INodeNo = INodeNo(2);

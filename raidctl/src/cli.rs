@@ -37,6 +37,8 @@ pub enum Command {
     Detach(StopArgs),
     /// Fault drill on a live array: make a member fail reads or writes, slow down, or vanish.
     Inject(InjectArgs),
+    /// Show or set the write-back cache policy and battery flag of a running array.
+    Cache(CacheArgs),
     /// Mark a member faulty (a hot spare takes over).
     Fail(MemberArgs),
     /// Remove a faulty member or a spare from an array.
@@ -77,6 +79,9 @@ pub struct AssembleArgs {
     /// Serve read-only and never write a superblock.
     #[arg(long)]
     pub read_only: bool,
+    /// RAM for the write-back cache (K/M/G; 0 turns it off). Default 256M.
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
 }
 
 #[derive(Args)]
@@ -284,4 +289,24 @@ pub struct ReplaceArgs {
     /// Wait until the replacement is complete, showing progress.
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Args)]
+pub struct CacheArgs {
+    /// Array name.
+    pub name: String,
+    /// write-back (only while the battery is present), write-through, or always-write-back
+    /// (whatever the battery says: a power loss can lose acknowledged writes).
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// The battery-backup flag: present, absent, charging or failed.
+    #[arg(long, value_name = "STATE")]
+    pub battery: Option<String>,
+    /// A file a UPS daemon writes the battery word into; followed live. "none" goes back to
+    /// the --battery flag.
+    #[arg(long, value_name = "PATH")]
+    pub battery_file: Option<String>,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

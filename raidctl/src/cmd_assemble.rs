@@ -82,6 +82,11 @@ pub fn run(args: AssembleArgs, run_dir: Option<&str>) -> Result<i32> {
         })
         .collect();
     let args = AssembleArgs { devices, ..args };
+    let mut cache = raidcore::cache::CacheConfig::default();
+    if let Some(text) = &args.cache_size {
+        cache.capacity_bytes = raidcore::size::parse_size(text)
+            .map_err(|e| Error::invalid(format!("invalid --cache-size {text}: {e}")))?;
+    }
     let config = DaemonConfig {
         name: args.name.clone(),
         devices: args.devices.clone(),
@@ -95,6 +100,7 @@ pub fn run(args: AssembleArgs, run_dir: Option<&str>) -> Result<i32> {
             expected_uuid: None,
             no_resync: false,
         },
+        cache,
     };
     if args.foreground {
         return foreground(config).map(|()| 0);
@@ -173,6 +179,9 @@ fn background(args: &AssembleArgs, run_dir: &RunDir) -> Result<i32> {
         .arg(&args.name)
         .args(&args.devices)
         .arg("--foreground");
+    if let Some(size) = &args.cache_size {
+        cmd.arg("--cache-size").arg(size);
+    }
     for l in &args.listen {
         cmd.arg("--listen").arg(l);
     }

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use raidcore::cache::EngineHandle;
 use raidcore::daemon::attach::FuseMounter;
 use raidcore::daemon::control::ControlRequest;
 use raidcore::daemon::rundir::RunDir;
-use raidcore::raid::EngineHandle;
 use raidcore::{Error, ErrorKind, Result};
 
 use crate::cli::{AttachArgs, InjectArgs, StopArgs};

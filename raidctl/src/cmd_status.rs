@@ -173,6 +173,9 @@ pub fn print_report(r: &StatusReport) {
         io.degraded_reads,
         io.errors
     );
+    if let Some(c) = &r.cache {
+        crate::cmd_cache::print_cache(&r.name, c);
+    }
     if let Some(b) = &r.bitmap {
         println!(
             "  bitmap: {} of {} chunks dirty ({} per bit, events_cleared {})",

@@ -249,6 +249,7 @@ fn serve(dir: &str, paths: &[String], keep: bool) -> Result<()> {
         run: false,
         force: false,
         read_only: false,
+        cache_size: None,
     };
     crate::cmd_assemble::run(args, Some(&run_dir))?;
     let uri = format!("nbd+unix:///demo?socket={run_dir}/demo.sock");

@@ -4,6 +4,7 @@
 mod cli;
 mod cmd_assemble;
 mod cmd_attach;
+mod cmd_cache;
 mod cmd_create;
 mod cmd_examine;
 mod cmd_manage;
@@ -26,6 +27,7 @@ fn main() {
         cli::Command::Attach(a) => cmd_attach::attach(a, args.run_dir.as_deref()),
         cli::Command::Detach(a) => cmd_attach::detach(a, args.run_dir.as_deref()),
         cli::Command::Inject(a) => cmd_attach::inject(a, args.run_dir.as_deref()),
+        cli::Command::Cache(a) => cmd_cache::run(a, args.run_dir.as_deref()),
         cli::Command::Fail(a) => cmd_manage::fail(a, args.run_dir.as_deref()),
         cli::Command::Remove(a) => cmd_manage::remove(a, args.run_dir.as_deref()),
         cli::Command::Add(a) => cmd_manage::add(a, args.run_dir.as_deref()),

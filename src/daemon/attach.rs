@@ -15,8 +15,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::rundir::RunDir;
+use crate::cache::EngineHandle;
 use crate::error::{Error, ErrorKind, Result};
-use crate::raid::EngineHandle;
 
 /// Mounts the FUSE frontend (provided by the `raidctl` binary, which links `fuse-frontend`).
 pub trait FuseMounter: Send + Sync {

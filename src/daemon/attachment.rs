@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::attach::{self, AttachReport};
 use super::nbd_netlink::{self, ConnectRequest};
 use super::{Attachment, Daemon};
+use crate::cache::EngineHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::nbd::Negotiated;
-use crate::raid::EngineHandle;
 use crate::reactor::blocking;
 
 /// Seconds the kernel waits for one nbd request before failing it. A crashed daemon closes

@@ -66,6 +66,16 @@ pub enum ControlRequest {
         #[serde(default)]
         repair: bool,
     },
+    /// Change the cache policy (each field optional; `battery_file` "" goes back to the manual
+    /// battery flag). Answers with the status, which has the cache's state.
+    Cache {
+        #[serde(default)]
+        mode: Option<String>,
+        #[serde(default)]
+        battery: Option<String>,
+        #[serde(default)]
+        battery_file: Option<String>,
+    },
     /// A fault drill on a live array (see `raidctl inject`).
     Inject {
         device: String,

@@ -174,6 +174,18 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                         ..Default::default()
                     }
                 }
+                Ok(ControlRequest::Cache {
+                    mode,
+                    battery,
+                    battery_file,
+                }) => match daemon.set_cache_policy(mode, battery, battery_file).await {
+                    Ok(()) => ControlResponse {
+                        ok: true,
+                        status: Some(daemon.status()),
+                        ..Default::default()
+                    },
+                    Err(e) => ControlResponse::error(e.to_string()),
+                },
                 Ok(ControlRequest::Inject {
                     device,
                     fault,

@@ -36,10 +36,11 @@ use rundir::RunDir;
 use status::StatusReport;
 
 use crate::buf::{AlignedBuf, BufSlice};
+use crate::cache::{install_engine, uninstall_engine, Cache, CacheConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
 use crate::nbd::{sock, Export, Server};
-use crate::raid::{assemble, install_engine, uninstall_engine, Array, AssembleOptions};
+use crate::raid::{assemble, Array, AssembleOptions};
 use crate::reactor::{block_on, blocking, spawn, submit, Inbox, InboxSender, Semaphore};
 
 /// An extra NBD listening address.
@@ -96,6 +97,8 @@ pub struct DaemonConfig {
     pub assemble: AssembleOptions,
     /// The FUSE frontend, for `attach` on hosts without nbd (None: attach is refused).
     pub fuse: Option<Arc<dyn FuseMounter>>,
+    /// The write-back cache's size and thresholds (its policy lives in the extension block).
+    pub cache: CacheConfig,
 }
 
 /// A block device attached to the array, and what keeps it alive.
@@ -114,6 +117,7 @@ pub struct Ready {
 struct Daemon {
     config: DaemonConfig,
     array: Rc<Array>,
+    cache: Rc<Cache>,
     server: Rc<Server>,
     uris: Vec<String>,
     stop: Semaphore,
@@ -158,7 +162,10 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     let array = assembled.array;
     let (inbox, inbox_sender) = Inbox::new().map_err(|e| Error::io("eventfd", e))?;
     spawn(inbox.serve());
-    install_engine(array.clone());
+    let cache = Cache::new(array.clone(), config.cache.clone());
+    spawn(cache.clone().run_destager());
+    spawn(cache.clone().watch_battery_file());
+    install_engine(cache.clone());
     if array.name() != config.name {
         tracing::info!(
             "the members call their array {:?}; serving it as {:?}",
@@ -166,7 +173,7 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
             config.name
         );
     }
-    let mut export = Export::new(array.clone(), config.assemble.read_only);
+    let mut export = Export::new(cache.clone(), config.assemble.read_only);
     export.name = config.name.clone();
     let server = Server::new(export);
 
@@ -186,6 +193,7 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     let daemon = Rc::new(Daemon {
         config,
         array: array.clone(),
+        cache: cache.clone(),
         server: server.clone(),
         uris,
         stop: Semaphore::new(0),
@@ -213,7 +221,11 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
         tracing::error!(array = %daemon.config.name, "detach at stop: {e}");
     }
     server.shutdown(Duration::from_secs(30)).await;
-    let closed = array.close().await;
+    // The cache writes everything out first; a failure there leaves the array dirty.
+    let closed = match cache.close().await {
+        Ok(()) => array.close().await,
+        Err(e) => Err(e),
+    };
     match &closed {
         Ok(()) => {
             tracing::info!(array = %daemon.config.name, "stopped cleanly (events {})", array.events())
@@ -306,8 +318,46 @@ impl Daemon {
         Ok(())
     }
 
+    /// `raidctl cache`: parses and applies a policy change (nothing changes on bad input).
+    async fn set_cache_policy(
+        &self,
+        mode: Option<String>,
+        battery: Option<String>,
+        battery_file: Option<String>,
+    ) -> Result<()> {
+        use crate::cache::policy::{Battery, CacheMode};
+        let mode = mode
+            .map(|m| CacheMode::parse(&m).map_err(|e| Error::invalid(format!("--mode: {e}"))))
+            .transpose()?;
+        let battery = battery
+            .map(|b| Battery::parse(&b).map_err(|e| Error::invalid(format!("--battery: {e}"))))
+            .transpose()?;
+        let battery_file = match battery_file.as_deref() {
+            None => None,
+            Some("") | Some("none") => Some(None),
+            Some(path) => {
+                let path = std::fs::canonicalize(path).map_err(|e| {
+                    Error::io(format!("--battery-file {path}: the file must exist (a UPS daemon writes present, absent, charging or failed into it)"), e)
+                })?;
+                crate::cache::check_battery_file(&path)?;
+                Some(Some(path))
+            }
+        };
+        if self.array.is_read_only() && mode.is_some() {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!(
+                    "array {} is read-only: it has no writes to cache",
+                    self.config.name
+                ),
+            ));
+        }
+        self.cache.set_policy(mode, battery, battery_file).await
+    }
+
     fn status(&self) -> StatusReport {
         let mut status = StatusReport::build(&self.array, Some(&self.server), self.uris.clone());
+        status.cache = Some(self.cache.report());
         status.attachments = self
             .attachment
             .borrow()

@@ -51,7 +51,7 @@ impl From<IoCounters> for IoReport {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
     pub name: String,
     pub uuid: String,
@@ -86,6 +86,9 @@ pub struct StatusReport {
     /// Block devices attached to the array (`raidctl attach`).
     #[serde(default)]
     pub attachments: Vec<super::attach::AttachReport>,
+    /// The write-back cache: policy, effective mode and why, battery, dirty bytes, hits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheReport>,
     /// The write-intent bitmap, when the array has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bitmap: Option<crate::raid::BitmapReport>,
@@ -172,6 +175,7 @@ impl StatusReport {
             io: array.counters().into(),
             check: array.scrub_state(),
             bitmap: array.bitmap_report(),
+            cache: None,
             speed_min_kib: array.speed_limits().0,
             speed_max_kib: array.speed_limits().1,
             attachments: Vec::new(),

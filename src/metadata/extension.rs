@@ -50,12 +50,16 @@ pub struct Extension {
     /// Spares may move between arrays of the same group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spare_group: Option<String>,
-    /// "write-back" or "write-through".
+    /// "write-back", "write-through" or "always-write-back".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_mode: Option<String>,
-    /// "present" or "absent": write-back is used only while a battery is present.
+    /// "present", "absent", "charging" or "failed": write-back is used only while a battery is
+    /// present (unless the mode is "always-write-back").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub battery: Option<String>,
+    /// A file a UPS daemon writes the battery word into; when set it overrides `battery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_file: Option<String>,
     /// Rebuild speed floor, KiB/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speed_min_kib: Option<u64>,

@@ -232,7 +232,7 @@ impl Conn {
     }
 
     async fn execute(&self, req: Request, data: Option<BufSlice>) {
-        let array = &self.export.array;
+        let array = &self.export.volume;
         let fua = req.flags & CMD_FLAG_FUA != 0;
         let len = req.length as u64;
         let result = match req.kind {
@@ -357,7 +357,7 @@ impl Conn {
 async fn with_fua(
     r: crate::Result<()>,
     fua: bool,
-    array: &crate::raid::Array,
+    array: &crate::cache::Cache,
 ) -> crate::Result<()> {
     r?;
     if fua {

@@ -22,16 +22,16 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::raid::Array;
+use crate::cache::Cache;
 use crate::reactor::{sleep, spawn};
 pub use handshake::Negotiated;
 use proto::*;
 
-/// What the server exports: the array plus how it is described to clients.
+/// What the server exports: the array (through its cache) plus how it is described to clients.
 pub struct Export {
     pub name: String,
     pub description: String,
-    pub array: Rc<Array>,
+    pub volume: Rc<Cache>,
     pub read_only: bool,
     pub min_block: u32,
     pub preferred_block: u32,
@@ -42,7 +42,8 @@ pub struct Export {
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 
 impl Export {
-    pub fn new(array: Rc<Array>, read_only: bool) -> Export {
+    pub fn new(volume: Rc<Cache>, read_only: bool) -> Export {
+        let array = volume.array().clone();
         let geo = array.geometry();
         let chunk = geo.chunk_bytes();
         let stripe = match geo.level() {
@@ -69,7 +70,7 @@ impl Export {
             name: array.name().to_string(),
             description,
             read_only: read_only || array.is_read_only(),
-            array,
+            volume,
             min_block: 512,
             preferred_block: preferred,
             max_payload: MAX_PAYLOAD,
@@ -77,7 +78,7 @@ impl Export {
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.array.size_bytes()
+        self.volume.size_bytes()
     }
 
     /// The default export ("") is ours too.

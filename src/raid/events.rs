@@ -67,6 +67,14 @@ pub enum Event {
         /// Bytes actually compared and fixed (the rest the bitmap called clean).
         bytes_resynced: u64,
     },
+    /// The cache stopped acknowledging writes from RAM (battery lost, or configured so).
+    CacheWriteThrough {
+        reason: String,
+    },
+    /// The cache acknowledges writes from RAM again.
+    CacheWriteBack {
+        reason: String,
+    },
     /// A spare came from another array of the spare group (md's MoveSpare).
     SpareMoved {
         member: String,
@@ -93,6 +101,8 @@ impl Event {
             Event::ResyncFinished { .. } => "ResyncFinished",
             Event::SpareMoved { .. } => "SpareMoved",
             Event::MemberRemoved { .. } => "MemberRemoved",
+            Event::CacheWriteThrough { .. } => "CacheWriteThrough",
+            Event::CacheWriteBack { .. } => "CacheWriteBack",
         }
     }
 
@@ -123,7 +133,9 @@ impl Array {
             | Event::RebuildAborted { .. } => {
                 tracing::error!(array = %self.name, "{}: {event:?}", event.name())
             }
-            Event::DegradedArray { .. } | Event::SparesMissing { .. } => {
+            Event::DegradedArray { .. }
+            | Event::SparesMissing { .. }
+            | Event::CacheWriteThrough { .. } => {
                 tracing::warn!(array = %self.name, "{}: {event:?}", event.name())
             }
             _ => tracing::info!(array = %self.name, "{}: {event:?}", event.name()),

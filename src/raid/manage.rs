@@ -288,6 +288,11 @@ impl Array {
                 "spare".into()
             }
         };
+        // The new member's extension block was written fresh: give it the array's settings
+        // (cache policy, speed limits), so any member read at the next assembly has them.
+        if let Err(e) = self.update_extension(|_| {}).await {
+            tracing::warn!(array = %self.name, "settings not copied to {path}: {e}");
+        }
         self.emit(Event::MemberAdded { member: path, role });
         self.needs_attention();
         Ok(())

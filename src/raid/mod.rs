@@ -20,7 +20,6 @@ mod assemble;
 mod correct;
 mod create;
 pub mod events;
-mod handle;
 mod intent;
 mod manage;
 mod meta;
@@ -36,7 +35,6 @@ use std::rc::Rc;
 
 pub use assemble::{assemble, AssembleOptions, Assembled};
 pub use create::{create, CreateOptions, CreatedArray};
-pub use handle::{install_engine, uninstall_engine, EngineHandle};
 pub use intent::BitmapReport;
 pub use rebuild::RebuildState;
 pub use scrub::ScrubState;
@@ -266,6 +264,18 @@ impl Array {
         }
         self.flush_members().await?;
         self.mark_clean().await
+    }
+
+    /// The checks `write` makes before touching anything (for layers that acknowledge writes
+    /// themselves, such as the write-back cache).
+    pub fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.check_writable()
+    }
+
+    /// The checks `read` makes.
+    pub fn check_read(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

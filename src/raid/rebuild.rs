@@ -83,10 +83,26 @@ impl Array {
     /// extension block, so they survive a restart.
     pub async fn save_settings(&self) -> crate::Result<()> {
         let (min, max) = self.speed_limits();
-        let block = {
-            let mut ext = self.extension.borrow_mut();
+        self.update_extension(|ext| {
             ext.speed_min_kib = Some(min);
             ext.speed_max_kib = Some(max);
+        })
+        .await
+    }
+
+    /// Our extension block as it stands (settings md has no field for).
+    pub fn extension(&self) -> crate::metadata::Extension {
+        self.extension.borrow().clone()
+    }
+
+    /// Changes the extension block with `change` and writes it to every present member.
+    pub async fn update_extension(
+        &self,
+        change: impl FnOnce(&mut crate::metadata::Extension),
+    ) -> crate::Result<()> {
+        let block = {
+            let mut ext = self.extension.borrow_mut();
+            change(&mut ext);
             if ext.created_by.is_empty() {
                 ext.created_by = format!("raidctl {}", env!("CARGO_PKG_VERSION"));
             }

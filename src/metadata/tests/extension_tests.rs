@@ -10,6 +10,7 @@ fn sample() -> Extension {
         spare_group: Some("shelf-a".to_string()),
         cache_mode: Some("write-back".to_string()),
         battery: Some("present".to_string()),
+        battery_file: None,
         speed_min_kib: Some(1000),
         speed_max_kib: None,
         created_by: "raidctl 0.1.0".to_string(),

@@ -200,6 +200,7 @@ proptest! {
             spare_group: group,
             cache_mode: mode,
             battery: None,
+            battery_file: None,
             speed_min_kib: min,
             speed_max_kib: None,
             created_by: created,

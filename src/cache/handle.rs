@@ -1,7 +1,7 @@
-//! Reaching an array from other threads (the FUSE frontend, blocking helpers).
+//! Reaching an array (through its cache) from other threads (the FUSE frontend).
 //!
-//! The array lives on its reactor thread and is not `Send`. An [`EngineHandle`] posts a job
-//! through the reactor's inbox; the job runs on the reactor with the array, starts the
+//! The cache and array live on their reactor thread and are not `Send`. An [`EngineHandle`]
+//! posts a job through the reactor's inbox; the job runs on the reactor with the cache, starts the
 //! operation as a task, and calls the caller's completion (which must be `Send`) when it is
 //! done, on the reactor thread. Callers never block the reactor, and many requests from one
 //! thread can be in flight at once.
@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::Array;
+use super::Cache as Array;
 use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::reactor::{spawn, InboxSender};

@@ -1,0 +1,394 @@
+//! The cache layer: what the frontends call instead of the engine.
+//!
+//! ```text
+//!   write ─┬─ write-through (battery not healthy, FUA, large, cache full) ─► engine, then
+//!          │    cached copies of those blocks are updated so they stay the newest
+//!          └─ write-back: copy into 4 KiB slots, mark dirty, acknowledge ─► destager later
+//!   read  ─► blocks in the cache come from it; the rest from the engine (and fill the cache)
+//!   flush ─► destage every block dirty before it, then flush the members
+//! ```
+//!
+//! Writes and destages of the same cache stripe are ordered by stripe locks, so a destage can
+//! never write older data over a newer write-through. Everything runs on the array's reactor.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::index::{CacheIndex, BLOCK_SIZE};
+use super::policy::{Battery, CacheMode, CachePolicy};
+use crate::buf::BufSlice;
+use crate::error::Result;
+use crate::raid::Array;
+use crate::reactor::{KeyedLockGuard, KeyedLocks, Semaphore};
+
+/// Sizes and thresholds of a cache.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// RAM for cached blocks (0: no cache, every write goes through).
+    pub capacity_bytes: u64,
+    /// Dirty data older than this is destaged even without pressure.
+    pub max_age: Duration,
+    /// The destager starts above this share of the cache dirty and stops below `low_pct`.
+    pub high_pct: u32,
+    pub low_pct: u32,
+    /// Writes (and reads) of at least this many bytes bypass the cache: large sequential I/O
+    /// gains nothing from it and would push out the small writes that do (bcache's cutoff).
+    pub bypass_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity_bytes: 256 << 20,
+            max_age: Duration::from_secs(5),
+            high_pct: 50,
+            low_pct: 25,
+            bypass_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Where the battery state comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum BatterySource {
+    /// `raidctl cache --battery`, kept in the extension block.
+    Manual,
+    /// A file a UPS daemon writes one word into.
+    File(PathBuf),
+}
+
+/// A write-back cache in front of one array.
+pub struct Cache {
+    pub(super) array: Rc<Array>,
+    pub(super) config: CacheConfig,
+    pub(super) index: RefCell<CacheIndex>,
+    /// `capacity / 4096` blocks; slot n is bytes n*4096.. of it.
+    pool: BufSlice,
+    /// Cache-stripe locks (a stripe is the array's stripe unit, a whole row on RAID5).
+    pub(super) locks: Rc<KeyedLocks>,
+    pub(super) policy: Cell<CachePolicy>,
+    pub(super) battery_source: RefCell<BatterySource>,
+    /// Effective: writes may be acknowledged from the cache.
+    pub(super) write_back: Cell<bool>,
+    pub(super) reason: RefCell<String>,
+    started: Instant,
+    /// Bumped by every write that goes around the cache, so a read started before it does
+    /// not fill the cache with what it read.
+    bypass_epoch: Cell<u64>,
+    /// Wakes the destager.
+    pub(super) wake: Semaphore,
+    /// Destager state: whether the high watermark started a run that has not reached low.
+    pub(super) pressure: Cell<bool>,
+    pub(super) destaged_bytes: Cell<u64>,
+    pub(super) rate: Cell<(Instant, u64, f64)>,
+    pub(super) stopping: Cell<bool>,
+}
+
+impl Cache {
+    pub fn new(array: Rc<Array>, config: CacheConfig) -> Rc<Cache> {
+        let stripe = array.geometry().stripe_bytes().max(BLOCK_SIZE);
+        let stripe = stripe.next_multiple_of(BLOCK_SIZE);
+        let capacity = config.capacity_bytes / BLOCK_SIZE * BLOCK_SIZE;
+        let index = CacheIndex::new(capacity, stripe);
+        let pool = BufSlice::zeroed(capacity as usize);
+        let ext = array.extension();
+        let mode = ext
+            .cache_mode
+            .as_deref()
+            .and_then(|m| CacheMode::parse(m).ok())
+            .unwrap_or_default();
+        let battery = ext
+            .battery
+            .as_deref()
+            .and_then(|b| Battery::parse(b).ok())
+            .unwrap_or_default();
+        let source = match ext.battery_file {
+            Some(f) => BatterySource::File(PathBuf::from(f)),
+            None => BatterySource::Manual,
+        };
+        let cache = Rc::new(Cache {
+            array,
+            config,
+            index: RefCell::new(index),
+            pool,
+            locks: KeyedLocks::new(),
+            policy: Cell::new(CachePolicy { mode, battery }),
+            battery_source: RefCell::new(source),
+            write_back: Cell::new(false),
+            reason: RefCell::new(String::new()),
+            started: Instant::now(),
+            bypass_epoch: Cell::new(0),
+            wake: Semaphore::new(0),
+            pressure: Cell::new(false),
+            destaged_bytes: Cell::new(0),
+            rate: Cell::new((Instant::now(), 0, 0.0)),
+            stopping: Cell::new(false),
+        });
+        cache.apply_policy(false);
+        cache
+    }
+
+    pub fn array(&self) -> &Rc<Array> {
+        &self.array
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.array.size_bytes()
+    }
+
+    /// Milliseconds since the cache started: the index's clock.
+    pub(super) fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Slot `slot`'s 4 KiB of the pool.
+    pub(super) fn slot_buf(&self, slot: u32) -> BufSlice {
+        self.pool
+            .slice(slot as usize * BLOCK_SIZE as usize, BLOCK_SIZE as usize)
+    }
+
+    fn caching(&self) -> bool {
+        self.index.borrow().slot_count() > 0
+    }
+
+    /// Locks the cache stripes covering array bytes `offset..offset+len`, in ascending order.
+    pub(super) async fn lock_range(&self, offset: u64, len: u64) -> Vec<KeyedLockGuard> {
+        let (first, last) = {
+            let index = self.index.borrow();
+            let end_block = (offset + len.max(1)).div_ceil(BLOCK_SIZE);
+            (
+                index.stripe_of(offset / BLOCK_SIZE),
+                index.stripe_of(end_block - 1),
+            )
+        };
+        self.locks.lock_range(first..last + 1).await
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub async fn read(&self, offset: u64, buf: BufSlice) -> Result<()> {
+        let len = buf.len() as u64;
+        if !self.caching() || len == 0 {
+            return self.array.read(offset, buf).await;
+        }
+        self.array.check_read(offset, len)?;
+        let blocks = offset / BLOCK_SIZE..(offset + len).div_ceil(BLOCK_SIZE);
+        // Copies of the cached blocks now: what the engine returns may be older than them.
+        let mut hits = Vec::new();
+        {
+            let mut index = self.index.borrow_mut();
+            for b in blocks.clone() {
+                if let Some(slot) = index.lookup(b) {
+                    hits.push((b, self.slot_buf(slot).to_vec()));
+                }
+            }
+        }
+        if hits.len() as u64 == blocks.end - blocks.start {
+            for (b, bytes) in &hits {
+                overlay(&buf, offset, *b, bytes);
+            }
+            return Ok(());
+        }
+        let epoch = self.bypass_epoch.get();
+        self.array.read(offset, buf.clone()).await?;
+        for (b, bytes) in &hits {
+            overlay(&buf, offset, *b, bytes);
+        }
+        // Fill: whole blocks the read covered, unless a write went around the cache meanwhile
+        // (what we read might then be older than the array) or the read is a large one.
+        if hits.is_empty() && len < self.config.bypass_bytes && self.bypass_epoch.get() == epoch {
+            let mut index = self.index.borrow_mut();
+            for b in blocks {
+                let at = b * BLOCK_SIZE;
+                if at < offset || at + BLOCK_SIZE > offset + len {
+                    continue;
+                }
+                if let Some(slot) = index.insert_clean(b) {
+                    let from = (at - offset) as usize;
+                    self.slot_buf(slot)
+                        .bytes_mut()
+                        .copy_from_slice(&buf.bytes()[from..from + BLOCK_SIZE as usize]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`: acknowledged from the cache in write-back, else once it is
+    /// on the members (with `fua`, on their stable storage).
+    pub async fn write(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
+        let len = data.len() as u64;
+        if !self.caching() || len == 0 {
+            return self.array.write(offset, data, fua).await;
+        }
+        let _locks = self.lock_range(offset, len).await;
+        let cacheable = self.write_back.get() && !fua && len < self.config.bypass_bytes;
+        if cacheable {
+            self.array.check_write(offset, len)?;
+            if self.write_into_cache(offset, &data).await? {
+                self.kick_if_needed();
+                return Ok(());
+            }
+        }
+        self.write_around(offset, data, fua).await
+    }
+
+    /// The write-through path: the engine first, then the cached copies (clean or dirty) of
+    /// the blocks it touched take the new bytes, so neither a read nor a later destage sees
+    /// older data.
+    async fn write_around(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
+        self.bypass_epoch.set(self.bypass_epoch.get() + 1);
+        self.array.write(offset, data.clone(), fua).await?;
+        let index = self.index.borrow();
+        let len = data.len() as u64;
+        for b in offset / BLOCK_SIZE..(offset + len).div_ceil(BLOCK_SIZE) {
+            if let Some(slot) = index.peek(b) {
+                merge(&self.slot_buf(slot), b, offset, data.bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a write into the cache. Returns false (nothing changed that matters: blocks it
+    /// already dirtied hold its bytes, and the caller writes it through) when the cache is
+    /// full of dirty data.
+    async fn write_into_cache(&self, offset: u64, data: &BufSlice) -> Result<bool> {
+        let len = data.len() as u64;
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len).div_ceil(BLOCK_SIZE) - 1;
+        // A partly written block that is not cached needs its other bytes from the engine
+        // first (read before anything is marked, so no reader sees a half-filled block).
+        let mut fills = Vec::new();
+        for b in [first, last] {
+            let partial = b * BLOCK_SIZE < offset || (b + 1) * BLOCK_SIZE > offset + len;
+            if partial
+                && self.index.borrow().peek(b).is_none()
+                && !fills.iter().any(|(x, _)| *x == b)
+            {
+                let buf = BufSlice::zeroed(BLOCK_SIZE as usize);
+                self.array.read(b * BLOCK_SIZE, buf.clone()).await?;
+                fills.push((b, buf));
+            }
+        }
+        let now = self.now();
+        let mut index = self.index.borrow_mut();
+        for b in first..=last {
+            let fresh = index.peek(b).is_none();
+            let Some(slot) = index.write(b, now) else {
+                return Ok(false);
+            };
+            let dst = self.slot_buf(slot);
+            if fresh {
+                if let Some((_, fill)) = fills.iter().find(|(x, _)| *x == b) {
+                    dst.bytes_mut().copy_from_slice(fill.bytes());
+                }
+            }
+            merge(&dst, b, offset, data.bytes());
+        }
+        Ok(true)
+    }
+
+    /// Makes every write acknowledged before this call durable on the members.
+    pub async fn flush(&self) -> Result<()> {
+        if self.caching() {
+            self.destage_until(self.now()).await?;
+        }
+        self.array.flush().await
+    }
+
+    /// Discards a range (reads back as zeroes afterwards).
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero_around(offset, len, true).await
+    }
+
+    /// Zeroes a range.
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero_around(offset, len, false).await
+    }
+
+    pub fn zeroes_fast(&self, offset: u64, len: u64) -> bool {
+        self.array.zeroes_fast(offset, len)
+    }
+
+    async fn zero_around(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
+        if !self.caching() || len == 0 {
+            return match discard {
+                true => self.array.trim(offset, len).await,
+                false => self.array.write_zeroes(offset, len).await,
+            };
+        }
+        let _locks = self.lock_range(offset, len).await;
+        self.bypass_epoch.set(self.bypass_epoch.get() + 1);
+        match discard {
+            true => self.array.trim(offset, len).await?,
+            false => self.array.write_zeroes(offset, len).await?,
+        }
+        // Whole blocks leave the cache (dirty ones too: the zeroes supersede them); the
+        // cached part of a partly covered block becomes zeroes.
+        let first_whole = offset.div_ceil(BLOCK_SIZE);
+        let end_whole = (offset + len) / BLOCK_SIZE;
+        let mut index = self.index.borrow_mut();
+        if end_whole > first_whole {
+            index.invalidate(first_whole..end_whole);
+        }
+        let zeroes = vec![0u8; len.min(2 * BLOCK_SIZE) as usize];
+        for b in [offset / BLOCK_SIZE, (offset + len - 1) / BLOCK_SIZE] {
+            if let Some(slot) = index.peek(b) {
+                let at = b * BLOCK_SIZE;
+                let from = offset.max(at);
+                let to = (offset + len).min(at + BLOCK_SIZE);
+                let buf = self.slot_buf(slot);
+                buf.bytes_mut()[(from - at) as usize..(to - at) as usize]
+                    .copy_from_slice(&zeroes[..(to - from) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes the destager when the dirty share passed the high watermark.
+    fn kick_if_needed(&self) {
+        let pressure = {
+            let index = self.index.borrow();
+            index.should_destage(
+                self.config.high_pct,
+                self.config.low_pct,
+                self.pressure.get(),
+            )
+        };
+        if pressure && !self.pressure.get() {
+            self.pressure.set(true);
+            self.wake_destager();
+        }
+    }
+
+    pub(super) fn wake_destager(&self) {
+        if self.wake.available() == 0 {
+            self.wake.release();
+        }
+    }
+}
+
+/// Copies block `b`'s bytes of a request (`data` at array offset `offset`) into its slot.
+fn merge(slot: &BufSlice, b: u64, offset: u64, data: &[u8]) {
+    let at = b * BLOCK_SIZE;
+    let from = offset.max(at);
+    let to = (offset + data.len() as u64).min(at + BLOCK_SIZE);
+    if from >= to {
+        return;
+    }
+    slot.bytes_mut()[(from - at) as usize..(to - at) as usize]
+        .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+}
+
+/// Copies the part of block `b` (its bytes `block`) that a read of `buf` at `offset` covers.
+fn overlay(buf: &BufSlice, offset: u64, b: u64, block: &[u8]) {
+    let at = b * BLOCK_SIZE;
+    let from = offset.max(at);
+    let to = (offset + buf.len() as u64).min(at + BLOCK_SIZE);
+    if from >= to {
+        return;
+    }
+    buf.bytes_mut()[(from - offset) as usize..(to - offset) as usize]
+        .copy_from_slice(&block[(from - at) as usize..(to - at) as usize]);
+}
