@@ -274,15 +274,20 @@ impl Cache {
         let now = self.now();
         let mut index = self.index.borrow_mut();
         for b in first..=last {
+            let partial = b * BLOCK_SIZE < offset || (b + 1) * BLOCK_SIZE > offset + len;
+            let fill = fills.iter().find(|(x, _)| *x == b).map(|(_, f)| f);
+            if partial && index.peek(b).is_none() && fill.is_none() {
+                // It was cached when we looked and has been evicted while the other end was
+                // read: its other bytes are not at hand, so this write goes through instead.
+                return Ok(false);
+            }
             let fresh = index.peek(b).is_none();
             let Some(slot) = index.write(b, now) else {
                 return Ok(false);
             };
             let dst = self.slot_buf(slot);
-            if fresh {
-                if let Some((_, fill)) = fills.iter().find(|(x, _)| *x == b) {
-                    dst.bytes_mut().copy_from_slice(fill.bytes());
-                }
+            if let (true, Some(fill)) = (fresh, fill) {
+                dst.bytes_mut().copy_from_slice(fill.bytes());
             }
             merge(&dst, b, offset, data.bytes());
         }

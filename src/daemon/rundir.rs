@@ -26,6 +26,26 @@ pub struct RunLock {
     _file: File,
 }
 
+/// How long a lock held by an exiting process is waited for.
+const EXITING_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `pid` is on its way out: its main thread is a zombie (other threads may still be
+/// leaving the kernel, holding its files and locks).
+fn is_exiting(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state == "Z" || state == "X")
+        })
+        .unwrap_or(false)
+}
+
 impl RunDir {
     /// `explicit`, else $RAIDCTL_RUN_DIR, else /run/raidctl.
     pub fn resolve(explicit: Option<&str>) -> RunDir {
@@ -61,14 +81,23 @@ impl RunDir {
     /// The pid of the daemon serving `name`, if one is alive (its pid file is locked).
     pub fn running_pid(&self, name: &str) -> Option<u32> {
         let mut file = File::open(self.pid(name)).ok()?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-        if free {
-            return None;
-        }
         let mut text = String::new();
         file.read_to_string(&mut text).ok()?;
-        text.trim().parse().ok().or(Some(0))
+        let pid = text.trim().parse().ok();
+        // A daemon killed a moment ago may still be exiting (its main thread a zombie while
+        // another thread leaves the kernel): its lock goes with its last thread, so wait.
+        let deadline = std::time::Instant::now() + EXITING_GRACE;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+            if free {
+                return None;
+            }
+            if !pid.is_some_and(is_exiting) || std::time::Instant::now() > deadline {
+                return pid.or(Some(0));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Takes the array's lock, or says who holds it. Stale files of a dead daemon are removed.
@@ -84,10 +113,15 @@ impl RunDir {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+        let deadline = std::time::Instant::now() + EXITING_GRACE;
+        // SAFETY (both): flock on a descriptor we own; no memory is passed.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let exiting = text.trim().parse().ok().is_some_and(is_exiting);
+            if exiting && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
             return Err(Error::new(
                 ErrorKind::Busy,
                 format!(
