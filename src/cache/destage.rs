@@ -20,8 +20,9 @@ use crate::error::{Error, Result};
 use crate::raid::events::Event;
 use crate::reactor::sleep;
 
-/// Stripes destaged at once.
-const BATCH_STRIPES: usize = 16;
+/// Stripes destaged at once. More is not faster: foreground writes to a stripe being
+/// destaged wait for it (measured on RAID5 4k random writes: 4-8 best, 64 halves the rate).
+const BATCH_STRIPES: usize = 8;
 /// How often the destager and the battery-file watcher look.
 const TICK: Duration = Duration::from_millis(20);
 const BATTERY_POLL: Duration = Duration::from_millis(250);
@@ -235,12 +236,18 @@ impl Cache {
     /// The background destager, until `close`.
     pub async fn run_destager(self: Rc<Self>) {
         let max_age = self.config.max_age.as_millis() as u64;
+        // Under pressure or draining, the next batch follows at once; otherwise look again
+        // every tick (or when woken).
+        let mut busy = false;
         loop {
             if self.wake.available() > 0 {
                 self.wake.acquire().await;
+            } else if busy {
+                crate::reactor::yield_now().await;
             } else {
                 sleep(TICK).await;
             }
+            busy = false;
             if self.stopping.get() {
                 return;
             }
@@ -277,6 +284,7 @@ impl Cache {
                 }
                 batch = due;
             }
+            busy = drain || pressure;
             if let Err(e) = self.destage_batch(batch).await {
                 tracing::error!(array = %self.array.name(), "destage failed: {e}; the data stays dirty in the cache");
                 sleep(Duration::from_secs(1)).await;
