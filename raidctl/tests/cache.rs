@@ -1,8 +1,8 @@
 //! Integration tests of the write-back cache, driven through the `raidctl` binary and libnbd:
 //! what survives a `kill -9` of the daemon in write-through and in write-back (data flushed on
-//! one connection or another), the battery flag and battery file switching the effective
-//! policy (with the drain, the events in the log and in `monitor --json`), bad input, the
-//! policy persisting across stop/assemble, and read hits.
+//! one connection or another, data drained when the battery goes), the battery flag and the
+//! battery file switching the effective policy (events in the log and in `monitor --json`), bad
+//! input, the policy persisting across stop/assemble, and read hits.
 //!
 //! Every test works in its own temporary directory under cargo's target tmp dir with its own
 //! run directory (`RAIDCTL_RUN_DIR`). A [`Harness`] guard undoes everything when dropped, also
@@ -13,10 +13,10 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,12 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 4096;
-/// Hang guards (never performance expectations).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Hang guards (never performance expectations): nothing here needs more than seconds.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const STATE_TIMEOUT: Duration = Duration::from_secs(120);
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers: seeded data, commands with a hang guard, tools
+// Small helpers: seeded data, commands with a hang guard, tools, processes
 // ---------------------------------------------------------------------------------------------
 
 /// xorshift64*: reproducible contents and offsets.
@@ -47,10 +46,9 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
+        let mut v: Vec<u8> = (0..len.div_ceil(8))
+            .flat_map(|_| self.next_u64().to_le_bytes())
+            .collect();
         v.truncate(len);
         v
     }
@@ -68,13 +66,13 @@ impl Ran {
         self.status.is_some_and(|s| s.success())
     }
     fn describe(&self) -> String {
+        let status = self
+            .status
+            .map_or("killed by the hang guard".into(), |s| s.to_string());
+        let (out, err) = (tail(&self.stdout, 4000), tail(&self.stderr, 4000));
         format!(
-            "$ {}\n  status: {}\n  stdout: {}\n  stderr: {}",
-            self.what,
-            self.status
-                .map_or("killed by the hang guard".into(), |s| s.to_string()),
-            tail(&self.stdout, 4000),
-            tail(&self.stderr, 4000)
+            "$ {}\n  status: {status}\n  stdout: {out}\n  stderr: {err}",
+            self.what
         )
     }
 }
@@ -88,19 +86,37 @@ fn tail(s: &str, max: usize) -> &str {
 }
 
 fn describe_command(cmd: &Command) -> String {
+    let args = cmd.get_args().map(|a| a.to_string_lossy().into_owned());
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.extend(args);
     parts.join(" ")
 }
 
-/// Runs `cmd` with captured output, killing it after `timeout` (a hang guard).
+/// Waits for `child`, killing it after `timeout` (a hang guard: None then).
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Runs `cmd` to completion, its output captured in anonymous files, under a hang guard.
 fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Ran {
     let what = describe_command(&cmd);
+    let (mut out, mut err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap());
+    let status = match cmd.spawn() {
+        Ok(mut child) => wait_child(&mut child, timeout),
         Err(e) => {
             let stderr = format!("cannot run it: {e}");
             return Ran {
@@ -111,45 +127,19 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Ran {
             };
         }
     };
-    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let tx2 = tx.clone();
-    thread::spawn(move || {
+    let read = |f: &mut File| {
         let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        let _ = tx.send((true, v));
-    });
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        let _ = tx2.send((false, v));
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_to_end(&mut v))
+            .expect("read output");
+        String::from_utf8_lossy(&v).into_owned()
     };
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((true, v)) => stdout = v,
-            Ok((false, v)) => stderr = v,
-            Err(_) => break,
-        }
-    }
+    let (stdout, stderr) = (read(&mut out), read(&mut err));
     Ran {
         what,
         status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        stdout,
+        stderr,
     }
 }
 
@@ -177,7 +167,7 @@ fn require(tool: &str, package: &str) -> PathBuf {
 fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let candidates = [find_tool("python3"), Some(PathBuf::from("/usr/bin/python3"))];
+        let candidates = [find_tool("python3"), Some("/usr/bin/python3".into())];
         for p in candidates.into_iter().flatten() {
             let mut c = Command::new(&p);
             c.args(["-c", "import nbd"]);
@@ -191,28 +181,15 @@ fn python() -> &'static Path {
 
 fn process_alive(pid: u32) -> bool {
     // A zombie (dead, not yet reaped) counts as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn is_raidctl(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "raidctl")
-}
-
-fn wait_until_dead(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process_alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// Polls `ready` until it returns Some, panicking with `what` and `context()` after `timeout`.
@@ -230,8 +207,16 @@ fn wait_for<T>(
         if Instant::now() > deadline {
             panic!("gave up waiting for {what}\n{}", context());
         }
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn wait_until_dead(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_alive(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    !process_alive(pid)
 }
 
 /// A tiny libnbd driver. argv: URI PLAN. Plan lines (handles are numbers, connected on first use):
@@ -283,15 +268,15 @@ struct Harness {
     members: Vec<String>,
     /// Daemon pids seen (for the kill -9 fallback).
     pids: Vec<u32>,
-    /// Background children, killed by the cleanup if still running.
+    /// Background children (label, child), killed by the cleanup if still running.
     children: Vec<(String, Child)>,
     // Last: removed after Drop::drop has cleaned up what lives inside it.
     _tmp: tempfile::TempDir,
 }
 
 impl Harness {
-    /// Creates and assembles `raidctl create NAME --level 5 --chunk 64K --size 64M m0..m3`.
-    fn new(name: &str, assemble_flags: &[&str]) -> Harness {
+    /// `raidctl create NAME --level 5 --chunk 64K --size 64M m0..m3`, then assemble with `flags`.
+    fn new(name: &str, flags: &[&str]) -> Harness {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -317,7 +302,7 @@ impl Harness {
         ];
         args.extend(h.members.iter().map(String::as_str));
         h.ok(&args);
-        h.assemble(assemble_flags);
+        h.assemble(flags);
         h
     }
 
@@ -342,26 +327,28 @@ impl Harness {
         run_with_timeout(self.raidctl_command(args), COMMAND_TIMEOUT)
     }
 
-    /// raidctl with `args`, which must exit 0 (the daemon log is shown if not).
-    fn ok(&self, args: &[&str]) -> Ran {
-        let ran = self.raidctl(args);
+    /// Panics unless `ran` succeeded, showing the daemon log.
+    fn check(&self, ran: Ran) -> Ran {
+        let log = self.log();
         assert!(
             ran.success(),
-            "expected success:\n{}\n  daemon log: {}",
+            "failed:\n{}\n  daemon log: {}",
             ran.describe(),
-            tail(&self.log(), 4000)
+            tail(&log, 4000)
         );
         ran
     }
 
+    fn ok(&self, args: &[&str]) -> Ran {
+        self.check(self.raidctl(args))
+    }
+
     /// `raidctl assemble NAME m0..m3 FLAGS`, which must succeed.
     fn assemble(&mut self, flags: &[&str]) {
-        let mut args = vec!["assemble", self.name.as_str()];
-        args.extend(self.members.iter().map(String::as_str));
-        args.extend_from_slice(flags);
-        let args: Vec<String> = args.into_iter().map(String::from).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.ok(&args);
+        let mut args = vec!["assemble".to_string(), self.name.clone()];
+        args.extend(self.members.iter().cloned());
+        args.extend(flags.iter().map(|f| f.to_string()));
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let pid = self.pid();
         assert!(
             process_alive(pid),
@@ -381,9 +368,8 @@ impl Harness {
     }
 
     fn status(&self) -> Value {
-        let ran = self.ok(&["status", &self.name, "--json"]);
-        serde_json::from_str(&ran.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.stdout))
+        let out = self.ok(&["status", &self.name, "--json"]).stdout;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}):\n{out}"))
     }
 
     /// The `cache` object of `status --json`.
@@ -401,16 +387,12 @@ impl Harness {
         let mut all = vec!["cache", self.name.as_str()];
         all.extend_from_slice(args);
         all.push("--json");
-        let ran = self.ok(&all);
-        serde_json::from_str(&ran.stdout)
-            .unwrap_or_else(|e| panic!("cache --json is not JSON ({e}):\n{}", ran.stdout))
+        let out = self.ok(&all).stdout;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("cache is not JSON ({e}):\n{out}"))
     }
 
     fn pid(&self) -> u32 {
-        let st = self.status();
-        st["pid"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("status has no pid:\n{st:#}")) as u32
+        u64_of(&self.status(), "pid") as u32
     }
 
     /// SIGKILL to the daemon; returns once it is gone.
@@ -425,7 +407,7 @@ impl Harness {
         );
         assert!(
             wait_until_dead(pid, Duration::from_secs(30)),
-            "pid {pid} survived kill -9"
+            "{pid} survived kill -9"
         );
     }
 
@@ -434,29 +416,21 @@ impl Harness {
         self.ok(&["stop", &self.name]);
         assert!(
             wait_until_dead(pid, Duration::from_secs(60)),
-            "daemon {pid} alive after stop"
+            "{pid} alive after stop"
         );
     }
 
-    /// Reads the whole export into DIR/`file` with nbdcopy.
-    fn read_export(&self, file: &str) -> PathBuf {
-        let out = self.path(file);
-        let _ = fs::remove_file(&out);
+    /// nbdcopy SRC DST (either may be the export's URI).
+    fn nbdcopy(&self, src: &str, dst: &str) {
         let nbdcopy = require("nbdcopy", "libnbd-bin");
-        let ran = run_with_timeout(
-            self.command(&nbdcopy, &[&self.uri(), &s(&out)]),
+        self.check(run_with_timeout(
+            self.command(&nbdcopy, &[src, dst]),
             COMMAND_TIMEOUT,
-        );
-        assert!(
-            ran.success(),
-            "nbdcopy failed:\n{}\n  log: {}",
-            ran.describe(),
-            tail(&self.log(), 4000)
-        );
-        out
+        ));
     }
 
-    fn python_command(&self, label: &str, plan: &str) -> Command {
+    /// The libnbd driver running `plan` (label names its files).
+    fn driver(&self, label: &str, plan: &str) -> Command {
         let script = self.path("driver.py");
         fs::write(&script, DRIVER).expect("write the driver");
         let plan_file = self.path(&format!("{label}.plan"));
@@ -464,36 +438,25 @@ impl Harness {
         self.command(python(), &[&s(&script), &self.uri(), &s(&plan_file)])
     }
 
-    /// Runs a driver plan to its end; it must succeed.
-    fn python(&self, label: &str, plan: &str) {
-        let ran = run_with_timeout(self.python_command(label, plan), COMMAND_TIMEOUT);
-        assert!(
-            ran.success(),
-            "libnbd driver failed:\n{}\n  log: {}",
-            ran.describe(),
-            tail(&self.log(), 4000)
-        );
-    }
-
-    /// Runs a driver plan in the background, then `hold`: returns once every step before it
-    /// is done, with the handles still open (the child is the returned index).
-    fn python_hold(&mut self, label: &str, plan: &str) -> usize {
+    /// Runs `plan` in the background up to a final `hold`: returns once every step is done,
+    /// with the handles still open (the child's index).
+    fn driver_hold(&mut self, label: &str, plan: &str) -> usize {
         let marker = self.path(&format!("{label}.held"));
-        let plan = format!("{plan}hold {}\n", s(&marker));
-        let cmd = self.python_command(label, &plan);
+        let cmd = self.driver(label, &format!("{plan}hold {}\n", s(&marker)));
         let index = self.spawn(label, cmd);
         let deadline = Instant::now() + STATE_TIMEOUT;
         while !marker.exists() {
-            if let Ok(Some(st)) = self.children[index].1.try_wait() {
-                panic!(
-                    "the {label} driver exited ({st}): {:?}",
-                    self.child_output(label)
-                );
-            }
+            let exited = self.children[index].1.try_wait().ok().flatten();
+            let out = || format!("{:?}", self.output(label));
+            assert!(
+                exited.is_none(),
+                "the {label} driver exited ({exited:?}): {}",
+                out()
+            );
             assert!(
                 Instant::now() < deadline,
-                "the {label} driver hangs: {:?}",
-                self.child_output(label)
+                "the {label} driver hangs: {}",
+                out()
             );
             thread::sleep(Duration::from_millis(20));
         }
@@ -503,11 +466,15 @@ impl Harness {
     /// Reads `len` bytes at `offset` on a fresh connection.
     fn pread(&self, offset: u64, len: u64) -> Vec<u8> {
         let out = self.path("pread.out");
-        self.python("pread", &format!("r 0 {offset} {len} {}\n", s(&out)));
+        let plan = format!("r 0 {offset} {len} {}\n", s(&out));
+        self.check(run_with_timeout(
+            self.driver("pread", &plan),
+            COMMAND_TIMEOUT,
+        ));
         fs::read(&out).expect("read the driver's output")
     }
 
-    /// Starts a background child whose output goes to DIR/LABEL.out and .err.
+    /// Starts a background child whose stdout and stderr go to DIR/LABEL.out and .err.
     fn spawn(&mut self, label: &str, mut cmd: Command) -> usize {
         let out = File::create(self.path(&format!("{label}.out"))).expect("create .out");
         let err = File::create(self.path(&format!("{label}.err"))).expect("create .err");
@@ -519,45 +486,40 @@ impl Harness {
         self.children.len() - 1
     }
 
-    fn child_output(&self, label: &str) -> (String, String) {
-        let read = |ext: &str| {
-            fs::read_to_string(self.path(&format!("{label}.{ext}"))).unwrap_or_default()
-        };
-        (read("out"), read("err"))
+    /// A background child's stdout and stderr so far.
+    fn output(&self, label: &str) -> (String, String) {
+        let read = |ext: &str| fs::read_to_string(self.path(&format!("{label}.{ext}")));
+        (
+            read("out").unwrap_or_default(),
+            read("err").unwrap_or_default(),
+        )
+    }
+
+    fn running(&mut self, index: usize) -> bool {
+        self.children[index].1.try_wait().ok().flatten().is_none()
     }
 
     fn kill_child(&mut self, index: usize) {
-        let child = &mut self.children[index].1;
-        let _ = child.kill();
-        let _ = child.wait();
+        wait_child(&mut self.children[index].1, Duration::ZERO);
     }
 
-    /// Waits for a background child (killed after `timeout`: a hang guard).
-    fn wait_child(&mut self, index: usize, timeout: Duration) -> (Option<ExitStatus>, String) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.children[index].1.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-                _ => {
-                    self.kill_child(index);
-                    break None;
-                }
-            }
-        };
-        let (out, err) = self.child_output(&self.children[index].0);
+    /// Waits for a background child (hang guard); returns its status and output.
+    fn finish(&mut self, index: usize) -> (Option<ExitStatus>, String) {
+        let status = wait_child(&mut self.children[index].1, COMMAND_TIMEOUT);
+        let (out, err) = self.output(&self.children[index].0);
         (status, format!("{out}{err}"))
     }
+}
 
+impl Drop for Harness {
     /// Undoes everything; never panics (it also runs while a failed test unwinds).
-    fn cleanup(&mut self) {
+    fn drop(&mut self) {
         for i in 0..self.children.len() {
             self.kill_child(i);
         }
         if self.pids.iter().any(|&p| process_alive(p) && is_raidctl(p)) {
-            let mut c = self.raidctl_command(&["stop", &self.name]);
-            c.stdin(Stdio::null());
-            let _ = run_with_timeout(c, CLEANUP_TIMEOUT);
+            let stop = self.raidctl_command(&["stop", &self.name]);
+            let _ = run_with_timeout(stop, Duration::from_secs(60));
         }
         for &pid in &self.pids {
             if process_alive(pid) && is_raidctl(pid) {
@@ -569,13 +531,7 @@ impl Harness {
     }
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-/// Waits until the daemon log holds `count` lines with `needle`.
+/// Waits until the daemon log holds `needle` at least `count` times.
 fn wait_for_log(h: &Harness, needle: &str, count: usize) {
     wait_for(
         &format!("{count} x {needle:?} in the daemon log"),
@@ -597,15 +553,15 @@ fn u64_of(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number {key:?} in:\n{v:#}"))
 }
 
-/// `(mode, effective, battery, battery_file)` of a cache report.
-fn policy_of(c: &Value) -> (String, String, String, Option<String>) {
-    let battery_file = c["battery_file"].as_str().map(String::from);
-    (
-        str_of(c, "mode").into(),
-        str_of(c, "effective").into(),
-        str_of(c, "battery").into(),
-        battery_file,
-    )
+/// "MODE EFFECTIVE BATTERY BATTERY_FILE" of a cache report ("-" without a battery file).
+fn policy(c: &Value) -> String {
+    let file = c["battery_file"].as_str().unwrap_or("-");
+    let (mode, effective) = (str_of(c, "mode"), str_of(c, "effective"));
+    format!("{mode} {effective} {} {file}", str_of(c, "battery"))
+}
+
+fn assert_policy(c: &Value, expected: &str, context: &str) {
+    assert_eq!(policy(c), expected, "{context}:\n{c:#}");
 }
 
 /// Writes a 4 KiB seeded pattern to DIR/`file` and returns it.
@@ -623,35 +579,24 @@ fn pattern(h: &Harness, file: &str, seed: u64) -> Vec<u8> {
 fn write_through_write_survives_kill_9() {
     let mut h = Harness::new("wt", &[]);
     let c = h.set_cache(&[]);
-    assert_eq!(
-        policy_of(&c),
-        (
-            "write-back".into(),
-            "write-through".into(),
-            "absent".into(),
-            None
-        ),
-        "{c:#}"
-    );
+    assert_policy(&c, "write-back write-through absent -", "a new array");
     assert!(str_of(&c, "reason").contains("battery absent"), "{c:#}");
     let text = h.ok(&["cache", "wt"]).stdout;
     assert!(
         text.contains("write-through") && text.contains("absent"),
-        "raidctl cache wt:\n{text}"
+        "{text}"
     );
 
     let offset = 5 * MIB + 3 * BLOCK;
     let data = pattern(&h, "a.bin", 1);
-    let held = h.python_hold(
-        "writer",
-        &format!("w 0 {offset} {} 0 {BLOCK}\n", s(&h.path("a.bin"))),
-    );
+    let a = s(&h.path("a.bin"));
+    let held = h.driver_hold("writer", &format!("w 0 {offset} {a} 0 {BLOCK}\n"));
     h.kill9();
     h.kill_child(held);
     h.assemble(&[]);
     assert!(
         h.pread(offset, BLOCK) == data,
-        "the write-through write is not on the array after kill -9"
+        "the write-through write is lost after kill -9"
     );
 }
 
@@ -665,98 +610,75 @@ fn write_back_flushed_data_survives_kill_9() {
     const REGION: u64 = 4 * MIB;
     const WRITES: usize = 256;
     let mut h = Harness::new("wb", &[]);
-    // Random old contents in the region the writes go to (written through, then flushed).
-    fs::write(h.path("fill.bin"), Rng::new(2).bytes(REGION as usize)).expect("write the fill");
-    let nbdcopy = require("nbdcopy", "libnbd-bin");
-    let ran = run_with_timeout(
-        h.command(&nbdcopy, &[&s(&h.path("fill.bin")), &h.uri()]),
-        COMMAND_TIMEOUT,
-    );
-    assert!(ran.success(), "nbdcopy fill failed:\n{}", ran.describe());
-    let before = h.read_export("before.img");
+    // Random old contents where the writes go (written through: the battery is absent).
+    fs::write(h.path("fill.bin"), Rng::new(2).bytes(REGION as usize)).unwrap();
+    h.nbdcopy(&s(&h.path("fill.bin")), &h.uri());
+    h.nbdcopy(&h.uri(), &s(&h.path("before.img")));
 
-    let c = h.set_cache(&["--battery", "present"]);
-    assert_eq!(str_of(&c, "effective"), "write-back", "{c:#}");
+    assert_eq!(
+        str_of(&h.set_cache(&["--battery", "present"]), "effective"),
+        "write-back"
+    );
     assert_eq!(str_of(&h.cache(), "effective"), "write-back");
 
-    // 2 x 256 distinct random blocks: A (then flush), B (no flush).
+    // 2 x 256 distinct random blocks: A (then a flush), then B (no flush).
     let mut rng = Rng::new(3);
-    let mut kind: HashMap<u64, (bool, usize)> = HashMap::new(); // block -> (in A, index)
+    let mut index_of: HashMap<u64, usize> = HashMap::new();
     let mut order = Vec::new();
     while order.len() < 2 * WRITES {
         let b = rng.next_u64() % (REGION / BLOCK);
-        if !kind.contains_key(&b) {
-            kind.insert(b, (order.len() < WRITES, order.len()));
+        if !index_of.contains_key(&b) {
+            index_of.insert(b, order.len());
             order.push(b);
         }
     }
     let new_data = Rng::new(4).bytes(2 * WRITES * BLOCK as usize);
-    fs::write(h.path("new.bin"), &new_data).expect("write the new data");
+    fs::write(h.path("new.bin"), &new_data).unwrap();
     let new_file = s(&h.path("new.bin"));
     let mut plan = String::new();
     for (i, b) in order.iter().enumerate() {
         if i == WRITES {
             plan.push_str("f 0\n");
         }
-        plan.push_str(&format!(
-            "w 0 {} {new_file} {} {BLOCK}\n",
-            b * BLOCK,
-            i as u64 * BLOCK
-        ));
+        let (at, from) = (b * BLOCK, i as u64 * BLOCK);
+        plan.push_str(&format!("w 0 {at} {new_file} {from} {BLOCK}\n"));
     }
-    let held = h.python_hold("writer", &plan);
+    let held = h.driver_hold("writer", &plan);
     let c = h.cache();
-    let dirty = u64_of(&c, "dirty_bytes");
-    if dirty == 0 {
-        eprintln!("note: region B was already destaged (max age) before the kill: {c}");
-    } else {
-        eprintln!("{dirty} bytes dirty in the cache at the kill");
+    match u64_of(&c, "dirty_bytes") {
+        0 => eprintln!("note: region B was destaged (max age) before the kill: {c}"),
+        dirty => eprintln!("{dirty} bytes dirty in the cache at the kill"),
     }
     h.kill9();
     h.kill_child(held);
     h.assemble(&[]);
-    let after = h.read_export("after.img");
+    h.nbdcopy(&h.uri(), &s(&h.path("after.img")));
 
     // Block by block: A new, B old or new, everything else as before.
-    let (mut fb, mut fa) = (File::open(&before).unwrap(), File::open(&after).unwrap());
-    assert_eq!(
-        fb.metadata().unwrap().len(),
-        fa.metadata().unwrap().len(),
-        "export size changed"
-    );
-    let (mut bb, mut ba) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
-    let (mut problems, mut b_new, mut block) = (Vec::new(), 0, 0u64);
-    loop {
-        let n = fb.read(&mut bb).unwrap();
-        if n == 0 {
-            break;
-        }
-        fa.read_exact(&mut ba[..n])
-            .expect("after.img is as long as before.img");
-        for (old, now) in bb[..n]
-            .chunks(BLOCK as usize)
-            .zip(ba[..n].chunks(BLOCK as usize))
-        {
-            let new = kind
-                .get(&block)
-                .map(|&(_, i)| &new_data[i * BLOCK as usize..][..BLOCK as usize]);
-            let fine = match kind.get(&block) {
-                Some((true, _)) => now == new.unwrap(),
-                Some((false, _)) => {
-                    b_new += usize::from(now == new.unwrap());
-                    now == old || now == new.unwrap()
-                }
-                None => now == old,
-            };
-            if !fine && problems.len() < 20 {
-                let what = match kind.get(&block) {
-                    Some((true, _)) => "flushed (A) block lost",
-                    Some((false, _)) => "unflushed (B) block neither old nor new",
-                    None => "block nobody wrote changed",
-                };
-                problems.push(format!("block {block} (byte {}): {what}", block * BLOCK));
+    let before = fs::read(h.path("before.img")).unwrap();
+    let after = fs::read(h.path("after.img")).unwrap();
+    assert_eq!(before.len(), after.len(), "the export's size changed");
+    let (mut problems, mut b_new) = (Vec::new(), 0);
+    let blocks = before
+        .chunks(BLOCK as usize)
+        .zip(after.chunks(BLOCK as usize));
+    for (block, (old, now)) in blocks.enumerate() {
+        let i = index_of.get(&(block as u64)).copied();
+        let new = i.map(|i| &new_data[i * BLOCK as usize..(i + 1) * BLOCK as usize]);
+        let problem = match i {
+            Some(i) if i < WRITES => (Some(now) != new).then_some("flushed (A) block lost"),
+            Some(_) => {
+                b_new += usize::from(Some(now) == new);
+                (now != old && Some(now) != new)
+                    .then_some("unflushed (B) block is neither old nor new")
             }
-            block += 1;
+            None => (now != old).then_some("a block nobody wrote changed"),
+        };
+        if let Some(p) = problem.filter(|_| problems.len() < 20) {
+            problems.push(format!(
+                "block {block} (byte {}): {p}",
+                block as u64 * BLOCK
+            ));
         }
     }
     eprintln!("{b_new} of {WRITES} unflushed blocks reached the members before the kill");
@@ -771,19 +693,45 @@ fn write_back_flushed_data_survives_kill_9() {
 // 3. Losing the battery under random writes drains the cache and is reported
 // ---------------------------------------------------------------------------------------------
 
-/// The JSON events a `monitor --json` child printed so far.
+/// The event names a `monitor --json` child printed so far.
 fn monitor_events(h: &Harness, label: &str) -> Vec<String> {
-    h.child_output(label)
-        .0
-        .lines()
+    let out = h.output(label).0;
+    let parse = |l: &str| -> Value {
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("monitor --json printed {l:?}: {e}"))
+    };
+    out.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| {
-                panic!("monitor --json printed a line that is not JSON ({e}): {l:?}")
-            });
-            str_of(&v, "event").to_string()
-        })
+        .map(|l| str_of(&parse(l), "event").into())
         .collect()
+}
+
+/// fio (nbd engine) over the first 32 MiB: random 4k writes, 32 in flight, at most 2000
+/// writes/s, crc32c-verified; `mode` is "--do_verify=1" or "--verify_only=1".
+fn fio_command(h: &Harness, mode: &str) -> Command {
+    let uri = format!("--uri={}", h.uri());
+    let args = [
+        "--name=cachejob",
+        "--ioengine=nbd",
+        &uri,
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=32",
+        "--size=32M",
+        "--verify=crc32c",
+        "--randrepeat=1",
+        "--rate_iops=,2000",
+        mode,
+    ];
+    h.command(&require("fio", "fio"), &args)
+}
+
+fn assert_fio_ok(status: Option<ExitStatus>, out: &str, what: &str) {
+    let fine = status.is_some_and(|s| s.success()) && out.contains("err= 0");
+    assert!(
+        fine && !out.contains("verify: bad"),
+        "{what} ({status:?}):\n{}",
+        tail(out, 6000)
+    );
 }
 
 #[test]
@@ -799,66 +747,46 @@ fn battery_loss_during_random_writes_drains_and_reports() {
             h.set_cache(&["--battery", "present"]);
             thread::sleep(Duration::from_millis(300));
             monitor_events(&h, "monitor")
-                .contains(&"CacheWriteBack".to_string())
+                .iter()
+                .any(|e| e == "CacheWriteBack")
                 .then_some(())
         },
-        || format!("{:?}", h.child_output("monitor")),
+        || format!("{:?}", h.output("monitor")),
     );
     let seen = monitor_events(&h, "monitor").len();
     assert_eq!(str_of(&h.cache(), "effective"), "write-back");
-    let (wt_before, wb_before) = (
-        h.log().matches("CacheWriteThrough").count(),
-        h.log().matches("CacheWriteBack").count(),
-    );
+    let count = |h: &Harness, event: &str| h.log().matches(event).count();
+    let (wt_before, wb_before) = (count(&h, "CacheWriteThrough"), count(&h, "CacheWriteBack"));
 
-    // 32 MiB of crc32c-verified random 4k writes, 32 in flight; writes held to 2000/s so the
-    // battery goes away while they run.
-    let fio = fio_command(&h, "--do_verify=1");
-    let fio = h.spawn("fio", fio);
+    // About 4 s of writes (2000/s): the battery goes away while they run.
+    let fio = h.spawn("fio", fio_command(&h, "--do_verify=1"));
     wait_for(
-        "fio to start writing",
+        "fio's first writes in the cache",
         STATE_TIMEOUT,
-        // (status.io counts the engine's writes: the cache's show up only once destaged)
+        // (status.io counts the engine's writes: the cache's show up there once destaged)
         || (u64_of(&h.cache(), "dirty_bytes") > 0).then_some(()),
-        String::new,
+        || format!("{:?}", h.output("fio")),
     );
     thread::sleep(Duration::from_secs(1));
-    let c = h.cache();
+    let dirty = u64_of(&h.cache(), "dirty_bytes");
     eprintln!(
-        "before the battery goes: dirty {} bytes, fio running: {}",
-        u64_of(&c, "dirty_bytes"),
-        h.children[fio].1.try_wait().ok().flatten().is_none()
+        "battery goes with {dirty} bytes dirty, fio running: {}",
+        h.running(fio)
     );
 
     let c = h.set_cache(&["--battery", "absent"]);
     for c in [c, h.cache()] {
-        assert_eq!(str_of(&c, "effective"), "write-through", "{c:#}");
+        assert_policy(&c, "write-back write-through absent -", "battery absent");
         assert_eq!(
             u64_of(&c, "dirty_bytes"),
             0,
             "returned before the drain: {c:#}"
         );
         assert!(str_of(&c, "reason").contains("battery absent"), "{c:#}");
-        assert_eq!(str_of(&c, "battery"), "absent", "{c:#}");
     }
     wait_for_log(&h, "CacheWriteThrough", wt_before + 1);
-
-    let (status, out) = h.wait_child(fio, COMMAND_TIMEOUT);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "fio failed ({status:?}):\n{}",
-        tail(&out, 6000)
-    );
-    assert!(
-        out.contains("err= 0"),
-        "fio reports an error:\n{}",
-        tail(&out, 6000)
-    );
-    assert!(
-        !out.to_lowercase().contains("verify: bad"),
-        "fio verify errors:\n{}",
-        tail(&out, 6000)
-    );
+    let (status, out) = h.finish(fio);
+    assert_fio_ok(status, &out, "fio failed");
     assert_eq!(
         u64_of(&h.cache(), "dirty_bytes"),
         0,
@@ -868,25 +796,24 @@ fn battery_loss_during_random_writes_drains_and_reports() {
     let c = h.set_cache(&["--battery", "present"]);
     assert_eq!(str_of(&c, "effective"), "write-back", "{c:#}");
     wait_for_log(&h, "CacheWriteBack", wb_before + 1);
-
     let events = wait_for(
         "CacheWriteThrough then CacheWriteBack from monitor --json",
         STATE_TIMEOUT,
         || {
             let ev = monitor_events(&h, "monitor");
-            let new = &ev[seen..];
-            let wt = new.iter().position(|e| e == "CacheWriteThrough")?;
-            new[wt..]
+            let wt = ev[seen..].iter().position(|e| e == "CacheWriteThrough")?;
+            ev[seen + wt..]
                 .iter()
                 .any(|e| e == "CacheWriteBack")
                 .then_some(ev)
         },
-        || format!("{:?}", h.child_output("monitor")),
+        || format!("{:?}", h.output("monitor")),
     );
     eprintln!("monitor events: {events:?}");
     assert!(
-        h.children[monitor].1.try_wait().ok().flatten().is_none(),
-        "the monitor ended early"
+        h.running(monitor),
+        "the monitor ended early: {:?}",
+        h.output("monitor")
     );
 
     // What the drain wrote is on the members: kill -9, assemble, verify what fio wrote.
@@ -897,37 +824,13 @@ fn battery_loss_during_random_writes_drains_and_reports() {
     );
     h.kill9();
     h.assemble(&[]);
-    let verify = fio_command(&h, "--verify_only=1");
-    let verify = h.spawn("fio-verify", verify);
-    let (status, out) = h.wait_child(verify, COMMAND_TIMEOUT);
-    assert!(
-        status.is_some_and(|s| s.success()) && out.contains("err= 0"),
-        "after kill -9 and assemble, fio --verify_only fails ({status:?}): data the drain \
-         acknowledged is not on the members:\n{}",
-        tail(&out, 6000)
+    let verify = h.spawn("fio-verify", fio_command(&h, "--verify_only=1"));
+    let (status, out) = h.finish(verify);
+    assert_fio_ok(
+        status,
+        &out,
+        "after kill -9 and assemble, fio --verify_only fails",
     );
-}
-
-/// fio (nbd engine) over the first 32 MiB: random 4k writes, 32 in flight, at most 2000
-/// writes/s, crc32c-verified; `mode` is "--do_verify=1" or "--verify_only=1".
-fn fio_command(h: &Harness, mode: &str) -> Command {
-    let uri = format!("--uri={}", h.uri());
-    h.command(
-        &require("fio", "fio"),
-        &[
-            "--name=cachejob",
-            "--ioengine=nbd",
-            &uri,
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=32",
-            "--size=32M",
-            "--verify=crc32c",
-            "--randrepeat=1",
-            "--rate_iops=,2000",
-            mode,
-        ],
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -941,53 +844,42 @@ fn write_battery(file: &Path, word: &str) {
     fs::rename(&tmp, file).expect("rename the battery file");
 }
 
-fn wait_for_battery(h: &Harness, battery: &str, effective: &str) -> Value {
+/// Polls status until the policy reads `expected` (10 s hang guard); prints how long it took.
+fn wait_for_policy(h: &Harness, expected: &str) -> Value {
     let started = Instant::now();
     let c = wait_for(
-        &format!("battery {battery} / {effective}"),
+        &format!("the cache policy {expected:?}"),
         Duration::from_secs(10),
-        || {
-            let c = h.cache();
-            (str_of(&c, "battery") == battery && str_of(&c, "effective") == effective).then_some(c)
-        },
+        || Some(h.cache()).filter(|c| policy(c) == expected),
         || format!("{:#}", h.cache()),
     );
-    eprintln!("battery file -> {battery}: took {:?}", started.elapsed());
+    eprintln!("{expected:?} after {:?}", started.elapsed());
     c
 }
 
 #[test]
 fn battery_file_switches_within_seconds() {
     let h = Harness::new("bf", &[]);
-    // The manual flag the battery file overrides.
-    h.set_cache(&["--battery", "present"]);
+    h.set_cache(&["--battery", "present"]); // the manual flag the file overrides
     let file = h.path("battery");
     let f = s(&file);
     fs::write(&file, "present\n").unwrap();
     let c = h.set_cache(&["--battery-file", &f]);
-    assert_eq!(
-        policy_of(&c),
-        (
-            "write-back".into(),
-            "write-back".into(),
-            "present".into(),
-            Some(f.clone())
-        ),
-        "{c:#}"
+    assert_policy(
+        &c,
+        &format!("write-back write-back present {f}"),
+        "battery file present",
     );
 
     write_battery(&file, "charging");
-    let c = wait_for_battery(&h, "charging", "write-through");
-    assert_eq!(c["battery_file"].as_str(), Some(f.as_str()), "{c:#}");
+    let c = wait_for_policy(&h, &format!("write-back write-through charging {f}"));
     assert!(str_of(&c, "reason").contains("charging"), "{c:#}");
     assert_eq!(u64_of(&c, "dirty_bytes"), 0, "{c:#}");
-
     write_battery(&file, "bogus");
-    let c = wait_for_battery(&h, "failed", "write-through");
-    assert_eq!(c["battery_file"].as_str(), Some(f.as_str()), "{c:#}");
+    wait_for_policy(&h, &format!("write-back write-through failed {f}"));
 
     // Bad input: exit 1, one line on stderr, nothing changed.
-    let unchanged = policy_of(&h.cache());
+    let unchanged = policy(&h.cache());
     for (args, needles) in [
         (
             &["--battery-file", "/nonexistent"][..],
@@ -1002,20 +894,12 @@ fn battery_file_switches_within_seconds() {
             &["present", "absent", "charging", "failed"],
         ),
     ] {
-        let mut all = vec!["cache", "bf"];
-        all.extend_from_slice(args);
-        let ran = h.raidctl(&all);
-        assert_eq!(
-            ran.status.and_then(|s| s.code()),
-            Some(1),
-            "{}",
-            ran.describe()
-        );
+        let ran = h.raidctl(&[&["cache", "bf"][..], args].concat());
         let err = ran.stderr.trim();
-        assert_eq!(
-            err.lines().count(),
-            1,
-            "one line expected:\n{}",
+        let fine = ran.status.and_then(|s| s.code()) == Some(1) && err.lines().count() == 1;
+        assert!(
+            fine,
+            "exit 1 and a one-line error expected:\n{}",
             ran.describe()
         );
         for n in needles {
@@ -1026,19 +910,15 @@ fn battery_file_switches_within_seconds() {
             );
         }
         assert_eq!(
-            policy_of(&h.cache()),
+            policy(&h.cache()),
             unchanged,
             "a rejected {args:?} changed the policy"
         );
     }
 
-    // Back to the manual flag (present).
+    // Back to the manual flag set before (present).
     let c = h.set_cache(&["--battery-file", "none"]);
-    assert_eq!(
-        policy_of(&c),
-        ("write-back".into(), "write-back".into(), "present".into(), None),
-        "--battery-file none should go back to the manual flag set before (--battery present):\n{c:#}"
-    );
+    assert_policy(&c, "write-back write-back present -", "--battery-file none");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1055,7 +935,7 @@ fn flush_on_one_connection_covers_writes_on_another() {
     let offset = 17 * MIB + 5 * BLOCK;
     let data = pattern(&h, "a.bin", 5);
     let a = s(&h.path("a.bin"));
-    let held = h.python_hold(
+    let held = h.driver_hold(
         "writer",
         &format!("c 1\nc 2\nw 1 {offset} {a} 0 {BLOCK}\nf 2\n"),
     );
@@ -1065,7 +945,7 @@ fn flush_on_one_connection_covers_writes_on_another() {
     h.assemble(&[]);
     assert!(
         h.pread(offset, BLOCK) == data,
-        "a write flushed on another connection was lost by kill -9"
+        "a write flushed on another connection is lost"
     );
 }
 
@@ -1077,60 +957,39 @@ fn flush_on_one_connection_covers_writes_on_another() {
 fn policy_persists_across_restart() {
     let mut h = Harness::new("pp", &[]);
     let c = h.set_cache(&["--mode", "write-through"]);
-    assert_eq!(
-        (str_of(&c, "mode"), str_of(&c, "effective")),
-        ("write-through", "write-through")
+    assert_policy(
+        &c,
+        "write-through write-through absent -",
+        "--mode write-through",
     );
     h.stop();
     h.assemble(&[]);
-    let c = h.cache();
-    assert_eq!(
-        policy_of(&c),
-        (
-            "write-through".into(),
-            "write-through".into(),
-            "absent".into(),
-            None
-        ),
-        "{c:#}"
+    assert_policy(
+        &h.cache(),
+        "write-through write-through absent -",
+        "after a restart",
     );
 
-    let c = h.set_cache(&["--mode", "always-write-back", "--battery", "absent"]);
-    assert_eq!(
-        policy_of(&c),
-        (
-            "always-write-back".into(),
-            "write-back".into(),
-            "absent".into(),
-            None
-        ),
-        "{c:#}"
+    let c = h.set_cache(&["--mode", "always-write-back"]);
+    assert_policy(
+        &c,
+        "always-write-back write-back absent -",
+        "--mode always-write-back",
     );
     h.stop();
     let examined = h.ok(&["examine", &h.members[0], "--json"]).stdout;
     let examined: Value = serde_json::from_str(&examined).expect("examine --json is JSON");
     let ext = &examined[0]["extension"];
-    if let Some(mode) = ext.get("cache_mode") {
-        assert_eq!(
-            mode.as_str(),
-            Some("always-write-back"),
-            "extension: {ext:#}"
-        );
-    } else {
-        eprintln!("note: examine --json shows no cache_mode in the extension: {ext:#}");
+    match ext.get("cache_mode") {
+        Some(mode) => assert_eq!(mode.as_str(), Some("always-write-back"), "{ext:#}"),
+        None => eprintln!("note: examine --json shows no cache_mode: {ext:#}"),
     }
     let log_before = h.log().len();
     h.assemble(&[]);
-    let c = h.cache();
-    assert_eq!(
-        policy_of(&c),
-        (
-            "always-write-back".into(),
-            "write-back".into(),
-            "absent".into(),
-            None
-        ),
-        "{c:#}"
+    assert_policy(
+        &h.cache(),
+        "always-write-back write-back absent -",
+        "after a restart",
     );
     wait_for(
         "the always-write-back warning at start",
@@ -1138,8 +997,8 @@ fn policy_persists_across_restart() {
         || {
             h.log()
                 .get(log_before..)
-                .is_some_and(|l| l.contains("always-write-back"))
-                .then_some(())
+                .filter(|l| l.contains("always-write-back"))
+                .map(|_| ())
         },
         || tail(&h.log(), 4000).to_string(),
     );
@@ -1148,16 +1007,10 @@ fn policy_persists_across_restart() {
     h.set_cache(&["--mode", "write-back", "--battery", "present"]);
     h.stop();
     h.assemble(&[]);
-    let c = h.cache();
-    assert_eq!(
-        policy_of(&c),
-        (
-            "write-back".into(),
-            "write-back".into(),
-            "present".into(),
-            None
-        ),
-        "{c:#}"
+    assert_policy(
+        &h.cache(),
+        "write-back write-back present -",
+        "after a restart",
     );
 }
 
@@ -1177,22 +1030,16 @@ fn read_hits_come_from_the_cache() {
     );
     let offset = 9 * MIB + 7 * BLOCK;
     let data = pattern(&h, "a.bin", 7);
-    let a = s(&h.path("a.bin"));
-    let out = s(&h.path("read.bin"));
-    h.python(
-        "rw",
-        &format!(
-            "w 0 {offset} {a} 0 {BLOCK}\nr 0 {offset} {BLOCK} {out}\nr 0 {offset} {BLOCK} {out}\n"
-        ),
-    );
+    let (a, out) = (s(&h.path("a.bin")), s(&h.path("read.bin")));
+    let read = format!("r 0 {offset} {BLOCK} {out}\n");
+    let plan = format!("w 0 {offset} {a} 0 {BLOCK}\n{read}{read}");
+    h.check(run_with_timeout(h.driver("rw", &plan), COMMAND_TIMEOUT));
     assert!(
         fs::read(&out).unwrap() == data,
-        "read back differs from what was written"
+        "the read differs from the write"
     );
     let c = h.cache();
-    let ratio = c["hit_ratio"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no hit_ratio after reads: {c:#}"));
-    assert!(ratio > 0.0, "no read hit: {c:#}");
+    let ratio = c["hit_ratio"].as_f64();
+    assert!(ratio.is_some_and(|r| r > 0.0), "no read hit: {c:#}");
     assert!(u64_of(&c, "cached_bytes") > 0, "{c:#}");
 }

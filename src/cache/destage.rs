@@ -96,25 +96,21 @@ impl Cache {
             };
         }
         if let Some(b) = battery {
-            policy.battery = b;
+            self.manual_battery.set(b);
         }
         let source = self.battery_source.borrow().clone();
-        if let BatterySource::File(path) = &source {
-            policy.battery = read_battery_file(path).0;
-        }
+        policy.battery = match &source {
+            BatterySource::File(path) => read_battery_file(path).0,
+            BatterySource::Manual => self.manual_battery.get(),
+        };
         self.policy.set(policy);
         self.apply_policy(true);
-        let manual = match (&source, battery) {
-            (BatterySource::Manual, _) => Some(policy.battery),
-            (_, b) => b,
-        };
+        let manual = self.manual_battery.get();
         let persisted = self
             .array
             .update_extension(|ext| {
                 ext.cache_mode = Some(policy.mode.as_str().to_string());
-                if let Some(b) = manual {
-                    ext.battery = Some(b.as_str().to_string());
-                }
+                ext.battery = Some(manual.as_str().to_string());
                 ext.battery_file = match &source {
                     BatterySource::File(p) => Some(p.display().to_string()),
                     BatterySource::Manual => None,
@@ -284,7 +280,8 @@ impl Cache {
                 }
                 batch = due;
             }
-            busy = drain || pressure;
+            // Nothing to pick means the rest is in flight elsewhere (a flush): do not spin.
+            busy = (drain || pressure) && !batch.is_empty();
             if let Err(e) = self.destage_batch(batch).await {
                 tracing::error!(array = %self.array.name(), "destage failed: {e}; the data stays dirty in the cache");
                 sleep(Duration::from_secs(1)).await;

@@ -70,6 +70,8 @@ pub struct Cache {
     pub(super) locks: Rc<KeyedLocks>,
     pub(super) policy: Cell<CachePolicy>,
     pub(super) battery_source: RefCell<BatterySource>,
+    /// The flag `raidctl cache --battery` sets (what the battery is when no file is used).
+    pub(super) manual_battery: Cell<Battery>,
     /// Effective: writes may be acknowledged from the cache.
     pub(super) write_back: Cell<bool>,
     pub(super) reason: RefCell<String>,
@@ -108,14 +110,24 @@ impl Cache {
             Some(f) => BatterySource::File(PathBuf::from(f)),
             None => BatterySource::Manual,
         };
+        // With a battery file, the file decides from the watcher's first look; until then the
+        // battery counts as absent (write-through), never as the stale manual flag.
+        let effective_battery = match source {
+            BatterySource::File(_) => Battery::Absent,
+            BatterySource::Manual => battery,
+        };
         let cache = Rc::new(Cache {
             array,
             config,
             index: RefCell::new(index),
             pool,
             locks: KeyedLocks::new(),
-            policy: Cell::new(CachePolicy { mode, battery }),
+            policy: Cell::new(CachePolicy {
+                mode,
+                battery: effective_battery,
+            }),
             battery_source: RefCell::new(source),
+            manual_battery: Cell::new(battery),
             write_back: Cell::new(false),
             reason: RefCell::new(String::new()),
             started: Instant::now(),
