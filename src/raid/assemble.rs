@@ -175,6 +175,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         stopping: Cell::new(false),
         rebuilds: Cell::new(0),
         rebuilding: RefCell::new(std::collections::HashSet::new()),
+        foreground_seen: Cell::new((0, std::time::Instant::now())),
         speed_min_kib: Cell::new(super::rebuild::SPEED_MIN_KIB_DEFAULT),
         speed_max_kib: Cell::new(super::rebuild::SPEED_MAX_KIB_DEFAULT),
         scrub: Cell::new(None),

@@ -92,6 +92,9 @@ pub struct Array {
     /// Rebuild tasks running (close waits for them to checkpoint), and their slots.
     rebuilds: Cell<usize>,
     rebuilding: RefCell<std::collections::HashSet<usize>>,
+    /// Foreground requests counted, and when that count last changed (the throttle's idea of
+    /// a busy array).
+    foreground_seen: Cell<(u64, std::time::Instant)>,
     /// Rebuild throttle in KiB/s (md's speed_limit_min / speed_limit_max).
     speed_min_kib: Cell<u64>,
     speed_max_kib: Cell<u64>,

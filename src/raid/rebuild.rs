@@ -265,8 +265,15 @@ impl Array {
         // below the cursor and reaches the new member itself.
         let mut pipeline = FuturesOrdered::new();
         let mut next = start;
+        // While clients use the array, one step at a time: speed-min is then the target, and
+        // a deep pipeline would put several steps of member reads in front of their requests.
+        let mut depth = if self.foreground_busy() {
+            1
+        } else {
+            PIPELINE_DEPTH
+        };
         loop {
-            while pipeline.len() < PIPELINE_DEPTH && next < total && !self.stopping.get() {
+            while pipeline.len() < depth && next < total && !self.stopping.get() {
                 let mut len = step.min(total - next);
                 if partial {
                     len = self.clip_to_bitmap_chunk(
@@ -333,6 +340,11 @@ impl Array {
                 checkpointed = (cursor.get(), Instant::now());
             }
             window = self.throttle(window, len).await;
+            depth = if self.foreground_busy() {
+                1
+            } else {
+                PIPELINE_DEPTH
+            };
         }
         if cursor.get() < total {
             // Stopping: keep what we have for the next assembly.
@@ -513,6 +525,22 @@ impl Array {
         }
     }
 
+    /// Whether clients used the array in the last half second (md's "not idle"): a moment
+    /// with no new request is not idleness, a queue-depth-32 client may simply be waiting.
+    pub(super) fn foreground_busy(&self) -> bool {
+        const HOLD: Duration = Duration::from_millis(500);
+        let count = {
+            let c = self.counters.borrow();
+            c.reads + c.writes
+        };
+        let (seen, at) = self.foreground_seen.get();
+        if count != seen {
+            self.foreground_seen.set((count, Instant::now()));
+            return true;
+        }
+        at.elapsed() < HOLD
+    }
+
     /// md's throttle: at most speed-max, and at speed-min while the array has other I/O.
     /// `window` is (start, rebuild bytes since, foreground requests last seen). Sleeps in
     /// short slices and re-checks, so the rebuild speeds up as soon as the foreground stops.
@@ -522,15 +550,10 @@ impl Array {
         just_done: u64,
     ) -> (Instant, u64, u64) {
         const SLICE: Duration = Duration::from_millis(20);
-        let (start, bytes, mut fg_seen) = window;
+        let (start, bytes, _) = window;
         let bytes = bytes + just_done;
         loop {
-            let fg_now = {
-                let c = self.counters.borrow();
-                c.reads + c.writes
-            };
-            let busy = fg_now != fg_seen;
-            fg_seen = fg_now;
+            let busy = self.foreground_busy();
             let rate_kib = if busy {
                 self.speed_min_kib.get()
             } else {
@@ -543,10 +566,11 @@ impl Array {
             }
             sleep((allowed - elapsed).min(SLICE)).await;
         }
+        // The third field is unused (kept so callers' windows stay one type).
         if start.elapsed() >= Duration::from_secs(1) {
-            (Instant::now(), 0, fg_seen)
+            (Instant::now(), 0, 0)
         } else {
-            (start, bytes, fg_seen)
+            (start, bytes, 0)
         }
     }
 }
