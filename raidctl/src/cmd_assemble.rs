@@ -86,6 +86,15 @@ pub fn run(args: AssembleArgs, run_dir: Option<&str>) -> Result<i32> {
     if let Some(text) = &args.cache_size {
         cache.capacity_bytes = raidcore::size::parse_size(text)
             .map_err(|e| Error::invalid(format!("invalid --cache-size {text}: {e}")))?;
+        // The cache is allocated up front: more than half the machine's memory is a typo.
+        if let Some(total) = memory_bytes() {
+            if cache.capacity_bytes > total / 2 {
+                return Err(Error::invalid(format!(
+                    "--cache-size {text} is more than half of this machine's memory ({}): pick a smaller size",
+                    raidcore::size::format_size(total)
+                )));
+            }
+        }
     }
     let config = DaemonConfig {
         name: args.name.clone(),
@@ -240,4 +249,12 @@ fn background(args: &AssembleArgs, run_dir: &RunDir) -> Result<i32> {
             ))
         }
     }
+}
+
+/// MemTotal from /proc/meminfo.
+fn memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

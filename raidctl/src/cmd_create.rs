@@ -170,7 +170,8 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
             ))
         }
         Some(text) => {
-            let bytes = raidcore::size::parse_size(text).map_err(Error::invalid)?;
+            let bytes = raidcore::size::parse_size(text)
+                .map_err(|e| Error::invalid(format!("invalid --bitmap-chunk {text}: {e}")))?;
             if !bytes.is_power_of_two() || !(4096..=(1 << 31)).contains(&bytes) {
                 return Err(Error::invalid(format!(
                     "invalid --bitmap-chunk {text}: use a power of two from 4K to 2G"

@@ -765,6 +765,82 @@ fn raid0_with_internal_bitmap_is_refused() {
     );
 }
 
+#[test]
+fn bitmap_chunk_is_honoured_and_mdadm_reads_it() {
+    let fx = Fixture::new();
+    let devs = fx.members(&["a", "b", "c"]);
+    raidctl_ok(&create_args(
+        "x",
+        &["--level", "5", "--bitmap-chunk", "1M"],
+        &devs,
+    ));
+    let ex = raidctl_examine_json(&devs[0]);
+    assert_eq!(ex["bitmap"]["chunk_bytes"], 1 << 20, "{ex:#}");
+    // mdadm reads the bitmap of a block device: put the member on a loop device.
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&devs[0])
+        .output()
+        .expect("losetup");
+    assert!(out.status.success(), "losetup: {out:?}");
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let x = Command::new(mdadm_bin())
+        .args(["-X", &dev])
+        .output()
+        .expect("mdadm -X");
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    let text = String::from_utf8_lossy(&x.stdout).to_string();
+    assert!(text.contains("Chunksize : 1 MB"), "mdadm -X:\n{text}");
+}
+
+#[test]
+fn refuses_bad_bitmap_chunks() {
+    let (fx, devs) = pattern_members(3);
+    for chunk in ["3K", "1K", "4G", "lots"] {
+        assert_refused(
+            &fx,
+            &create_args("x", &["--level", "5", "--bitmap-chunk", chunk], &devs),
+            &["--bitmap-chunk", chunk],
+        );
+    }
+    assert_refused(
+        &fx,
+        &create_args(
+            "x",
+            &["--level", "5", "--bitmap", "none", "--bitmap-chunk", "1M"],
+            &devs,
+        ),
+        &["--bitmap-chunk needs a bitmap"],
+    );
+}
+
+#[test]
+fn refuses_a_cache_larger_than_half_the_memory() {
+    let (fx, devs) = pattern_members(3);
+    raidctl_ok(&create_args("x", &["--level", "5"], &devs));
+    let run = fx.dir().join("run");
+    let mut a = args(&[
+        "--run-dir",
+        &s(&run),
+        "assemble",
+        "x",
+        "--cache-size",
+        "64T",
+    ]);
+    a.extend(devs.iter().map(|d| s(d)));
+    assert_refused(&fx, &a, &["--cache-size 64T", "memory"]);
+    let mut a = args(&[
+        "--run-dir",
+        &s(&run),
+        "assemble",
+        "x",
+        "--cache-size",
+        "12Q",
+    ]);
+    a.extend(devs.iter().map(|d| s(d)));
+    assert_refused(&fx, &a, &["--cache-size 12Q"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Bad input: refused with one line, nothing touched
 // ---------------------------------------------------------------------------------------------
