@@ -59,5 +59,13 @@ pub fn print_cache(name: &str, c: &CacheReport) {
             .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0)),
         format_size(c.destage_bytes_per_sec as u64)
     );
+    if c.cached_block_writes > 0 {
+        println!(
+            "  cache: {} blocks written into the cache, {} destaged; {} writes found it full",
+            c.cached_block_writes,
+            format_size(c.destaged_bytes),
+            c.writes_through_full
+        );
+    }
     let _ = name;
 }

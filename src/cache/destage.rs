@@ -49,6 +49,13 @@ pub struct CacheReport {
     /// Bytes written out by the destager per second, averaged over the last second or so.
     pub destage_bytes_per_sec: f64,
     pub destaged_bytes: u64,
+    /// 4 KiB blocks written into the cache (acknowledged from RAM); `io` in the status counts
+    /// engine requests, so these reach it only when destaged.
+    #[serde(default)]
+    pub cached_block_writes: u64,
+    /// Writes that found the cache full of dirty data and went through instead.
+    #[serde(default)]
+    pub writes_through_full: u64,
 }
 
 impl Cache {
@@ -366,6 +373,8 @@ impl Cache {
             hit_ratio: index.stats().read_hit_ratio(),
             destage_bytes_per_sec: self.rate.get().2,
             destaged_bytes: self.destaged_bytes.get(),
+            cached_block_writes: index.stats().writes - index.stats().writes_rejected,
+            writes_through_full: index.stats().writes_rejected,
         }
     }
 }
