@@ -284,3 +284,43 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
     })
     .unwrap();
 }
+
+/// A re-added member that fails during its rebuild is forgotten as "re-added": a blank disk
+/// added next (which may get the same dev_number) is rebuilt in full, never by the bitmap.
+#[test]
+fn a_new_disk_after_a_failed_readd_is_rebuilt_in_full() {
+    block_on(async {
+        let s = sims(4);
+        let array = new_array(LayoutKind::Raid1, &s[..2]).await;
+        let size = array.size_bytes() as usize;
+        array.write(0, pattern(size, 41), false).await.unwrap();
+        array.flush().await.unwrap();
+        wait_bits_cleared(&array).await;
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let sink = events.clone();
+        array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+        let m1 = s[1].path().to_string();
+        array.fail_member(&m1).await.unwrap();
+        array.remove_member(&m1).await.unwrap();
+        array.write(4096, pattern(65536, 42), false).await.unwrap();
+        // Re-add m1 slowly, and fail it part-way.
+        array.set_speed_limits(Some(64), Some(64));
+        array.add_spare(wrap(&s[1]), false).await.unwrap();
+        sleep(Duration::from_millis(50)).await;
+        array.fail_member(&m1).await.unwrap();
+        array.remove_member(&m1).await.unwrap();
+        array.set_speed_limits(Some(1000), Some(1_000_000));
+        events.borrow_mut().clear();
+        // A blank disk now: every byte must be copied onto it.
+        array.add_spare(wrap(&s[2]), false).await.unwrap();
+        wait_complete(&array).await;
+        let rebuilt = events.borrow().iter().find_map(|e| match e {
+            Event::RebuildFinished { bytes_rebuilt, .. } => Some(*bytes_rebuilt),
+            _ => None,
+        });
+        assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
+        common::assert_redundancy_consistent(&array, &s, "after the blank disk's rebuild");
+        array.close().await.unwrap();
+    })
+    .unwrap();
+}

@@ -207,7 +207,10 @@ impl Cache {
             row.bytes_mut()[at..at + BLOCK_SIZE as usize]
                 .copy_from_slice(self.slot_buf(slot).bytes());
         }
-        self.array.write(start, row, false).await?;
+        let written = self.array.write(start, row, false).await;
+        // A read that began before this landed may hold older data: no fill from it.
+        self.bump_epoch();
+        written?;
         self.destaged_bytes
             .set(self.destaged_bytes.get() + live.len() as u64 * BLOCK_SIZE);
         Ok(())
@@ -225,7 +228,9 @@ impl Cache {
                     buf.bytes_mut()[at..at + BLOCK_SIZE as usize]
                         .copy_from_slice(self.slot_buf(slot).bytes());
                 }
-                if let Err(e) = self.array.write(part[0].0 * BLOCK_SIZE, buf, false).await {
+                let landed = self.array.write(part[0].0 * BLOCK_SIZE, buf, false).await;
+                self.bump_epoch();
+                if let Err(e) = landed {
                     result = Err(e);
                     break;
                 }

@@ -234,10 +234,11 @@ impl Cache {
         if !self.caching() || len == 0 {
             return self.array.write(offset, data, fua).await;
         }
+        // Checked before the locks: a bad range must not turn into a huge lock range.
+        self.array.check_write(offset, len)?;
         let _locks = self.lock_range(offset, len).await;
         let cacheable = self.write_back.get() && !fua && len < self.config.bypass_bytes;
         if cacheable {
-            self.array.check_write(offset, len)?;
             if self.write_into_cache(offset, &data).await? {
                 self.kick_if_needed();
                 return Ok(());
@@ -250,8 +251,12 @@ impl Cache {
     /// the blocks it touched take the new bytes, so neither a read nor a later destage sees
     /// older data.
     async fn write_around(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
-        self.bypass_epoch.set(self.bypass_epoch.get() + 1);
-        self.array.write(offset, data.clone(), fua).await?;
+        self.bump_epoch();
+        let written = self.array.write(offset, data.clone(), fua).await;
+        // Again once it has landed: a read that began before and was served older data must
+        // not fill the cache with it.
+        self.bump_epoch();
+        written?;
         let index = self.index.borrow();
         let len = data.len() as u64;
         for b in offset / BLOCK_SIZE..(offset + len).div_ceil(BLOCK_SIZE) {
@@ -282,6 +287,11 @@ impl Cache {
                 self.array.read(b * BLOCK_SIZE, buf.clone()).await?;
                 fills.push((b, buf));
             }
+        }
+        // The mode may have changed to write-through while the fills were read; a drain may
+        // already have finished: this write must not stay in RAM then.
+        if !self.write_back.get() {
+            return Ok(false);
         }
         let now = self.now();
         let mut index = self.index.borrow_mut();
@@ -335,12 +345,15 @@ impl Cache {
                 false => self.array.write_zeroes(offset, len).await,
             };
         }
+        self.array.check_write(offset, len)?;
         let _locks = self.lock_range(offset, len).await;
-        self.bypass_epoch.set(self.bypass_epoch.get() + 1);
-        match discard {
-            true => self.array.trim(offset, len).await?,
-            false => self.array.write_zeroes(offset, len).await?,
-        }
+        self.bump_epoch();
+        let done = match discard {
+            true => self.array.trim(offset, len).await,
+            false => self.array.write_zeroes(offset, len).await,
+        };
+        self.bump_epoch();
+        done?;
         // Whole blocks leave the cache (dirty ones too: the zeroes supersede them); the
         // cached part of a partly covered block becomes zeroes.
         let first_whole = offset.div_ceil(BLOCK_SIZE);
@@ -361,6 +374,11 @@ impl Cache {
             }
         }
         Ok(())
+    }
+
+    /// Marks that the engine's data changed underneath the cache (see `read`'s fill).
+    pub(super) fn bump_epoch(&self) {
+        self.bypass_epoch.set(self.bypass_epoch.get() + 1);
     }
 
     /// Wakes the destager when the dirty share passed the high watermark.

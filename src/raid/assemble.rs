@@ -183,7 +183,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         resync_wanted: Cell::new(false),
         extension: RefCell::new(crate::metadata::Extension::default()),
         intent,
-        readded: RefCell::new(std::collections::HashSet::new()),
+        readded: RefCell::new(Vec::new()),
         checkpoint_every: Cell::new((
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,

@@ -328,6 +328,22 @@ impl Array {
         let Some(intent) = &self.intent else {
             return Ok(());
         };
+        // The header goes out with the current events and events_cleared (a crash before the
+        // next superblock write must not leave an older events_cleared on disk: a re-add
+        // would trust bits that were cleared).
+        {
+            let events = self.meta.events();
+            for d in self.meta.disks.borrow_mut().iter_mut() {
+                if let Some(sector) = d.bitmap_sector.as_mut() {
+                    if let Ok(mut bsb) = crate::metadata::BitmapSuper::decode(sector.as_slice()) {
+                        bsb.events = events;
+                        bsb.events_cleared = intent.events_cleared.get();
+                        let encoded = bsb.encode();
+                        sector.as_mut_slice()[..encoded.len()].copy_from_slice(&encoded);
+                    }
+                }
+            }
+        }
         let jobs: Vec<(usize, Rc<super::Disk>, u64, AlignedBuf)> = {
             let disks = self.meta.disks.borrow();
             let map = intent.map.borrow();

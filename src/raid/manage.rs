@@ -206,8 +206,11 @@ impl Array {
             .collect();
         // A former member keeps its dev_number and device UUID (md's re-add); a new spare
         // gets the first free number.
-        let (dev_number, role) = match &readd {
-            Some((slot, old)) if !used.contains(&old.dev_number) => {
+        let (dev_number, mut role) = match &readd {
+            // Checked again under the lock: the slot may have been filled meanwhile.
+            Some((slot, old))
+                if !used.contains(&old.dev_number) && self.readd_slot(old) == Some(*slot) =>
+            {
                 (old.dev_number, Role::Active(*slot as u16))
             }
             _ => {
@@ -259,6 +262,18 @@ impl Array {
         } else {
             None
         };
+        // A spare may have been promoted into the slot while the metadata was written: then
+        // this is a spare after all (write_all_superblocks below rewrites its superblock).
+        let mut sb = sb;
+        if let Some((slot, _)) = readd {
+            if !matches!(self.slots.borrow()[slot], SlotState::Missing) {
+                readd = None;
+                role = Role::Spare;
+                sb.feature_map &= !FEATURE_RECOVERY_OFFSET;
+                sb.set_role(dev_number, Role::Spare)
+                    .map_err(|e| Error::invalid(e.to_string()))?;
+            }
+        }
         {
             let mut r = self.meta.reference.borrow_mut();
             let _ = r.set_role(dev_number, role);
@@ -270,7 +285,7 @@ impl Array {
             present: true,
         });
         if let Some((slot, _)) = readd {
-            self.readded.borrow_mut().insert(dev_number);
+            self.readded.borrow_mut().push(disk.clone());
             self.slots.borrow_mut()[slot] =
                 SlotState::Recovering(disk.clone(), Rc::new(std::cell::Cell::new(0)));
         }

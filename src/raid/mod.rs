@@ -106,8 +106,10 @@ pub struct Array {
     extension: RefCell<crate::metadata::Extension>,
     /// The write-intent bitmap, when the array has one.
     intent: Option<Rc<intent::Intent>>,
-    /// Members re-added with the bitmap: only chunks it marks dirty are rebuilt on them.
-    readded: RefCell<std::collections::HashSet<u32>>,
+    /// Members re-added with the bitmap: only chunks it marks dirty are rebuilt on them. By
+    /// identity (a dev_number is reused once its member is removed), and forgotten whenever
+    /// their recovery ends, however it ends.
+    readded: RefCell<Vec<Rc<Disk>>>,
 }
 
 impl Array {

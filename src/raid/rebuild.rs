@@ -197,6 +197,13 @@ impl Array {
             })
             .collect();
         for slot in empty {
+            // An earlier iteration awaited: the slot may have been filled (a re-add) since.
+            if !matches!(
+                self.slots.borrow()[slot],
+                SlotState::Faulty(_) | SlotState::Missing
+            ) {
+                continue;
+            }
             let spare = {
                 let mut spares = self.spares.borrow_mut();
                 if spares.is_empty() {
@@ -224,9 +231,17 @@ impl Array {
     /// Rebuilds `slot` from its cursor to the end (or until stop / a failure).
     async fn recover(self: Rc<Self>, slot: usize) {
         self.rebuilds.set(self.rebuilds.get() + 1);
+        let disk = self.slots.borrow()[slot].disk().cloned();
         self.recover_inner(slot).await;
+        // Finished, failed, aborted or stopped: a later recovery of this disk is a full one.
+        if let Some(disk) = disk {
+            self.readded.borrow_mut().retain(|d| !Rc::ptr_eq(d, &disk));
+        }
         self.rebuilding.borrow_mut().remove(&slot);
         self.rebuilds.set(self.rebuilds.get() - 1);
+        // Another disk may have taken the slot while this one was still winding down (an
+        // aborted recovery): the scheduler must look again, or that one never starts.
+        self.needs_attention();
     }
 
     async fn recover_inner(&self, slot: usize) {
@@ -257,7 +272,7 @@ impl Array {
             self.counters.borrow().reads + self.counters.borrow().writes,
         );
         let mut last_decile = (start * 10 / total.max(1)) as u32;
-        let partial = self.readded.borrow().contains(&disk.dev_number);
+        let partial = self.readded.borrow().iter().any(|d| Rc::ptr_eq(d, &disk));
         let mut copied = 0u64;
         // Up to PIPELINE_DEPTH steps in flight: each locks its region, reads the sources and
         // writes the new member; results come back in order, and a step's locks are dropped
@@ -267,11 +282,13 @@ impl Array {
         let mut next = start;
         // While clients use the array, one step at a time: speed-min is then the target, and
         // a deep pipeline would put several steps of member reads in front of their requests.
-        let mut depth = if self.foreground_busy() {
-            1
-        } else {
-            PIPELINE_DEPTH
+        // Layouts whose stripe keys do not rise with the member offset (RAID10 far/offset
+        // copies) recover one step at a time: a deeper pipeline could take keys out of order.
+        let max_depth = match self.geo.kind() {
+            crate::layout::LayoutKind::Raid10(l) if l.far > 1 || l.offset => 1,
+            _ => PIPELINE_DEPTH,
         };
+        let mut depth = if self.foreground_busy() { 1 } else { max_depth };
         loop {
             while pipeline.len() < depth && next < total && !self.stopping.get() {
                 let mut len = step.min(total - next);
@@ -282,14 +299,18 @@ impl Array {
                         step.min(self.geo.chunk_bytes().max(4096)),
                     );
                 }
-                pipeline.push_back(self.recovery_step(slot, &disk, next, len, partial));
+                // Locks are taken here, step after step, so every step holds its locks before
+                // the next asks for any: steps and foreground writes then take keys in one
+                // ascending order and cannot wait on each other in a circle.
+                let guards = self.lock_member_range(slot, next, len).await;
+                pipeline.push_back(self.recovery_step(slot, &disk, next, len, partial, guards));
                 next += len;
             }
             let Some(done) = pipeline.next().await else {
                 break;
             };
             let still_ours = matches!(&self.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk));
-            let (len, guards) = match done {
+            let (len, guards, moved) = match done {
                 _ if !still_ours || self.failed.get() => {
                     self.emit(Event::RebuildAborted {
                         slot,
@@ -298,10 +319,10 @@ impl Array {
                     });
                     return;
                 }
-                Step::Skipped(len, guards) => (len, guards),
+                Step::Skipped(len, guards) => (len, guards, 0),
                 Step::Copied(len, guards) => {
                     copied += len;
-                    (len, guards)
+                    (len, guards, len)
                 }
                 Step::NoSource => {
                     self.emit(Event::RebuildAborted {
@@ -339,12 +360,9 @@ impl Array {
                 self.checkpoint(slot, &disk, cursor.get()).await;
                 checkpointed = (cursor.get(), Instant::now());
             }
-            window = self.throttle(window, len).await;
-            depth = if self.foreground_busy() {
-                1
-            } else {
-                PIPELINE_DEPTH
-            };
+            // Skipped regions (a re-add's clean chunks) cost nothing: only copies are paced.
+            window = self.throttle(window, moved).await;
+            depth = if self.foreground_busy() { 1 } else { max_depth };
         }
         if cursor.get() < total {
             // Stopping: keep what we have for the next assembly.
@@ -373,7 +391,6 @@ impl Array {
                 slots[slot] = SlotState::Active(disk.clone());
             }
         }
-        self.readded.borrow_mut().remove(&disk.dev_number);
         tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {} bytes copied{}", total - start,
             if partial { " (a re-added member: only what the bitmap marks dirty)" } else { "" });
         self.emit(Event::RebuildFinished {
@@ -385,8 +402,8 @@ impl Array {
         self.needs_attention();
     }
 
-    /// One region of a recovery: lock it, skip it (a re-added member, nothing dirty there),
-    /// or read it from the other members and write it to the new one.
+    /// One region of a recovery, its locks held: skip it (a re-added member, nothing dirty
+    /// there), or read it from the other members and write it to the new one.
     async fn recovery_step(
         &self,
         slot: usize,
@@ -394,8 +411,8 @@ impl Array {
         at: u64,
         len: u64,
         partial: bool,
+        guards: Vec<KeyedLockGuard>,
     ) -> Step {
-        let guards = self.lock_member_range(slot, at, len).await;
         // Checked under the stripe locks: a write that sets a bit here after this has to wait
         // for them, and by then the cursor is past, so it reaches the member itself.
         if partial && !self.member_range_dirty(slot, at, len) {
