@@ -186,26 +186,36 @@ impl Cache {
         }
         self.array.check_read(offset, len)?;
         let blocks = offset / BLOCK_SIZE..(offset + len).div_ceil(BLOCK_SIZE);
-        // Copies of the cached blocks now: what the engine returns may be older than them.
-        let mut hits = Vec::new();
-        {
+        let hits: Vec<(u64, u32)> = {
             let mut index = self.index.borrow_mut();
-            for b in blocks.clone() {
-                if let Some(slot) = index.lookup(b) {
-                    hits.push((b, self.slot_buf(slot).to_vec()));
-                }
-            }
-        }
+            blocks
+                .clone()
+                .filter_map(|b| index.lookup(b).map(|slot| (b, slot)))
+                .collect()
+        };
         if hits.len() as u64 == blocks.end - blocks.start {
-            for (b, bytes) in &hits {
-                overlay(&buf, offset, *b, bytes);
+            // All in the cache: straight from the slots, nothing awaited in between.
+            for &(b, slot) in &hits {
+                overlay(&buf, offset, b, self.slot_buf(slot).bytes());
             }
             return Ok(());
         }
+        // Some: copy them now (one buffer), since what the engine returns may be older than
+        // them and the slots may be reused while it reads.
+        let mut saved = vec![0u8; hits.len() * BLOCK_SIZE as usize];
+        for (i, &(_, slot)) in hits.iter().enumerate() {
+            saved[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize]
+                .copy_from_slice(self.slot_buf(slot).bytes());
+        }
         let epoch = self.bypass_epoch.get();
         self.array.read(offset, buf.clone()).await?;
-        for (b, bytes) in &hits {
-            overlay(&buf, offset, *b, bytes);
+        for (i, &(b, _)) in hits.iter().enumerate() {
+            overlay(
+                &buf,
+                offset,
+                b,
+                &saved[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize],
+            );
         }
         // Fill: whole blocks the read covered, unless a write went around the cache meanwhile
         // (what we read might then be older than the array) or the read is a large one.
