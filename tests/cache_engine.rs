@@ -12,7 +12,7 @@ use raidcore::buf::BufSlice;
 use raidcore::cache::policy::Battery;
 use raidcore::cache::{Cache, CacheConfig};
 use raidcore::layout::{LayoutKind, Raid5Algorithm};
-use raidcore::member::{MemMember, Member};
+use raidcore::member::{FaultHandle, FaultMember, MemMember, Member};
 use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
 use raidcore::reactor::{block_on, sleep, spawn};
 
@@ -27,7 +27,21 @@ fn sims(n: usize) -> Vec<Rc<MemMember>> {
 }
 
 async fn array_on(sims: &[Rc<MemMember>], fresh: bool) -> Rc<Array> {
-    let members: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
+    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
+    array_with_faults(sims, fresh, &faults).await
+}
+
+/// The array on `sims`, each behind a fault wrapper driven by `faults`.
+async fn array_with_faults(
+    sims: &[Rc<MemMember>],
+    fresh: bool,
+    faults: &[FaultHandle],
+) -> Rc<Array> {
+    let members: Vec<Rc<dyn Member>> = sims
+        .iter()
+        .zip(faults)
+        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
+        .collect();
     if fresh {
         let opts = CreateOptions {
             name: "c".into(),
@@ -42,10 +56,12 @@ async fn array_on(sims: &[Rc<MemMember>], fresh: bool) -> Rc<Array> {
         };
         create(&members, &[], &opts).await.expect("create");
     }
-    assemble(members, &AssembleOptions::default())
-        .await
-        .expect("assemble")
-        .array
+    // run: a test may assemble the survivors of a lost member.
+    let opts = AssembleOptions {
+        run: true,
+        ..AssembleOptions::default()
+    };
+    assemble(members, &opts).await.expect("assemble").array
 }
 
 fn cache_on(array: &Rc<Array>, config: CacheConfig) -> Rc<Cache> {
@@ -236,6 +252,91 @@ fn a_trim_wins_over_a_destage_that_picked_the_block_before_it() {
         assert_eq!(engine_read(&array, 65536, 4096).await, vec![0u8; 4096]);
         cache.close().await.unwrap();
         array.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// A member lost while data is dirty: the destager writes it out degraded, nothing is lost,
+/// and the survivors alone hold it.
+#[test]
+fn a_member_lost_with_dirty_data_in_the_cache_loses_nothing() {
+    let s = sims(4);
+    let stores: Vec<_> = s.iter().map(|m| m.store()).collect();
+    block_on({
+        let s = s.clone();
+        async move {
+            let faults: Vec<FaultHandle> = s.iter().map(|_| FaultHandle::default()).collect();
+            let array = array_with_faults(&s, true, &faults).await;
+            let cache = cache_on(&array, CacheConfig::default());
+            cache
+                .set_policy(None, Some(Battery::Present), None)
+                .await
+                .unwrap();
+            for i in 0..64u64 {
+                cache
+                    .write(i * 65536, bytes(4096, 50 + i), false)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(cache.report().dirty_bytes, 64 * 4096);
+            faults[2].vanish();
+            cache.flush().await.unwrap();
+            assert_eq!(cache.report().dirty_bytes, 0);
+            assert!(array.slots()[2].disk().is_none() || !array.slots()[2].is_active());
+            cache.close().await.unwrap();
+            array.close().await.unwrap();
+        }
+    })
+    .unwrap();
+    block_on(async move {
+        let survivors: Vec<Rc<MemMember>> = stores
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(i, st)| Rc::new(MemMember::with_store(&format!("c{i}"), st.clone(), 7)))
+            .collect();
+        let array = array_on(&survivors, false).await;
+        for i in 0..64u64 {
+            assert_eq!(
+                engine_read(&array, i * 65536, 4096).await,
+                bytes(4096, 50 + i).to_vec(),
+                "block {i} on the survivors"
+            );
+        }
+        array.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// When the array fails, dirty data cannot be written out: FLUSH says so, the data stays in
+/// the cache (and reads still see it), and nothing is reported clean that is not.
+#[test]
+fn a_failed_array_keeps_dirty_data_and_flush_reports_the_error() {
+    block_on(async {
+        let s = sims(4);
+        let faults: Vec<FaultHandle> = s.iter().map(|_| FaultHandle::default()).collect();
+        let array = array_with_faults(&s, true, &faults).await;
+        let cache = cache_on(&array, CacheConfig::default());
+        cache
+            .set_policy(None, Some(Battery::Present), None)
+            .await
+            .unwrap();
+        cache.write(1 << 20, bytes(4096, 60), false).await.unwrap();
+        faults[1].vanish();
+        faults[3].vanish();
+        assert!(
+            cache.flush().await.is_err(),
+            "flush must fail on a failed array"
+        );
+        assert_eq!(cache.report().dirty_bytes, 4096);
+        assert_eq!(
+            cache_read(&cache, 1 << 20, 4096).await,
+            bytes(4096, 60).to_vec()
+        );
+        assert!(
+            cache.close().await.is_err(),
+            "close cannot write the data out"
+        );
     })
     .unwrap();
 }

@@ -100,6 +100,24 @@ async fn wait_complete(array: &Array) {
     panic!("rebuild did not finish: {}", array.missing_description());
 }
 
+type Recorded = Rc<RefCell<Vec<Event>>>;
+
+/// Every event the array emits from now on.
+fn record_events(array: &Array) -> Recorded {
+    let events: Recorded = Rc::new(RefCell::new(Vec::new()));
+    let sink = events.clone();
+    array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+    events
+}
+
+/// The bytes the last finished rebuild copied.
+fn rebuilt_bytes(events: &Recorded) -> Option<u64> {
+    events.borrow().iter().rev().find_map(|e| match e {
+        Event::RebuildFinished { bytes_rebuilt, .. } => Some(*bytes_rebuilt),
+        _ => None,
+    })
+}
+
 /// Flips one byte of `sim`'s data area at `member_offset`.
 fn flip(sim: &MemMember, data_offset: u64, member_offset: u64) {
     let store = sim.store();
@@ -159,9 +177,7 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
             .map(|(i, m)| Rc::new(MemMember::with_store(&format!("m{i}"), m.store(), 3)))
             .collect();
         let array = open(&fresh).await;
-        let events = Rc::new(RefCell::new(Vec::new()));
-        let sink = events.clone();
-        array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+        let events = record_events(&array);
         let resync = common::wait_scrub(&array).await;
         assert!(resync.resync, "{resync:?}");
         let member = array.geometry().member_used_bytes();
@@ -200,9 +216,7 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             array.write(0, pattern(size, 11), false).await.unwrap();
             array.flush().await.unwrap();
             wait_bits_cleared(&array).await;
-            let events = Rc::new(RefCell::new(Vec::new()));
-            let sink = events.clone();
-            array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+            let events = record_events(&array);
 
             let gone = s[1].path().to_string();
             array.fail_member(&gone).await.unwrap();
@@ -225,10 +239,7 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             });
             assert_eq!(role.as_deref(), Some("re-added to slot 1"), "{kind:?}");
             wait_complete(&array).await;
-            let rebuilt = events.borrow().iter().find_map(|e| match e {
-                Event::RebuildFinished { bytes_rebuilt, .. } => Some(*bytes_rebuilt),
-                _ => None,
-            });
+            let rebuilt = rebuilt_bytes(&events);
             let member = array.geometry().slot_used_bytes(1);
             let rebuilt = rebuilt.expect("RebuildFinished");
             assert!(
@@ -255,9 +266,7 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
         array.write(0, pattern(size, 31), false).await.unwrap();
         array.flush().await.unwrap();
         wait_bits_cleared(&array).await;
-        let events = Rc::new(RefCell::new(Vec::new()));
-        let sink = events.clone();
-        array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+        let events = record_events(&array);
 
         let m1 = s[1].path().to_string();
         array.fail_member(&m1).await.unwrap();
@@ -274,10 +283,7 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
         events.borrow_mut().clear();
         array.add_spare(wrap(&s[1]), false).await.unwrap();
         wait_complete(&array).await;
-        let rebuilt = events.borrow().iter().find_map(|e| match e {
-            Event::RebuildFinished { bytes_rebuilt, .. } => Some(*bytes_rebuilt),
-            _ => None,
-        });
+        let rebuilt = rebuilt_bytes(&events);
         assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
         common::assert_redundancy_consistent(&array, &s, "after a full rebuild of m1");
         array.close().await.unwrap();
@@ -296,9 +302,7 @@ fn a_new_disk_after_a_failed_readd_is_rebuilt_in_full() {
         array.write(0, pattern(size, 41), false).await.unwrap();
         array.flush().await.unwrap();
         wait_bits_cleared(&array).await;
-        let events = Rc::new(RefCell::new(Vec::new()));
-        let sink = events.clone();
-        array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+        let events = record_events(&array);
         let m1 = s[1].path().to_string();
         array.fail_member(&m1).await.unwrap();
         array.remove_member(&m1).await.unwrap();
@@ -314,10 +318,7 @@ fn a_new_disk_after_a_failed_readd_is_rebuilt_in_full() {
         // A blank disk now: every byte must be copied onto it.
         array.add_spare(wrap(&s[2]), false).await.unwrap();
         wait_complete(&array).await;
-        let rebuilt = events.borrow().iter().find_map(|e| match e {
-            Event::RebuildFinished { bytes_rebuilt, .. } => Some(*bytes_rebuilt),
-            _ => None,
-        });
+        let rebuilt = rebuilt_bytes(&events);
         assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
         common::assert_redundancy_consistent(&array, &s, "after the blank disk's rebuild");
         array.close().await.unwrap();

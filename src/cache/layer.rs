@@ -222,10 +222,10 @@ impl Cache {
         if hits.is_empty() && len < self.config.bypass_bytes && self.bypass_epoch.get() == epoch {
             let mut index = self.index.borrow_mut();
             for b in blocks {
-                let at = b * BLOCK_SIZE;
-                if at < offset || at + BLOCK_SIZE > offset + len {
+                if !covers(b, offset, len) {
                     continue;
                 }
+                let at = b * BLOCK_SIZE;
                 if let Some(slot) = index.insert_clean(b) {
                     let from = (at - offset) as usize;
                     self.slot_buf(slot)
@@ -288,7 +288,7 @@ impl Cache {
         // first (read before anything is marked, so no reader sees a half-filled block).
         let mut fills = Vec::new();
         for b in [first, last] {
-            let partial = b * BLOCK_SIZE < offset || (b + 1) * BLOCK_SIZE > offset + len;
+            let partial = !covers(b, offset, len);
             if partial
                 && self.index.borrow().peek(b).is_none()
                 && !fills.iter().any(|(x, _)| *x == b)
@@ -306,7 +306,7 @@ impl Cache {
         let now = self.now();
         let mut index = self.index.borrow_mut();
         for b in first..=last {
-            let partial = b * BLOCK_SIZE < offset || (b + 1) * BLOCK_SIZE > offset + len;
+            let partial = !covers(b, offset, len);
             let fill = fills.iter().find(|(x, _)| *x == b).map(|(_, f)| f);
             if partial && index.peek(b).is_none() && fill.is_none() {
                 // It was cached when we looked and has been evicted while the other end was
@@ -412,6 +412,11 @@ impl Cache {
             self.wake.release();
         }
     }
+}
+
+/// Whether a request of `len` bytes at `offset` covers all of block `b`.
+fn covers(b: u64, offset: u64, len: u64) -> bool {
+    b * BLOCK_SIZE >= offset && (b + 1) * BLOCK_SIZE <= offset + len
 }
 
 /// Copies block `b`'s bytes of a request (`data` at array offset `offset`) into its slot.

@@ -331,20 +331,13 @@ impl Array {
         // The header goes out with the current events and events_cleared (a crash before the
         // next superblock write must not leave an older events_cleared on disk: a re-add
         // would trust bits that were cleared).
-        {
-            let events = self.meta.events();
-            for d in self.meta.disks.borrow_mut().iter_mut() {
-                if let Some(sector) = d.bitmap_sector.as_mut() {
-                    if let Ok(mut bsb) = crate::metadata::BitmapSuper::decode(sector.as_slice()) {
-                        bsb.events = events;
-                        bsb.events_cleared = intent.events_cleared.get();
-                        let encoded = bsb.encode();
-                        sector.as_mut_slice()[..encoded.len()].copy_from_slice(&encoded);
-                    }
-                }
+        let events = self.meta.events();
+        for d in self.meta.disks.borrow_mut().iter_mut() {
+            if let Some(sector) = d.bitmap_sector.as_mut() {
+                refresh_bitmap_sector(sector, events, Some(intent));
             }
         }
-        let jobs: Vec<(usize, Rc<super::Disk>, u64, AlignedBuf)> = {
+        let jobs: Vec<(usize, Rc<super::Disk>, u64, crate::buf::BufSlice)> = {
             let disks = self.meta.disks.borrow();
             let map = intent.map.borrow();
             disks
@@ -358,16 +351,14 @@ impl Array {
                     let bytes = area.as_mut_slice();
                     bytes[..256].copy_from_slice(&sector.as_slice()[..256]);
                     bytes[256..256 + map.bytes().len()].copy_from_slice(map.bytes());
-                    Some((i, d.disk.clone(), at, area))
+                    Some((i, d.disk.clone(), at, area.into_shared()))
                 })
                 .collect()
         };
-        let results = join_all(jobs.iter().map(|(_, disk, at, area)| {
-            let buf = AlignedBuf::from_slice(area.as_slice()).into_shared();
-            let member = disk.member.clone();
-            let at = *at;
-            async move { member.write(at, buf, true).await }
-        }))
+        let results = join_all(
+            jobs.iter()
+                .map(|(_, disk, at, area)| disk.member.write(*at, area.clone(), true)),
+        )
         .await;
         let mut failed = false;
         for ((i, ..), r) in jobs.iter().zip(results) {
@@ -489,6 +480,27 @@ pub(super) async fn load_intent(
         events_cleared,
         Duration::from_secs(sleep_secs.max(1) as u64),
     )))
+}
+
+/// Brings a member's cached first bitmap sector up to date: the header's events and
+/// events_cleared, and the first bits as the map says. Shared by the superblock writes (which
+/// rewrite this sector) and the bitmap writes.
+pub(super) fn refresh_bitmap_sector(sector: &mut AlignedBuf, events: u64, intent: Option<&Intent>) {
+    let Ok(mut bsb) = crate::metadata::BitmapSuper::decode(sector.as_slice()) else {
+        return;
+    };
+    bsb.events = events;
+    if let Some(intent) = intent {
+        bsb.events_cleared = intent.events_cleared.get();
+    }
+    let encoded = bsb.encode();
+    let s = sector.as_mut_slice();
+    s[..encoded.len()].copy_from_slice(&encoded);
+    if let Some(intent) = intent {
+        let map = intent.map.borrow();
+        let n = map.bytes().len().min(s.len() - 256);
+        s[256..256 + n].copy_from_slice(&map.bytes()[..n]);
+    }
 }
 
 /// Where a member's bitmap area starts, from its superblock.

@@ -18,7 +18,7 @@ use super::slots::{Disk, SlotState};
 use super::Array;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::metadata::{BitmapSuper, Role, Superblock, FEATURE_RECOVERY_OFFSET};
+use crate::metadata::{Role, Superblock, FEATURE_RECOVERY_OFFSET};
 
 /// Byte offset of the md v1.2 superblock on a member.
 pub const SUPERBLOCK_OFFSET_BYTES: u64 = 4096;
@@ -202,22 +202,13 @@ impl Array {
                         d.sb.resync_offset = reference.resync_offset;
                         d.sb.utime = reference.utime;
                         let sb = AlignedBuf::from_slice(&d.sb.encode());
-                        let bitmap = d.bitmap_sector.as_mut().and_then(|sector| {
-                            let mut bsb = BitmapSuper::decode(sector.as_slice()).ok()?;
-                            bsb.events = reference.events;
-                            if let Some(intent) = &self.intent {
-                                bsb.events_cleared = intent.events_cleared.get();
-                            }
-                            let encoded = bsb.encode();
-                            let s = sector.as_mut_slice();
-                            s[..encoded.len()].copy_from_slice(&encoded);
-                            // The sector's tail is the first bits: keep them as the map says.
-                            if let Some(intent) = &self.intent {
-                                let map = intent.map.borrow();
-                                let n = map.bytes().len().min(s.len() - 256);
-                                s[256..256 + n].copy_from_slice(&map.bytes()[..n]);
-                            }
-                            Some(AlignedBuf::from_slice(s))
+                        let bitmap = d.bitmap_sector.as_mut().map(|sector| {
+                            super::intent::refresh_bitmap_sector(
+                                sector,
+                                reference.events,
+                                self.intent.as_deref(),
+                            );
+                            AlignedBuf::from_slice(sector.as_slice())
                         });
                         (i, d.disk.clone(), sb, bitmap)
                     })
