@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{is_raidctl, process_alive, s, tail, wait_until_dead};
+
 const KIB: u64 = 1 << 10;
 /// How many files the ext4 tests write.
 const FILES: usize = 200;
@@ -100,17 +103,6 @@ impl Ran {
         assert!(self.success(), "command failed:\n{}", self.describe());
         self
     }
-}
-
-fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
 }
 
 fn describe_command(cmd: &Command) -> String {
@@ -193,10 +185,6 @@ fn cmd(program: &str, args: &[&str]) -> Command {
     let mut c = Command::new(program);
     c.args(args);
     c
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
 }
 
 /// Where a tool is on $PATH (plus the sbin directories root has).
@@ -347,34 +335,6 @@ fn backing_file(device: &str) -> Option<String> {
         .into_iter()
         .find(|(d, _)| d == device)
         .map(|(_, b)| b)
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A zombie (dead, not yet reaped by init) counts as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn is_raidctl(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "raidctl")
-        .unwrap_or(false)
-}
-
-fn wait_until_dead(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process_alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 // ---------------------------------------------------------------------------------------------

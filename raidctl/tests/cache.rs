@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{is_raidctl, process_alive, s, tail, wait_until_dead};
+
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 4096;
 /// Hang guards (never performance expectations): nothing here needs more than seconds.
@@ -75,14 +78,6 @@ impl Ran {
             self.what
         )
     }
-}
-
-fn tail(s: &str, max: usize) -> &str {
-    let mut start = s.len().saturating_sub(max);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
 }
 
 fn describe_command(cmd: &Command) -> String {
@@ -143,10 +138,6 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Ran {
     }
 }
 
-fn s(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
-}
-
 fn find_tool(tool: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -179,19 +170,6 @@ fn python() -> &'static Path {
     })
 }
 
-fn process_alive(pid: u32) -> bool {
-    // A zombie (dead, not yet reaped) counts as gone.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-fn is_raidctl(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "raidctl")
-}
-
 /// Polls `ready` until it returns Some, panicking with `what` and `context()` after `timeout`.
 fn wait_for<T>(
     what: &str,
@@ -209,14 +187,6 @@ fn wait_for<T>(
         }
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn wait_until_dead(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process_alive(pid) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    !process_alive(pid)
 }
 
 /// A tiny libnbd driver. argv: URI PLAN. Plan lines (handles are numbers, connected on first use):

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{is_raidctl, process_alive, s, tail, wait_until_dead};
+
 const MIB: u64 = 1 << 20;
 /// Hang guard for one external command (never a performance expectation).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -161,17 +164,6 @@ impl Ran {
     }
 }
 
-fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
 fn describe_command(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| {
@@ -248,10 +240,6 @@ fn run(cmd: Command) -> Ran {
     run_with_timeout(cmd, COMMAND_TIMEOUT)
 }
 
-fn s(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
-}
-
 /// Where a tool is on $PATH (plus the sbin directories root has).
 fn find_tool(tool: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -283,34 +271,6 @@ fn require_environment() {
     ] {
         require(tool, package);
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A zombie (dead, not yet reaped) counts as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn is_raidctl(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "raidctl")
-        .unwrap_or(false)
-}
-
-fn wait_until_dead(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process_alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// Polls `ready` until it returns Some, panicking with `what` (and `context()`) after
@@ -1842,7 +1802,7 @@ fn readded_member_recovers_only_the_dirty_chunks() {
         let cmd = format!("write -P {byte} {at} 65536");
         let ran = run(h.command(&qemu_io, &["-f", "raw", &h.uri(), "-c", &cmd]));
         assert!(ran.success(), "{}", ran.describe());
-        let mut f = OpenOptions::new().write(true).open(&expected).unwrap();
+        let f = OpenOptions::new().write(true).open(&expected).unwrap();
         f.write_all_at(&vec![byte; 65536], at).unwrap();
     }
     let dirty = h.status()["bitmap"]["dirty_bits"].as_u64().unwrap_or(0);
