@@ -45,7 +45,11 @@ pub fn run(args: MonitorArgs, run_dir: Option<&str>) -> Result<i32> {
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stream).lines();
-            let _hello = lines.next();
+            // The daemon's hello comes once the subscription is in place: from here on no
+            // event is missed, which scripts (and tests) can wait for on stderr.
+            if lines.next().is_some() {
+                eprintln!("raidctl: monitoring {name}");
+            }
             for line in lines.map_while(|l| l.ok()) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if tx.send((name.clone(), v)).is_err() {

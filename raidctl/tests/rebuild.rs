@@ -1255,6 +1255,18 @@ fn second_failure_fails_raid5() {
     fill_random(&expected, 8 * MIB, 41);
     h.nbdcopy(&s(&expected), &h.uri());
     let monitor = h.spawn("monitor", h.raidctl_command(&["monitor", name, "--json"]));
+    // Subscribed once it says so: events before that are not its to see.
+    wait_for(
+        "the monitor to subscribe",
+        STATE_TIMEOUT,
+        || {
+            h.child_output("monitor")
+                .1
+                .contains("monitoring")
+                .then_some(())
+        },
+        || format!("{:?}", h.child_output("monitor")),
+    );
     let (m0, m1) = (h.members[0].clone(), h.members[1].clone());
 
     h.ok(&["fail", name, &m0]);
