@@ -219,7 +219,7 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             let events = record_events(&array);
 
             let gone = s[1].path().to_string();
-            array.fail_member(&gone).await.unwrap();
+            array.fail_member(&gone, false).await.unwrap();
             array.remove_member(&gone).await.unwrap();
             // Written while it is away: two small writes, far apart.
             for (at, seed) in [(4096u64, 21u64), (size as u64 / 2 + 8192, 22)] {
@@ -269,7 +269,7 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
         let events = record_events(&array);
 
         let m1 = s[1].path().to_string();
-        array.fail_member(&m1).await.unwrap();
+        array.fail_member(&m1, false).await.unwrap();
         array.remove_member(&m1).await.unwrap();
         array.write(4096, pattern(65536, 32), false).await.unwrap();
         // A new member takes the slot, the array is complete again and the bits clear: the
@@ -278,7 +278,7 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
         wait_complete(&array).await;
         wait_bits_cleared(&array).await;
         let m2 = s[2].path().to_string();
-        array.fail_member(&m2).await.unwrap();
+        array.fail_member(&m2, false).await.unwrap();
         array.remove_member(&m2).await.unwrap();
         events.borrow_mut().clear();
         array.add_spare(wrap(&s[1]), false).await.unwrap();
@@ -304,14 +304,14 @@ fn a_new_disk_after_a_failed_readd_is_rebuilt_in_full() {
         wait_bits_cleared(&array).await;
         let events = record_events(&array);
         let m1 = s[1].path().to_string();
-        array.fail_member(&m1).await.unwrap();
+        array.fail_member(&m1, false).await.unwrap();
         array.remove_member(&m1).await.unwrap();
         array.write(4096, pattern(65536, 42), false).await.unwrap();
         // Re-add m1 slowly, and fail it part-way.
         array.set_speed_limits(Some(64), Some(64));
         array.add_spare(wrap(&s[1]), false).await.unwrap();
         sleep(Duration::from_millis(50)).await;
-        array.fail_member(&m1).await.unwrap();
+        array.fail_member(&m1, false).await.unwrap();
         array.remove_member(&m1).await.unwrap();
         array.set_speed_limits(Some(1000), Some(1_000_000));
         events.borrow_mut().clear();

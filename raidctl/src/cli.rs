@@ -39,8 +39,8 @@ pub enum Command {
     Inject(InjectArgs),
     /// Show or set the write-back cache policy and battery flag of a running array.
     Cache(CacheArgs),
-    /// Mark a member faulty (a hot spare takes over).
-    Fail(MemberArgs),
+    /// Mark a member faulty (a hot spare takes over). Refused where the array would fail.
+    Fail(FailArgs),
     /// Remove a faulty member or a spare from an array.
     Remove(MemberArgs),
     /// Add a device to a running array as a hot spare (a degraded array starts rebuilding).
@@ -196,7 +196,8 @@ pub struct InjectArgs {
     /// Every operation on the range waits this many milliseconds.
     #[arg(long, value_name = "MS")]
     pub delay: Option<u64>,
-    /// The device disappears: every later operation fails (like an unplugged disk).
+    /// The device disappears: every later operation fails (like an unplugged disk). A drill:
+    /// unlike `fail`, it is never refused, so it can rehearse a double failure.
     #[arg(long)]
     pub vanish: bool,
     /// Remove every injected fault of the member.
@@ -211,6 +212,17 @@ pub struct InjectArgs {
     /// Only the next N matching operations.
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct FailArgs {
+    /// Array name.
+    pub name: String,
+    /// The member device.
+    pub device: String,
+    /// Fail it even if it holds the last copy of some data (the array then fails).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]

@@ -8,7 +8,7 @@ use raidcore::daemon::rundir::RunDir;
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 
-use crate::cli::{AddArgs, CheckArgs, MemberArgs, RebuildArgs, ReplaceArgs};
+use crate::cli::{AddArgs, CheckArgs, FailArgs, MemberArgs, RebuildArgs, ReplaceArgs};
 use crate::cmd_status::{call, query};
 
 /// One request, then one line saying what was done.
@@ -23,13 +23,14 @@ fn simple(run_dir: Option<&str>, name: &str, req: ControlRequest, done: String) 
     Ok(0)
 }
 
-pub fn fail(args: MemberArgs, run_dir: Option<&str>) -> Result<i32> {
+pub fn fail(args: FailArgs, run_dir: Option<&str>) -> Result<i32> {
     let done = format!("{} marked faulty in array {}", args.device, args.name);
     simple(
         run_dir,
         &args.name,
         ControlRequest::Fail {
             device: args.device,
+            force: args.force,
         },
         done,
     )

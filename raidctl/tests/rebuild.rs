@@ -1276,7 +1276,7 @@ fn second_failure_fails_raid5() {
     let out = h.read_export("degraded.img");
     assert_same_range(&expected, &out, 0, 8 * MIB, "degraded");
 
-    h.ok(&["fail", name, &m1]);
+    h.ok(&["fail", name, &m1, "--force"]);
     let st = h.status();
     assert_eq!(st["state"].as_str(), Some("failed"), "{st:#}");
     let missing = st["missing"].as_str().unwrap_or_default();
@@ -1330,6 +1330,53 @@ fn second_failure_fails_raid5() {
         status.is_some(),
         "the monitor did not end when its daemon stopped:\n{out}"
     );
+}
+
+/// Every member's superblock area (first 1 MiB: superblock, bitmap, settings block) as bytes.
+fn metadata_areas(h: &Harness) -> Vec<Vec<u8>> {
+    h.members
+        .iter()
+        .map(|m| {
+            let mut buf = vec![0u8; 1 << 20];
+            File::open(m)
+                .and_then(|f| f.read_exact_at(&mut buf, 0))
+                .unwrap_or_else(|e| panic!("read {m}: {e}"));
+            buf
+        })
+        .collect()
+}
+
+#[test]
+fn fail_refuses_to_take_the_last_copy_unless_forced() {
+    let name = "rb-floor";
+    let mut h = Harness::create(name, "1", 2, 0);
+    h.assemble();
+    let (m0, m1) = (h.members[0].clone(), h.members[1].clone());
+    h.ok(&["fail", name, &m1]);
+    let before = metadata_areas(&h);
+    let ran = h.raidctl(&["fail", name, &m0]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    let line = ran.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "one line: {}", ran.describe());
+    assert!(
+        line.contains(&format!("array {name} would fail"))
+            && line.contains(&m0)
+            && line.contains(&m1)
+            && line.contains("--force"),
+        "the refusal names the array, both members and the way out: {line}"
+    );
+    assert!(
+        metadata_areas(&h) == before,
+        "a refused fail must not change any superblock"
+    );
+    assert_eq!(h.status()["state"].as_str(), Some("degraded"));
+    // --force does what fail always did.
+    h.ok(&["fail", name, &m0, "--force"]);
+    assert_eq!(h.status()["state"].as_str(), Some("failed"));
+    // Stopping a failed array reports the failure; the daemon goes away all the same.
+    let pid = h.running_pid();
+    let _ = h.raidctl(&["stop", name]);
+    h.assert_daemon_gone(pid);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,9 +27,11 @@ pub enum ControlRequest {
         device: Option<String>,
     },
     Detach,
-    /// Mark a member faulty.
+    /// Mark a member faulty; refused where the array would fail, unless `force`.
     Fail {
         device: String,
+        #[serde(default)]
+        force: bool,
     },
     /// Remove a faulty member or a spare.
     Remove {

@@ -135,9 +135,9 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
                     },
                     Err(e) => ControlResponse::error(e.to_string()),
                 },
-                Ok(ControlRequest::Fail { device }) => {
+                Ok(ControlRequest::Fail { device, force }) => {
                     let path = daemon.member_path(&device);
-                    reply(daemon.array.fail_member(&path).await)
+                    reply(daemon.array.fail_member(&path, force).await)
                 }
                 Ok(ControlRequest::Remove { device }) => {
                     let path = daemon.member_path(&device);

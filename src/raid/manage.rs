@@ -43,8 +43,10 @@ impl Array {
             .position(|s| s.disk().is_some_and(|d| d.member.path() == path))
     }
 
-    /// Marks a member faulty, as if it had failed (the spare, if any, takes over).
-    pub async fn fail_member(&self, path: &str) -> Result<()> {
+    /// Marks a member faulty, as if it had failed (the spare, if any, takes over). Refused,
+    /// unless `force`, when the member holds the last copy of some data: the array would fail
+    /// (mdadm refuses the same; md keeps the last member of a mirror).
+    pub async fn fail_member(&self, path: &str, force: bool) -> Result<()> {
         let Some(slot) = self.slot_of(path) else {
             if self.spares.borrow().iter().any(|d| d.member.path() == path) {
                 return Err(Error::invalid(format!(
@@ -56,6 +58,9 @@ impl Array {
                 self.name
             )));
         };
+        if !force {
+            self.check_redundancy_floor(slot, path)?;
+        }
         let disk = {
             let mut slots = self.slots.borrow_mut();
             match &slots[slot] {
@@ -86,6 +91,34 @@ impl Array {
         }
         self.needs_attention();
         Ok(())
+    }
+
+    /// Refuses to take `slot` (member `path`) away when some data would then have no copy.
+    /// Members that are recovering or spares hold no copy of their own, so they never count.
+    fn check_redundancy_floor(&self, slot: usize, path: &str) -> Result<()> {
+        if !self.slots.borrow()[slot].is_active() {
+            return Ok(()); // a recovering member holds no data the array relies on
+        }
+        if self.has_redundancy_without(Some(slot)) {
+            return Ok(());
+        }
+        let why = if self.geo.level() == crate::layout::Level::Raid0 {
+            format!("RAID0 has no redundancy and {path} holds the only copy of its data")
+        } else {
+            let others = self.missing_description_except(slot);
+            if others == "none" {
+                format!("{path} holds the last copy of some data")
+            } else {
+                format!("{others} already, and {path} holds the last copy of some data")
+            }
+        };
+        Err(Error::new(
+            ErrorKind::Inconsistent,
+            format!(
+                "array {} would fail: {why}; nothing changed (use --force to fail it anyway)",
+                self.name
+            ),
+        ))
     }
 
     /// Removes a faulty member or a spare from the array (an active one must be failed first).

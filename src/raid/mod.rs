@@ -327,11 +327,17 @@ impl Array {
 
     /// "slot 1 (/tmp/m1) faulty, slot 2 missing".
     pub fn missing_description(&self) -> String {
+        self.missing_description_except(usize::MAX)
+    }
+
+    /// As [`Array::missing_description`], leaving out slot `except`.
+    fn missing_description_except(&self, except: usize) -> String {
         let parts: Vec<String> = self
             .slots
             .borrow()
             .iter()
             .enumerate()
+            .filter(|(i, _)| *i != except)
             .filter_map(|(i, s)| match s {
                 SlotState::Active(_) => None,
                 SlotState::Missing => Some(format!("slot {i} missing")),

@@ -255,7 +255,19 @@ impl Array {
 
     /// Whether every array byte still has at least one readable copy (or can be rebuilt).
     pub(super) fn has_redundancy_for_all_data(&self) -> bool {
-        let active: Vec<bool> = self.slots.borrow().iter().map(|s| s.is_active()).collect();
+        self.has_redundancy_without(None)
+    }
+
+    /// Whether every array byte would keep a readable copy (or be rebuildable) if `without`
+    /// were gone too.
+    pub(super) fn has_redundancy_without(&self, without: Option<usize>) -> bool {
+        let active: Vec<bool> = self
+            .slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.is_active() && Some(i) != without)
+            .collect();
         let missing = active.iter().filter(|a| !**a).count();
         match self.geo.level() {
             Level::Raid0 => missing == 0,

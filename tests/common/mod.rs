@@ -79,3 +79,116 @@ pub async fn wait_scrub(array: &Array) -> ScrubState {
         }
     }
 }
+
+/// An array on simulated members, each behind a fault wrapper, with its events recorded.
+pub struct Rig {
+    pub array: Rc<Array>,
+    /// Members then spares, by index: `m0..`, then `s0..`.
+    pub sims: Vec<Rc<MemMember>>,
+    pub faults: Vec<raidcore::member::FaultHandle>,
+    pub events: Rc<std::cell::RefCell<Vec<raidcore::raid::events::Event>>>,
+}
+
+/// Creates (fresh, bitmap, 64 KiB chunks) and assembles an array of `members` members of
+/// `member_bytes` and `spares` spares.
+pub async fn rig(
+    kind: raidcore::layout::LayoutKind,
+    members: usize,
+    spares: usize,
+    member_bytes: u64,
+) -> Rig {
+    use raidcore::member::{FaultHandle, FaultMember};
+    use raidcore::raid::{assemble, create, AssembleOptions, CreateOptions};
+    let sims: Vec<Rc<MemMember>> = (0..members + spares)
+        .map(|i| {
+            let name = if i < members {
+                format!("m{i}")
+            } else {
+                format!("s{}", i - members)
+            };
+            Rc::new(MemMember::new(&name, member_bytes, i as u64))
+        })
+        .collect();
+    let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
+    let opts = CreateOptions {
+        name: "t".into(),
+        kind,
+        chunk_bytes: 64 << 10,
+        bitmap: true,
+        bitmap_chunk_bytes: None,
+        assume_clean: false,
+        force: true,
+        fresh: true,
+        spare_group: None,
+    };
+    create(&plain[..members], &plain[members..], &opts)
+        .await
+        .expect("create");
+    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
+    let wrapped = sims
+        .iter()
+        .zip(&faults)
+        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
+        .collect();
+    let array = assemble(wrapped, &AssembleOptions::default())
+        .await
+        .expect("assemble")
+        .array;
+    let events = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let sink = events.clone();
+    array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+    Rig {
+        array,
+        sims,
+        faults,
+        events,
+    }
+}
+
+/// Deterministic, position-dependent contents (a different `seed` gives different bytes).
+pub fn pattern(len: usize, seed: u64) -> raidcore::buf::BufSlice {
+    let b = raidcore::buf::BufSlice::zeroed(len);
+    for (i, w) in b.bytes_mut().chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
+    }
+    b
+}
+
+/// Reads `len` bytes at `offset` through the array.
+pub async fn read_array(array: &Array, offset: u64, len: usize) -> raidcore::Result<Vec<u8>> {
+    let b = raidcore::buf::BufSlice::zeroed(len);
+    array.read(offset, b.clone()).await?;
+    Ok(b.to_vec())
+}
+
+/// Waits (bounded) until no slot is recovering and every slot is active.
+pub async fn wait_complete(array: &Array) {
+    for _ in 0..20_000 {
+        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
+            return;
+        }
+        raidcore::reactor::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "the array did not become complete: {}",
+        array.missing_description()
+    );
+}
+
+/// Waits (bounded) for `cond`.
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..20_000 {
+        if cond() {
+            return;
+        }
+        raidcore::reactor::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A copy of every simulated member's bytes (to prove that nothing changed).
+pub fn snapshot(sims: &[Rc<MemMember>]) -> Vec<Vec<u8>> {
+    sims.iter()
+        .map(|s| s.store().lock().unwrap().clone())
+        .collect()
+}
