@@ -170,6 +170,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         failed: Cell::new(false),
         read_only: opts.read_only,
         counters: RefCell::new(IoCounters::default()),
+        in_flight: Cell::new(0),
         subscribers: RefCell::new(Vec::new()),
         attention: crate::reactor::Semaphore::new(0),
         stopping: Cell::new(false),

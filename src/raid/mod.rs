@@ -84,6 +84,8 @@ pub struct Array {
     failed: Cell<bool>,
     read_only: bool,
     counters: RefCell<IoCounters>,
+    /// Client requests inside the engine right now (`close` marks clean only at zero).
+    in_flight: Cell<usize>,
     subscribers: RefCell<Vec<Box<dyn Fn(&events::Event)>>>,
     /// Released whenever the scheduler should look at the array (failure, add, rebuild).
     attention: crate::reactor::Semaphore,
@@ -164,6 +166,7 @@ impl Array {
 
     /// Reads `buf.len()` bytes at `offset` into `buf`.
     pub async fn read(&self, offset: u64, buf: BufSlice) -> Result<()> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         self.check_range(offset, buf.len() as u64)?;
         self.count(|c| {
             c.reads += 1;
@@ -180,6 +183,7 @@ impl Array {
     /// Writes `data` at `offset`. With `fua`, the data is on stable storage of every member
     /// when this returns.
     pub async fn write(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         self.check_range(offset, data.len() as u64)?;
         self.check_writable()?;
         self.count(|c| {
@@ -200,6 +204,7 @@ impl Array {
 
     /// Makes every acknowledged write durable on every active member.
     pub async fn flush(&self) -> Result<()> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         self.count(|c| c.flushes += 1);
         let r = self.flush_members().await;
         self.count_error(&r);
@@ -208,6 +213,7 @@ impl Array {
 
     /// Discards a range. Afterwards it reads back as zeroes (members punch holes where they can).
     pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         self.check_range(offset, len)?;
         self.check_writable()?;
         self.count(|c| c.trims += 1);
@@ -219,6 +225,7 @@ impl Array {
 
     /// Zeroes a range (allocating: later writes there will not fail for lack of space).
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        let _in_flight = InFlight::enter(&self.in_flight);
         self.check_range(offset, len)?;
         self.check_writable()?;
         self.count(|c| c.zeroes += 1);
@@ -251,12 +258,21 @@ impl Array {
     }
 
     /// Flushes and marks the array clean on disk (the last step of `stop`). A rebuild in
-    /// progress checkpoints first and resumes at the next assembly.
+    /// progress checkpoints first and resumes at the next assembly; a check or resync stops
+    /// at its current step. Clean is written only when no request is left in the engine: a
+    /// write still waiting on a slow member could land after the mark, and the next start
+    /// would then skip the resync it needs. Then the array stays dirty and this says so.
     pub async fn close(&self) -> Result<()> {
+        const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+        let tick = std::time::Duration::from_millis(5);
         self.stopping.set(true);
         self.needs_attention();
-        while self.rebuilds.get() > 0 {
-            crate::reactor::sleep(std::time::Duration::from_millis(5)).await;
+        while self.rebuilds.get() > 0 || self.scrub.get().is_some_and(|s| s.running) {
+            crate::reactor::sleep(tick).await;
+        }
+        let since = std::time::Instant::now();
+        while self.in_flight.get() > 0 && since.elapsed() < GRACE {
+            crate::reactor::sleep(tick).await;
         }
         if self.read_only {
             return Ok(());
@@ -268,6 +284,16 @@ impl Array {
             return Ok(());
         }
         self.flush_members().await?;
+        let left = self.in_flight.get();
+        if left > 0 {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "array {} stopped with {left} request(s) still in flight (a slow member?): it stays marked dirty, and the next start resyncs what the bitmap marks",
+                    self.name
+                ),
+            ));
+        }
         self.mark_clean().await
     }
 
@@ -364,5 +390,21 @@ impl Array {
         if r.is_err() {
             self.count(|c| c.errors += 1);
         }
+    }
+}
+
+/// Counts one client request inside the engine for as long as it lives.
+struct InFlight<'a>(&'a Cell<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a Cell<usize>) -> InFlight<'a> {
+        count.set(count.get() + 1);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }

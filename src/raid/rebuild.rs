@@ -172,7 +172,8 @@ impl Array {
                 continue;
             }
             self.promote_spares().await;
-            if self.resync_wanted.replace(false) {
+            let complete = self.slots.borrow().iter().all(|s| s.is_active());
+            if complete && self.resync_wanted.replace(false) {
                 self.start_resync_if_needed();
             }
             let recovering: Vec<usize> = (0..self.geo.members())
@@ -198,10 +199,12 @@ impl Array {
             .collect();
         for slot in empty {
             // An earlier iteration awaited: the slot may have been filled (a re-add) since.
+            // A slot whose replacement is under way is filled by it (see replace.rs).
             if !matches!(
                 self.slots.borrow()[slot],
                 SlotState::Faulty(_) | SlotState::Missing
-            ) {
+            ) || self.slot_being_replaced(slot)
+            {
                 continue;
             }
             let spare = {
@@ -240,7 +243,9 @@ impl Array {
         self.rebuilding.borrow_mut().remove(&slot);
         self.rebuilds.set(self.rebuilds.get() - 1);
         // Another disk may have taken the slot while this one was still winding down (an
-        // aborted recovery): the scheduler must look again, or that one never starts.
+        // aborted recovery): the scheduler must look again, or that one never starts. A
+        // resync deferred until the array was complete starts from there too.
+        self.resync_wanted.set(true);
         self.needs_attention();
     }
 

@@ -6,6 +6,12 @@
 //! cannot be read). Foreground writes to the slot also go to NEW below the copy cursor. Only
 //! when NEW is complete and flushed do the roles change, in one superblock update: NEW takes
 //! the slot and DEV becomes faulty. A crash before that leaves DEV active and NEW a spare.
+//!
+//! If DEV fails part-way (the usual reason to replace a disk is that it is failing), NEW keeps
+//! taking the slot's writes below its cursor (see `Array::writable_disk`), no spare is given
+//! the slot, and at its next step the copy turns into an ordinary recovery of the slot onto
+//! NEW that starts at the copy cursor. A NEW that fails a write is failed, never put back on
+//! the spare list.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -38,6 +44,56 @@ impl Array {
                 self.geo.slot_used_bytes(r.slot),
             )
         })
+    }
+
+    /// The new member of the replacement under way, if any.
+    pub(super) fn replacement_target(&self) -> Option<Rc<Disk>> {
+        self.replacement.borrow().as_ref().map(|r| r.new.clone())
+    }
+
+    pub(super) fn is_replacement(&self, disk: &Rc<Disk>) -> bool {
+        self.replacement
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| Rc::ptr_eq(&r.new, disk))
+    }
+
+    /// The replacement's new member and copy cursor when it is building `slot` and the old
+    /// member is no longer active: the new member then carries the slot below its cursor.
+    pub(super) fn orphaned_replacement(&self, slot: usize) -> Option<(Rc<Disk>, u64)> {
+        let r = self.replacement.borrow();
+        let r = r.as_ref().filter(|r| r.slot == slot)?;
+        let old_active = matches!(
+            self.slots.borrow().get(slot),
+            Some(SlotState::Active(d)) if Rc::ptr_eq(d, &r.old)
+        );
+        (!old_active).then(|| (r.new.clone(), r.cursor.get()))
+    }
+
+    /// Whether a replacement is filling `slot` (a spare must not take it meanwhile).
+    pub(super) fn slot_being_replaced(&self, slot: usize) -> bool {
+        self.replacement
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.slot == slot)
+    }
+
+    /// Writes to the replacement's new member; a failed write gives the replacement up.
+    pub(super) async fn write_replacement(
+        &self,
+        new: &Rc<Disk>,
+        member_offset: u64,
+        buf: BufSlice,
+        fua: bool,
+    ) {
+        if let Err(e) = new
+            .member
+            .write(new.data_offset + member_offset, buf, fua)
+            .await
+        {
+            self.abort_replacement(&format!("write to the new member failed: {e}"), true)
+                .await;
+        }
     }
 
     /// Starts replacing the active member `path` with `new`.
@@ -120,15 +176,7 @@ impl Array {
         }
         let n = (cursor - member_offset).min(buf.len() as u64) as usize;
         let part = buf.slice(0, n);
-        Box::pin(async move {
-            if let Err(e) = new
-                .member
-                .write(new.data_offset + member_offset, part, fua)
-                .await
-            {
-                self.abort_replacement(&format!("write to the new member failed: {e}"));
-            }
-        })
+        Box::pin(async move { self.write_replacement(&new, member_offset, part, fua).await })
     }
 
     pub(super) async fn replacement_zero(
@@ -156,12 +204,15 @@ impl Array {
             new.member.write_zeroes(at, n).await
         };
         if let Err(e) = r {
-            self.abort_replacement(&format!("zeroing on the new member failed: {e}"));
+            self.abort_replacement(&format!("zeroing on the new member failed: {e}"), true)
+                .await;
         }
     }
 
-    /// Gives up: the new member goes back to being a spare.
-    fn abort_replacement(&self, reason: &str) {
+    /// Gives up. The new member goes back to being a spare, unless it failed (`new_failed`):
+    /// then it is recorded as faulty and kept off the spare list. Either way the scheduler
+    /// looks again (the slot may need a spare now).
+    pub(super) async fn abort_replacement(&self, reason: &str, new_failed: bool) {
         let Some(r) = self.replacement.borrow_mut().take() else {
             return;
         };
@@ -170,7 +221,56 @@ impl Array {
             member: r.new.member.path().to_string(),
             reason: reason.into(),
         });
-        self.spares.borrow_mut().push(r.new);
+        if new_failed {
+            tracing::error!(array = %self.name, member = r.new.member.path(), "the replacement failed: {reason}; marking it faulty");
+            self.retire_failed_spare(&r.new).await;
+        } else {
+            self.spares.borrow_mut().push(r.new);
+        }
+        self.needs_attention();
+    }
+
+    /// Records a device that is in no slot (a spare or a replacement) as faulty and stops
+    /// writing metadata to it.
+    async fn retire_failed_spare(&self, disk: &Rc<Disk>) {
+        let _meta = self.meta_lock.lock().await;
+        for m in self.meta.disks.borrow_mut().iter_mut() {
+            if Rc::ptr_eq(&m.disk, disk) {
+                m.present = false;
+            }
+        }
+        let _ = self
+            .meta
+            .reference
+            .borrow_mut()
+            .set_role(disk.dev_number, Role::Faulty);
+        if let Err(e) = self.write_all_superblocks().await {
+            tracing::error!(array = %self.name, "recording the failed replacement failed: {e}");
+        }
+    }
+
+    /// The old member failed during the copy: the copy becomes an ordinary recovery of the
+    /// slot onto the new member, from the copy cursor. Called between steps (no locks held),
+    /// in one synchronous section, so writes see the slot filled by the same member with the
+    /// same cursor before and after.
+    async fn continue_as_recovery(&self) {
+        let Some(r) = self.replacement.borrow_mut().take() else {
+            return;
+        };
+        let from = r.cursor.get();
+        self.slots.borrow_mut()[r.slot] = SlotState::Recovering(r.new.clone(), r.cursor);
+        tracing::warn!(array = %self.name, slot = r.slot, member = r.new.member.path(),
+            "the replaced member failed during the copy: {from} bytes copied, rebuilding the rest from redundancy");
+        // Recorded from 0: the copy has not been flushed yet, and recovery_offset must only
+        // name durable data. The recovery's first checkpoint moves it up.
+        if let Err(e) = self.meta_recovery(r.new.dev_number, Some(r.slot), 0).await {
+            tracing::error!(array = %self.name, "could not record the new member's role: {e}");
+        }
+        self.emit(Event::SpareActivated {
+            slot: r.slot,
+            member: r.new.member.path().to_string(),
+        });
+        self.needs_attention();
     }
 
     async fn replace_copy(self: Rc<Self>) {
@@ -200,16 +300,19 @@ impl Array {
         let step = ((4u64 << 20) / chunk).max(1) * chunk;
         let mut window = (Instant::now(), 0u64, 0u64);
         while cursor.get() < total {
-            let ours = self
-                .replacement
-                .borrow()
-                .as_ref()
-                .is_some_and(|r| Rc::ptr_eq(&r.new, &new));
-            if !ours || self.failed.get() {
-                return;
+            if !self.is_replacement(&new) {
+                return; // given up meanwhile
+            }
+            if self.failed.get() {
+                return self.abort_replacement("the array failed", false).await;
             }
             if self.stopping.get() {
-                return self.abort_replacement("the array is stopping; run replace again");
+                return self
+                    .abort_replacement("the array is stopping; run replace again", false)
+                    .await;
+            }
+            if self.orphaned_replacement(slot).is_some() {
+                return self.continue_as_recovery().await;
             }
             let at = cursor.get();
             let len = step.min(total - at);
@@ -219,49 +322,70 @@ impl Array {
                 || self.read_for_rebuild(slot, at, &buf).await;
             if !read {
                 drop(guards);
-                return self.abort_replacement("no readable source for the data");
+                return self
+                    .abort_replacement("no readable source for the data", false)
+                    .await;
             }
             if let Err(e) = new.member.write(new.data_offset + at, buf, false).await {
                 drop(guards);
-                return self.abort_replacement(&format!("write to the new member failed: {e}"));
+                return self
+                    .abort_replacement(&format!("write to the new member failed: {e}"), true)
+                    .await;
             }
             cursor.set(at + len);
             drop(guards);
             window = self.throttle(window, len).await;
         }
         if let Err(e) = new.member.flush().await {
-            return self.abort_replacement(&format!("flush of the new member failed: {e}"));
+            return self
+                .abort_replacement(&format!("flush of the new member failed: {e}"), true)
+                .await;
         }
-        // Swap roles in one metadata update. With the cursor at the end every write already
-        // reaches both members, so none can slip between the last copy and the switch.
-        let Some(r) = self.replacement.borrow_mut().take() else {
-            return;
-        };
+        // Swap roles in one metadata update. With the cursor at the end every write reaches
+        // the new member (and the old one while it is active); the switch below happens in
+        // one synchronous section once the meta lock is held, so no write can find the
+        // replacement gone and the new member not yet in the slot.
         {
-            let _meta = self.meta_lock.lock().await;
-            {
-                let mut reference = self.meta.reference.borrow_mut();
-                let _ = reference.set_role(r.new.dev_number, Role::Active(slot as u16));
-                let _ = reference.set_role(r.old.dev_number, Role::Faulty);
-            }
-            for m in self.meta.disks.borrow_mut().iter_mut() {
-                if Rc::ptr_eq(&m.disk, &r.old) {
-                    m.present = false;
-                }
-            }
-            self.slots.borrow_mut()[slot] = SlotState::Active(r.new.clone());
-            if let Err(e) = self.write_all_superblocks().await {
-                tracing::error!(array = %self.name, "recording the replacement failed: {e}");
+            let meta = self.meta_lock.lock().await;
+            let Some(r) = self
+                .replacement
+                .borrow_mut()
+                .take_if(|r| Rc::ptr_eq(&r.new, &new))
+            else {
+                return;
+            };
+            self.swap_in_replacement(slot, &r).await;
+            drop(meta);
+            self.emit(Event::RebuildFinished {
+                slot,
+                member,
+                bytes_rebuilt: total,
+            });
+            self.emit(Event::MemberFailed {
+                slot,
+                member: r.old.member.path().to_string(),
+            });
+        }
+        // A resync deferred while the array was not complete may run now.
+        self.needs_attention();
+    }
+
+    /// Makes the replacement's new member the slot's member and the old one faulty, in memory
+    /// and on disk. The caller holds the meta lock and has just taken the replacement.
+    async fn swap_in_replacement(&self, slot: usize, r: &Replacement) {
+        {
+            let mut reference = self.meta.reference.borrow_mut();
+            let _ = reference.set_role(r.new.dev_number, Role::Active(slot as u16));
+            let _ = reference.set_role(r.old.dev_number, Role::Faulty);
+        }
+        for m in self.meta.disks.borrow_mut().iter_mut() {
+            if Rc::ptr_eq(&m.disk, &r.old) {
+                m.present = false;
             }
         }
-        self.emit(Event::RebuildFinished {
-            slot,
-            member,
-            bytes_rebuilt: total,
-        });
-        self.emit(Event::MemberFailed {
-            slot,
-            member: r.old.member.path().to_string(),
-        });
+        self.slots.borrow_mut()[slot] = SlotState::Active(r.new.clone());
+        if let Err(e) = self.write_all_superblocks().await {
+            tracing::error!(array = %self.name, "recording the replacement failed: {e}");
+        }
     }
 }

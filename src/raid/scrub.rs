@@ -86,11 +86,18 @@ impl Array {
         let sync = self.sync_offset.get();
         let busy =
             self.scrub.get().is_some_and(|s| s.running) || self.replacement.borrow().is_some();
-        if sync == u64::MAX || self.read_only || self.geo.level() == Level::Raid0 || busy {
+        if sync == u64::MAX || self.read_only || self.geo.level() == Level::Raid0 {
+            return;
+        }
+        // Deferred, not dropped: the scheduler starts it once the array is complete and idle
+        // (a rebuild, a replacement or a check wakes it when it ends).
+        if busy {
+            self.resync_wanted.set(true);
             return;
         }
         if self.slots.borrow().iter().any(|s| !s.is_active()) {
             tracing::warn!(array = %self.name, "resync needed but the array is not complete: it runs once the rebuild has finished");
+            self.resync_wanted.set(true);
             return;
         }
         tracing::info!(array = %self.name, "resync from {sync} (after an unclean stop, or the initial sync)");
@@ -195,6 +202,7 @@ impl Array {
     }
 
     fn finish_scrub(&self, complete: bool) {
+        self.needs_attention();
         if let Some(mut s) = self.scrub.get() {
             s.running = false;
             self.scrub.set(Some(s));

@@ -94,7 +94,9 @@ impl Array {
     }
 
     /// The member behind `slot` if it takes a write of `len` bytes at `member_offset`: an
-    /// active member, or a recovering one whose cursor is past the whole range.
+    /// active member, a recovering one whose cursor is past the whole range, or, when the
+    /// slot's member failed during a `replace`, the new member below its copy cursor (it
+    /// carries the slot from then on).
     pub(super) fn writable_disk(
         &self,
         slot: usize,
@@ -106,12 +108,29 @@ impl Array {
             Some(SlotState::Recovering(d, cursor)) if member_offset + len <= cursor.get() => {
                 Some(d.clone())
             }
+            Some(SlotState::Faulty(_) | SlotState::Missing) => self
+                .orphaned_replacement(slot)
+                .filter(|(_, cursor)| member_offset + len <= *cursor)
+                .map(|(new, _)| new),
             _ => None,
         }
     }
 
-    /// Writes one member range. Ok only when the whole range reached the member; a
-    /// recovering member takes only what lies below its cursor (the rebuild does the rest).
+    /// How far a slot that is being filled takes writes: the rebuild cursor of a recovering
+    /// member, or the copy cursor of a replacement whose old member failed. None for a slot
+    /// that takes every write (active) or none (faulty, missing).
+    fn fill_cursor(&self, slot: usize) -> Option<u64> {
+        match self.slots.borrow().get(slot) {
+            Some(SlotState::Recovering(_, c)) => Some(c.get()),
+            Some(SlotState::Faulty(_) | SlotState::Missing) => {
+                self.orphaned_replacement(slot).map(|(_, c)| c)
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes one member range. Ok only when the whole range reached the member; a member
+    /// being filled takes only what lies below its cursor (the fill does the rest).
     pub(super) async fn write_slot(
         &self,
         slot: usize,
@@ -119,12 +138,7 @@ impl Array {
         buf: BufSlice,
         fua: bool,
     ) -> SlotResult {
-        let cursor = self
-            .slots
-            .borrow()
-            .get(slot)
-            .and_then(|s| s.recovered_bytes());
-        if let Some(cursor) = cursor {
+        if let Some(cursor) = self.fill_cursor(slot) {
             if member_offset < cursor && member_offset + buf.len() as u64 > cursor {
                 let below = buf.slice(0, (cursor - member_offset) as usize);
                 let _ = Box::pin(self.write_slot(slot, member_offset, below, fua)).await;
@@ -134,6 +148,12 @@ impl Array {
         let disk = self
             .writable_disk(slot, member_offset, buf.len() as u64)
             .ok_or(SlotGone)?;
+        if self.is_replacement(&disk) {
+            // The old member is gone: this is the slot's only copy-in-progress, and the
+            // slot still counts as missing for the caller (its redundancy covers it).
+            self.write_replacement(&disk, member_offset, buf, fua).await;
+            return Err(SlotGone);
+        }
         // A replacement being built for this slot gets the write too, below its cursor.
         let mirror = self.replacement_write(slot, member_offset, &buf, fua);
         let main = disk
@@ -156,18 +176,14 @@ impl Array {
         len: u64,
         discard: bool,
     ) -> SlotResult {
-        let cursor = self
-            .slots
-            .borrow()
-            .get(slot)
-            .and_then(|s| s.recovered_bytes());
-        let len = match cursor {
+        let len = match self.fill_cursor(slot) {
             Some(c) if member_offset < c => len.min(c - member_offset),
             _ => len,
         };
         let disk = self
             .writable_disk(slot, member_offset, len)
             .ok_or(SlotGone)?;
+        let replacing = self.is_replacement(&disk);
         let at = disk.data_offset + member_offset;
         let r = if discard {
             disk.member.discard(at, len).await
@@ -175,10 +191,16 @@ impl Array {
             disk.member.write_zeroes(at, len).await
         };
         match r {
+            Ok(()) if replacing => Err(SlotGone),
             Ok(()) => {
                 self.replacement_zero(slot, member_offset, len, discard)
                     .await;
                 Ok(())
+            }
+            Err(e) if replacing => {
+                self.abort_replacement(&format!("zeroing on the new member failed: {e}"), true)
+                    .await;
+                Err(SlotGone)
             }
             Err(e) => Err(self
                 .slot_failed(slot, &disk, "zero", member_offset, e)
@@ -186,18 +208,36 @@ impl Array {
         }
     }
 
+    /// Flushes every member that holds live data: active members, members being rebuilt
+    /// (their bytes below the cursor take writes, and `recovery_offset` will vouch for them)
+    /// and a replacement being built. A member whose flush fails is failed (a replacement is
+    /// given up) before this returns.
     pub(super) async fn flush_members(&self) -> Result<()> {
-        let disks: Vec<(usize, Rc<Disk>)> = (0..self.geo.members())
-            .filter_map(|slot| self.active_disk(slot).map(|d| (slot, d)))
+        let disks: Vec<(usize, Rc<Disk>)> = self
+            .slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| match s {
+                SlotState::Active(d) | SlotState::Recovering(d, _) => Some((slot, d.clone())),
+                _ => None,
+            })
             .collect();
-        let results = join_all(disks.iter().map(|(slot, disk)| async move {
-            match disk.member.flush().await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(self.slot_failed(*slot, disk, "flush", 0, e).await),
+        let replacement = self.replacement_target();
+        let members = join_all(disks.iter().map(|(slot, disk)| async move {
+            if let Err(e) = disk.member.flush().await {
+                self.slot_failed(*slot, disk, "flush", 0, e).await;
             }
-        }))
-        .await;
-        drop(results);
+        }));
+        let new = async {
+            if let Some(new) = &replacement {
+                if let Err(e) = new.member.flush().await {
+                    self.abort_replacement(&format!("flush of the new member failed: {e}"), true)
+                        .await;
+                }
+            }
+        };
+        futures::join!(members, new);
         if self.failed.get() {
             return Err(self.failed_error());
         }

@@ -98,11 +98,22 @@ impl Array {
             let Err(miss) = result else { continue };
             self.count(|c| c.degraded_reads += 1);
             let part = buf.slice(ext.buf_offset as usize, ext.len as usize);
-            self.read_from_any_copy(offset + ext.buf_offset, part.clone(), Some(ext.slot))
-                .await?;
-            if miss == super::correct::ReadMiss::Bad {
-                self.repair_range(ext.slot, ext.member_offset, part).await;
+            let at = offset + ext.buf_offset;
+            if miss == super::correct::ReadMiss::Gone {
+                self.read_from_any_copy(at, part, Some(ext.slot)).await?;
+                continue;
             }
+            // The good copy is read and the bad one rewritten under the stripe locks, as
+            // writes hold them: else a write could land on both copies between our read and
+            // our repair, and the repair would put the old bytes back on one of them.
+            let unit = self.geo.stripe_bytes();
+            let _guards = self
+                .locks
+                .lock_range(at / unit..(at + ext.len - 1) / unit + 1)
+                .await;
+            self.read_from_any_copy(at, part.clone(), Some(ext.slot))
+                .await?;
+            self.repair_range(ext.slot, ext.member_offset, part).await;
         }
         Ok(())
     }

@@ -89,6 +89,26 @@ pub struct Rig {
     pub events: Rc<std::cell::RefCell<Vec<raidcore::raid::events::Event>>>,
 }
 
+/// Simulated members `m0..` then spares `s0..`, with a volatile write cache if asked.
+pub fn sim_members(
+    members: usize,
+    spares: usize,
+    member_bytes: u64,
+    volatile: bool,
+) -> Vec<Rc<MemMember>> {
+    (0..members + spares)
+        .map(|i| {
+            let name = if i < members {
+                format!("m{i}")
+            } else {
+                format!("s{}", i - members)
+            };
+            let m = MemMember::new(&name, member_bytes, i as u64);
+            Rc::new(if volatile { m.with_volatile_cache() } else { m })
+        })
+        .collect()
+}
+
 /// Creates (fresh, bitmap, 64 KiB chunks) and assembles an array of `members` members of
 /// `member_bytes` and `spares` spares.
 pub async fn rig(
@@ -97,28 +117,35 @@ pub async fn rig(
     spares: usize,
     member_bytes: u64,
 ) -> Rig {
+    rig_on(
+        kind,
+        sim_members(members, spares, member_bytes, false),
+        members,
+        true,
+    )
+    .await
+}
+
+/// Creates an array on `sims` (the first `members` in slot order, the rest spares) and
+/// assembles it; `fresh` false leaves an initial resync to do.
+pub async fn rig_on(
+    kind: raidcore::layout::LayoutKind,
+    sims: Vec<Rc<MemMember>>,
+    members: usize,
+    fresh: bool,
+) -> Rig {
     use raidcore::member::{FaultHandle, FaultMember};
     use raidcore::raid::{assemble, create, AssembleOptions, CreateOptions};
-    let sims: Vec<Rc<MemMember>> = (0..members + spares)
-        .map(|i| {
-            let name = if i < members {
-                format!("m{i}")
-            } else {
-                format!("s{}", i - members)
-            };
-            Rc::new(MemMember::new(&name, member_bytes, i as u64))
-        })
-        .collect();
     let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
     let opts = CreateOptions {
         name: "t".into(),
         kind,
         chunk_bytes: 64 << 10,
         bitmap: true,
-        bitmap_chunk_bytes: None,
+        bitmap_chunk_bytes: Some(1 << 20),
         assume_clean: false,
         force: true,
-        fresh: true,
+        fresh,
         spare_group: None,
     };
     create(&plain[..members], &plain[members..], &opts)
@@ -143,6 +170,22 @@ pub async fn rig(
         faults,
         events,
     }
+}
+
+/// Assembles whatever the simulated members' stores hold now (after a crash or a power cut),
+/// on new simulated members over the same bytes.
+pub async fn reassemble(
+    sims: &[Rc<MemMember>],
+    opts: &raidcore::raid::AssembleOptions,
+) -> raidcore::Result<Rc<Array>> {
+    let members: Vec<Rc<dyn Member>> = sims
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Rc::new(MemMember::with_store(s.path(), s.store(), 1000 + i as u64)) as Rc<dyn Member>
+        })
+        .collect();
+    Ok(raidcore::raid::assemble(members, opts).await?.array)
 }
 
 /// Deterministic, position-dependent contents (a different `seed` gives different bytes).
