@@ -533,25 +533,43 @@ fn raid5_degraded_with_stale_member() {
     );
     drop(data);
 
-    // With --force the stale member is used.
+    // --force uses the stale member only where the array cannot start without it (mdadm's
+    // rule): with the three fresh members there, it stays out.
     let force_ro = AssembleOptions {
         force: true,
         read_only: true,
+        run: true,
         ..AssembleOptions::default()
     };
+    let slot2 = with_assembled(&fx.members, force_ro.clone(), |a| async move {
+        Ok(a.array.slots()[2].is_active())
+    })
+    .unwrap_or_else(|e| panic!("{name}: all four members with force: {e}"));
+    assert!(
+        !slot2,
+        "{name}: with force and enough fresh members, the stale {m2} must stay out"
+    );
+    // Without member 1 the array needs it: slot 2 is then active and holds it.
+    let without_m1: Vec<String> = fx
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, m)| m.clone())
+        .collect();
     let m2_for_check = m2.clone();
-    let slot2 = with_assembled(&fx.members, force_ro, |a| async move {
+    let slot2 = with_assembled(&without_m1, force_ro, |a| async move {
         let slots = a.array.slots();
         Ok((
             slots[2].is_active(),
             slots[2].disk().map(|d| d.member.path().to_string()),
         ))
     })
-    .unwrap_or_else(|e| panic!("{name}: all four members with force: {e}"));
+    .unwrap_or_else(|e| panic!("{name}: members 0, 2, 3 with force: {e}"));
     assert_eq!(
         slot2,
         (true, Some(m2_for_check)),
-        "{name}: with force, slot 2 should be active and hold {m2}"
+        "{name}: with force and member 1 absent, slot 2 should be active and hold {m2}"
     );
 }
 

@@ -157,6 +157,16 @@ pub fn print_report(r: &StatusReport) {
             m.path.as_deref().unwrap_or("-"),
             m.state
         );
+        if !m.bad_blocks.is_empty() {
+            let total: u64 = m.bad_blocks.iter().map(|b| b.bytes).sum();
+            let first = &m.bad_blocks[0];
+            println!(
+                "           bad blocks: {} in {} range(s), first at data offset {} (reads there fail with EIO until written)",
+                format_size(total),
+                m.bad_blocks.len(),
+                first.offset
+            );
+        }
     }
     if r.missing != "none" {
         println!("  missing: {}", r.missing);

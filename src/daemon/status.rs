@@ -20,6 +20,17 @@ pub struct MemberReport {
     pub recovered_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_total_bytes: Option<u64>,
+    /// Ranges of the member's data area in its bad-block log (md's): their data could not be
+    /// had, so they are never read as data; reads that need them fail with EIO until written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_blocks: Vec<BadRange>,
+}
+
+/// One recorded bad range: bytes from the start of the member's data area.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BadRange {
+    pub offset: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -117,6 +128,7 @@ impl StatusReport {
                     state: state.into(),
                     recovered_bytes: s.recovered_bytes(),
                     recovery_total_bytes: s.recovered_bytes().map(|_| geo.slot_used_bytes(slot)),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -128,6 +140,7 @@ impl StatusReport {
                 state: "recovering".into(),
                 recovered_bytes: Some(done),
                 recovery_total_bytes: Some(total),
+                ..Default::default()
             });
         }
         for d in array.replaced_faulty() {
@@ -147,6 +160,17 @@ impl StatusReport {
                 state: "spare".into(),
                 ..Default::default()
             });
+        }
+        for (path, ranges) in array.bad_blocks() {
+            if let Some(m) = members
+                .iter_mut()
+                .find(|m| m.path.as_deref() == Some(path.as_str()))
+            {
+                m.bad_blocks = ranges
+                    .into_iter()
+                    .map(|(offset, bytes)| BadRange { offset, bytes })
+                    .collect();
+            }
         }
         let sb = array.superblock();
         StatusReport {

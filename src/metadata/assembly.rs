@@ -13,8 +13,11 @@
 //! 3. The freshest device (highest events) is the reference; its dev_roles decide each fresh
 //!    device's role (by that device's dev_number).
 //! 4. A device whose events + 1 < the reference's missed updates: it is stale. Its data may be
-//!    out of date, so it is left out unless `force` is given (then the caller rewrites its
-//!    events). A stale device's own superblock still says which slot it had.
+//!    out of date, so it is left out. With `force`, stale devices are used only while the
+//!    fresh ones are not enough to run the array at all, the freshest first, as mdadm's
+//!    `--assemble --force` does (then the caller rewrites their events): a stale member is
+//!    never used where the array can run without it. A stale device's own superblock still
+//!    says which slot it had.
 //! 5. A device the reference marks faulty is left out; spares need no matching events (md does
 //!    not write to spares on every clean/dirty change).
 //! 6. Two devices claiming one slot: the fresher wins.
@@ -302,8 +305,25 @@ pub fn plan_assembly(
         forced: Vec::new(),
         degraded: false,
     };
+    let mut stale = Vec::new();
     for (index, sb) in sbs.iter().enumerate() {
-        place_candidate(&mut plan, candidates, &sbs, index, sb, options.force);
+        if !place_candidate(&mut plan, candidates, &sbs, index, sb) {
+            stale.push(index);
+        }
+    }
+    // Freshest first; each joins only while the array cannot run without it.
+    stale.sort_by_key(|&i| std::cmp::Reverse(sbs[i].events));
+    for index in stale {
+        let sb = sbs[index];
+        if options.force && !enough(&plan.reference, &plan.slots) {
+            place_in_slot(&mut plan, candidates, &sbs, index, sb.own_role());
+            continue;
+        }
+        let reason = ExclusionReason::Stale {
+            events: sb.events,
+            array_events: plan.reference.events,
+        };
+        plan.excluded.push((index, reason));
     }
     plan.degraded = plan.slots.iter().any(Option::is_none);
     debug_assert!(plan
@@ -314,17 +334,17 @@ pub fn plan_assembly(
     Ok(plan)
 }
 
-/// Puts one candidate in a slot, among the spares, or among the excluded.
+/// Puts one fresh candidate in a slot, among the spares, or among the excluded. Returns
+/// false for a stale candidate whose own record says it had a slot: the caller decides
+/// (with `force`, only if the array cannot run without it).
 fn place_candidate(
     plan: &mut AssemblyPlan,
     candidates: &[Candidate],
     sbs: &[&Superblock],
     index: usize,
     sb: &Superblock,
-    force: bool,
-) {
-    let array_events = plan.reference.events;
-    let fresh = sb.events.saturating_add(1) >= array_events;
+) -> bool {
+    let fresh = sb.events.saturating_add(1) >= plan.reference.events;
     // A fresh member's role is what the array says; a stale member's table is out of date
     // about the others but still tells which slot it had when it dropped out.
     let role = if fresh {
@@ -332,6 +352,21 @@ fn place_candidate(
     } else {
         sb.own_role()
     };
+    if !fresh && matches!(role, Role::Active(slot) if u32::from(slot) < plan.reference.raid_disks) {
+        return false;
+    }
+    place_in_slot(plan, candidates, sbs, index, role);
+    true
+}
+
+/// Places candidate `index` by `role`; a stale one that wins its slot is recorded as forced.
+fn place_in_slot(
+    plan: &mut AssemblyPlan,
+    candidates: &[Candidate],
+    sbs: &[&Superblock],
+    index: usize,
+    role: Role,
+) {
     let slot = match role {
         Role::Spare => return plan.spares.push(index),
         Role::Faulty => return plan.excluded.push((index, ExclusionReason::MarkedFaulty)),
@@ -343,14 +378,7 @@ fn place_candidate(
         let reason = ExclusionReason::InvalidSlot { slot, raid_disks };
         return plan.excluded.push((index, reason));
     }
-    if !fresh && !force {
-        let events = sb.events;
-        let reason = ExclusionReason::Stale {
-            events,
-            array_events,
-        };
-        return plan.excluded.push((index, reason));
-    }
+    let fresh = sbs[index].events.saturating_add(1) >= plan.reference.events;
     let holder = plan.slots[usize::from(slot)];
     let (winner, loser) = match holder {
         None => (index, None),
@@ -369,5 +397,33 @@ fn place_candidate(
             winner_path: candidates[winner].path.clone(),
         };
         plan.excluded.push((loser, reason));
+    }
+}
+
+/// Whether the members in `slots` can run the array (md's `enough()`): RAID0 needs all,
+/// RAID1 one, RAID4/5 all but one, RAID6 all but two, RAID10 one in every set of copies.
+pub fn enough(reference: &Superblock, slots: &[Option<usize>]) -> bool {
+    let present = slots.iter().filter(|s| s.is_some()).count();
+    let disks = slots.len();
+    match reference.level {
+        1 => present >= 1,
+        4 | 5 => present + 1 >= disks,
+        6 => present + 2 >= disks,
+        10 => {
+            let near = (reference.layout & 0xff).max(1) as usize;
+            let far = ((reference.layout >> 8) & 0xff).max(1) as usize;
+            let copies = near * far;
+            let mut first = 0;
+            loop {
+                if (0..copies).all(|k| slots[(first + k) % disks].is_none()) {
+                    return false;
+                }
+                first = (first + near) % disks;
+                if first == 0 {
+                    return true;
+                }
+            }
+        }
+        _ => present == disks,
     }
 }

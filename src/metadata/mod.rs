@@ -31,6 +31,7 @@
 //! * `examine`: a report like `mdadm --examine`, for people and for `--json`.
 
 mod assembly;
+mod badblocks;
 mod bitmap;
 mod create;
 mod examine;
@@ -47,6 +48,7 @@ mod tests;
 pub use assembly::{
     plan_assembly, AssemblyError, AssemblyOptions, AssemblyPlan, Candidate, ExclusionReason,
 };
+pub use badblocks::{BadBlockError, BadBlocks};
 pub use bitmap::{
     bitmap_bytes_on_disk, choose_bitmap_chunk_bytes, clear_bit, count_bits, nbits,
     new_bitmap_superblock, set_bit, test_bit, BitmapSuper, BITMAP_CHUNK_MIN_DEFAULT_BYTES,

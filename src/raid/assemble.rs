@@ -84,11 +84,11 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             continue;
         };
         let sb = own_sb(i);
-        let disk = Rc::new(Disk {
-            member: members[i].clone(),
-            data_offset: sb.data_offset_sectors * SECTOR,
-            dev_number: sb.dev_number,
-        });
+        let disk = Rc::new(Disk::new(
+            members[i].clone(),
+            sb.data_offset_sectors * SECTOR,
+            sb.dev_number,
+        ));
         let recovering =
             sb.has_feature(FEATURE_RECOVERY_OFFSET) && sb.recovery_offset_sectors != u64::MAX;
         let cursor = sb.recovery_offset_sectors.saturating_mul(SECTOR);
@@ -109,11 +109,11 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     let mut spares = Vec::new();
     for &i in &plan.spares {
         let sb = own_sb(i);
-        let disk = Rc::new(Disk {
-            member: members[i].clone(),
-            data_offset: sb.data_offset_sectors * SECTOR,
-            dev_number: sb.dev_number,
-        });
+        let disk = Rc::new(Disk::new(
+            members[i].clone(),
+            sb.data_offset_sectors * SECTOR,
+            sb.dev_number,
+        ));
         meta_disks.push(meta_disk(disk.clone(), sb).await);
         spares.push(disk);
     }
@@ -316,6 +316,9 @@ async fn read_raw_superblock(
 }
 
 async fn meta_disk(disk: Rc<Disk>, sb: Superblock) -> MetaDisk {
+    if let Err(e) = super::badblocks::load(&disk, &sb).await {
+        tracing::warn!("{e}: its bad-block log is ignored");
+    }
     let mut bitmap_sector = None;
     if sb.has_feature(FEATURE_BITMAP_OFFSET) {
         let at = SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * SECTOR as i64;

@@ -24,6 +24,9 @@ pub(super) enum ReadMiss {
     Gone,
     /// The member is there but this range failed: use redundancy, then repair it.
     Bad,
+    /// The range is in the member's bad-block log: use redundancy, then write it (not a new
+    /// read error, so not counted).
+    Recorded,
 }
 
 impl Array {
@@ -38,6 +41,11 @@ impl Array {
         let Some(disk) = self.active_disk(slot) else {
             return Err(ReadMiss::Gone);
         };
+        if disk.has_bad(member_offset, buf.len() as u64) {
+            // Recorded bad: redundancy answers and the repair writes the range (clearing the
+            // record) when it can.
+            return Err(ReadMiss::Recorded);
+        }
         match disk
             .member
             .read(disk.data_offset + member_offset, buf)
@@ -57,8 +65,15 @@ impl Array {
         }
     }
 
-    /// Writes reconstructed `data` back over a range that failed to read, and counts it.
-    pub(super) async fn repair_range(&self, slot: usize, member_offset: u64, data: BufSlice) {
+    /// Writes reconstructed `data` back over a range that failed to read (`miss`), and counts
+    /// it when it was a read error.
+    pub(super) async fn repair_range(
+        &self,
+        slot: usize,
+        member_offset: u64,
+        data: BufSlice,
+        miss: ReadMiss,
+    ) {
         let Some(disk) = self.active_disk(slot) else {
             return;
         };
@@ -68,6 +83,9 @@ impl Array {
             .is_err()
         {
             return; // write_slot failed the member already
+        }
+        if miss != ReadMiss::Bad {
+            return;
         }
         let count = self.count_corrected(&disk);
         self.emit(Event::ReadErrorCorrected {
@@ -96,7 +114,7 @@ impl Array {
 }
 
 /// A media error (the range is bad) as opposed to a device that went away.
-fn is_media_error(e: &std::io::Error) -> bool {
+pub(super) fn is_media_error(e: &std::io::Error) -> bool {
     !matches!(
         e.raw_os_error(),
         Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::ENOENT) | Some(libc::EBADF)

@@ -58,6 +58,13 @@ pub enum Event {
         member: String,
         corrected: u32,
     },
+    /// Data that could not be had (unreadable on every source) recorded in a member's
+    /// bad-block log: reads of it fail with EIO until it is written.
+    BadBlocksRecorded {
+        member: String,
+        offset: u64,
+        bytes: u64,
+    },
     CheckFinished {
         repair: bool,
         mismatch_sectors: u64,
@@ -97,6 +104,7 @@ impl Event {
             Event::SparesMissing { .. } => "SparesMissing",
             Event::MemberAdded { .. } => "MemberAdded",
             Event::ReadErrorCorrected { .. } => "ReadErrorCorrected",
+            Event::BadBlocksRecorded { .. } => "BadBlocksRecorded",
             Event::CheckFinished { .. } => "CheckFinished",
             Event::ResyncFinished { .. } => "ResyncFinished",
             Event::SpareMoved { .. } => "SpareMoved",
@@ -117,6 +125,7 @@ impl Event {
             | Event::RebuildAborted { member, .. }
             | Event::MemberAdded { member, .. }
             | Event::ReadErrorCorrected { member, .. }
+            | Event::BadBlocksRecorded { member, .. }
             | Event::SpareMoved { member, .. }
             | Event::MemberRemoved { member } => Some(member),
             _ => None,
@@ -130,7 +139,8 @@ impl Array {
         match &event {
             Event::MemberFailed { .. }
             | Event::ArrayFailed { .. }
-            | Event::RebuildAborted { .. } => {
+            | Event::RebuildAborted { .. }
+            | Event::BadBlocksRecorded { .. } => {
                 tracing::error!(array = %self.name, "{}: {event:?}", event.name())
             }
             Event::DegradedArray { .. }

@@ -278,11 +278,7 @@ impl Array {
             .as_ref()
             .map(|i| i.map.borrow().chunk_bytes() as u32);
         write_member_metadata(member.as_ref(), &sb, chunk, group.as_deref()).await?;
-        let disk = Rc::new(Disk {
-            member: member.clone(),
-            data_offset,
-            dev_number,
-        });
+        let disk = Rc::new(Disk::new(member.clone(), data_offset, dev_number));
         let bitmap_sector = if sb.bitmap_offset_sectors != 0 {
             let at =
                 (SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * 512) as u64;

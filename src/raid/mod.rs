@@ -17,6 +17,7 @@
 //! so concurrent overlapping writes never interleave on a stripe.
 
 mod assemble;
+mod badblocks;
 mod correct;
 mod create;
 pub mod events;

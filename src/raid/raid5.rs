@@ -32,8 +32,38 @@ impl ChunkWrite {
     }
 }
 
-/// Why one attempt at a row did not finish: a member dropped out while reading.
-struct Retry;
+/// Why one attempt at a row did not finish: a member dropped out while reading (it is no
+/// longer active, so the next attempt is degraded), or `unreadable` could not deliver a read
+/// but is still in (a bad sector: the next attempt treats it as missing for this row, and
+/// writing it repairs it).
+struct Retry {
+    unreadable: Option<usize>,
+}
+
+impl Array {
+    /// The outcome of a row's member reads, `(slot, result)` each.
+    fn row_reads_ok(
+        &self,
+        reads: impl IntoIterator<Item = (usize, std::result::Result<(), SlotGone>)>,
+    ) -> std::result::Result<(), Retry> {
+        let mut failed = false;
+        for (slot, r) in reads {
+            if r.is_err() {
+                failed = true;
+                if self.is_slot_active(slot) {
+                    return Err(Retry {
+                        unreadable: Some(slot),
+                    });
+                }
+            }
+        }
+        if failed {
+            Err(Retry { unreadable: None })
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Stripes zeroed per lock batch: bounded lock memory and latency for whole-device trims.
 const ZERO_BATCH_BYTES: u64 = 64 << 20;
@@ -66,8 +96,9 @@ impl Array {
         self.reconstruct(loc.slot, loc.member_offset, buf.clone())
             .await
             .map_err(|_| self.lost_error(array_offset))?;
-        if miss == super::correct::ReadMiss::Bad {
-            self.repair_range(loc.slot, loc.member_offset, buf).await;
+        if miss != super::correct::ReadMiss::Gone {
+            self.repair_range(loc.slot, loc.member_offset, buf, miss)
+                .await;
         }
         Ok(())
     }
@@ -141,16 +172,28 @@ impl Array {
                 src: data.slice((p.array_offset - array_offset) as usize, p.len as usize),
             });
         }
-        // Each failure removes a member; after two the array has failed and we stop.
-        for _ in 0..self.geo.members() {
+        // Each failure removes a member; after two the array has failed and we stop. One
+        // member that cannot be read in this row is treated as missing for it (its part is
+        // rebuilt from the others and rewritten); a second one leaves no way to compute parity,
+        // and the write fails without touching anything.
+        let mut unreadable = None;
+        for _ in 0..self.geo.members() + 1 {
             if self.failed.get() {
                 return Err(self.failed_error());
             }
-            if self.write_row_once(stripe, &writes, fua).await.is_ok() {
-                if self.failed.get() {
-                    return Err(self.failed_error());
+            match self.write_row_once(stripe, &writes, fua, unreadable).await {
+                Ok(()) if self.failed.get() => return Err(self.failed_error()),
+                Ok(()) => return Ok(()),
+                Err(Retry {
+                    unreadable: Some(slot),
+                }) => {
+                    let degraded = self.slots.borrow().iter().any(|s| !s.is_active());
+                    if degraded || unreadable.is_some() {
+                        return Err(self.lost_error(array_offset));
+                    }
+                    unreadable = Some(slot);
                 }
-                return Ok(());
+                Err(Retry { unreadable: None }) => {}
             }
         }
         Err(self.failed_error())
@@ -161,6 +204,7 @@ impl Array {
         stripe: u64,
         writes: &[Option<ChunkWrite>],
         fua: bool,
+        unreadable: Option<usize>,
     ) -> std::result::Result<(), Retry> {
         let chunk = self.geo.chunk_bytes();
         let row_base = stripe * chunk;
@@ -175,10 +219,11 @@ impl Array {
             .min()
             .unwrap_or(0);
         let hi = writes.iter().flatten().map(|w| w.end()).max().unwrap_or(0);
-        let missing_data = data_slots.iter().position(|&s| !self.is_slot_active(s));
+        let usable = |s: usize| self.is_slot_active(s) && Some(s) != unreadable;
+        let missing_data = data_slots.iter().position(|&s| !usable(s));
         // The parity member takes this row when active, or when it is being rebuilt and its
         // cursor is past the row (then its old parity is valid but we recompute it anyway).
-        let parity_active = self.is_slot_active(parity_slot);
+        let parity_active = usable(parity_slot);
         let parity_takes_row = self.writable_disk(parity_slot, row_base, chunk).is_some();
 
         let full = writes.iter().all(|w| {
@@ -197,8 +242,10 @@ impl Array {
             None
         } else if let Some(missing) = missing_data {
             if !parity_active {
-                // Two members not active: the array has failed (checked by the caller).
-                return Err(Retry);
+                // Two members not usable: failed (checked by the caller) or unreadable.
+                return Err(Retry {
+                    unreadable: unreadable.or(Some(parity_slot)),
+                });
             }
             let (p, row) = self
                 .parity_reconstructing(row_base, &data_slots, parity_slot, missing, writes, lo, hi)
@@ -267,16 +314,16 @@ impl Array {
             .enumerate()
             .filter_map(|(k, w)| w.as_ref().map(|w| (k, BufSlice::zeroed(w.src.len()))))
             .collect();
+        let mut slots = vec![parity_slot];
         let mut reads = vec![self.read_slot(parity_slot, row_base + lo, parity.clone())];
         for (k, old) in &olds {
             let w = writes[*k]
                 .as_ref()
                 .expect("old buffer only for written chunks");
+            slots.push(data_slots[*k]);
             reads.push(self.read_slot(data_slots[*k], row_base + w.chunk_offset, old.clone()));
         }
-        if join_all(reads).await.iter().any(|r| r.is_err()) {
-            return Err(Retry);
-        }
+        self.row_reads_ok(slots.into_iter().zip(join_all(reads).await))?;
         let p = parity.bytes_mut();
         for (k, old) in &olds {
             let w = writes[*k].as_ref().expect("written chunk");
@@ -314,9 +361,8 @@ impl Array {
         let reads = segments
             .iter()
             .map(|(at, buf, slot)| self.read_slot(*slot, row_base + lo + at, buf.clone()));
-        if join_all(reads).await.iter().any(|r| r.is_err()) {
-            return Err(Retry);
-        }
+        let results = join_all(reads).await;
+        self.row_reads_ok(segments.iter().map(|s| s.2).zip(results))?;
         let parity = BufSlice::zeroed((hi - lo) as usize);
         let p = parity.bytes_mut();
         for (at, buf, _) in &segments {
@@ -345,15 +391,15 @@ impl Array {
         let width = (hi - lo) as usize;
         let row: Vec<BufSlice> = data_slots.iter().map(|_| BufSlice::zeroed(width)).collect();
         let parity = BufSlice::zeroed(width);
+        let mut slots = vec![parity_slot];
         let mut reads = vec![self.read_slot(parity_slot, row_base + lo, parity.clone())];
         for (k, slot) in data_slots.iter().enumerate() {
             if k != missing {
+                slots.push(*slot);
                 reads.push(self.read_slot(*slot, row_base + lo, row[k].clone()));
             }
         }
-        if join_all(reads).await.iter().any(|r| r.is_err()) {
-            return Err(Retry);
-        }
+        self.row_reads_ok(slots.into_iter().zip(join_all(reads).await))?;
         {
             let lost = row[missing].bytes_mut();
             lost.copy_from_slice(parity.bytes());

@@ -330,11 +330,16 @@ impl Array {
                     (len, guards, len)
                 }
                 Step::NoSource => {
+                    drop(pipeline);
                     self.emit(Event::RebuildAborted {
                         slot,
                         member,
-                        reason: "no readable source for the data".into(),
+                        reason:
+                            "no readable source for the data, and it could not be recorded as lost"
+                                .into(),
                     });
+                    // Retrying would hit the same sectors: the member cannot take this slot.
+                    self.fail_recovering(slot, &disk).await;
                     return;
                 }
                 Step::WriteFailed(e) => {
@@ -424,7 +429,7 @@ impl Array {
             return Step::Skipped(len, guards);
         }
         let buf = BufSlice::zeroed(len as usize);
-        if !self.read_for_rebuild(slot, at, &buf).await {
+        if !self.fill_for(slot, disk, at, &buf, false).await {
             return Step::NoSource;
         }
         match disk.member.write(disk.data_offset + at, buf, false).await {
@@ -490,6 +495,51 @@ impl Array {
             guards.push(self.locks.lock(k).await);
         }
         guards
+    }
+
+    /// Fills `buf` with what `slot` must hold at `member_offset`, for `target` (the member
+    /// being rebuilt or the replacement): from `slot`'s own member first when `own_first`,
+    /// else from redundancy. Where neither has the data (unreadable sectors on the sources),
+    /// the 4 KiB blocks concerned are recorded bad on `target` and the rest is filled; false
+    /// when the array has no sources left at all (it failed) or `target` cannot keep the
+    /// record.
+    pub(super) async fn fill_for(
+        &self,
+        slot: usize,
+        target: &Rc<super::Disk>,
+        member_offset: u64,
+        buf: &BufSlice,
+        own_first: bool,
+    ) -> bool {
+        let whole = (own_first
+            && self
+                .read_slot(slot, member_offset, buf.clone())
+                .await
+                .is_ok())
+            || self.read_for_rebuild(slot, member_offset, buf).await;
+        if whole {
+            return true;
+        }
+        if self.failed.get() {
+            return false;
+        }
+        const BLOCK: usize = 4096;
+        for start in (0..buf.len()).step_by(BLOCK) {
+            let part = buf.slice(start, BLOCK.min(buf.len() - start));
+            let at = member_offset + start as u64;
+            let got = (own_first && self.read_slot(slot, at, part.clone()).await.is_ok())
+                || self.read_for_rebuild(slot, at, &part).await;
+            if self.failed.get() {
+                return false;
+            }
+            if !got {
+                part.bytes_mut().fill(0);
+                if !self.record_bad(target, at, part.len() as u64).await {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Fills `buf` with what `slot` must hold at `member_offset`, from the other members.

@@ -318,12 +318,14 @@ impl Array {
             let len = step.min(total - at);
             let guards = self.lock_member_range(slot, at, len).await;
             let buf = BufSlice::zeroed(len as usize);
-            let read = self.read_slot(slot, at, buf.clone()).await.is_ok()
-                || self.read_for_rebuild(slot, at, &buf).await;
+            let read = self.fill_for(slot, &new, at, &buf, true).await;
             if !read {
                 drop(guards);
                 return self
-                    .abort_replacement("no readable source for the data", false)
+                    .abort_replacement(
+                        "no readable source for the data, and it could not be recorded as lost",
+                        true,
+                    )
                     .await;
             }
             if let Err(e) = new.member.write(new.data_offset + at, buf, false).await {

@@ -235,7 +235,11 @@ impl Array {
             .enumerate()
             .map(|(slot, b)| self.read_slot(slot, at, b.clone()));
         if join_all(reads).await.iter().any(|r| r.is_err()) {
-            return None;
+            // A member gone ends the check; unreadable sectors are dealt with block by block.
+            if self.slots.borrow().iter().any(|s| !s.is_active()) {
+                return None;
+            }
+            return self.scrub_rows_by_block(at, len, repair).await;
         }
         let acc = BufSlice::zeroed(len as usize);
         for b in &bufs {
@@ -269,6 +273,64 @@ impl Array {
         Some(sectors)
     }
 
+    /// `scrub_rows` where some member could not read part of the region (locks held): each
+    /// 4 KiB block with one unreadable member is rebuilt from the others and rewritten there
+    /// (a corrected read error, as md's check does); one with two is lost and recorded bad on
+    /// both; the others are compared as usual.
+    async fn scrub_rows_by_block(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
+        let chunk = self.geo.chunk_bytes();
+        let mut sectors = 0;
+        for off in (at..at + len).step_by(BLOCK) {
+            let n = (BLOCK as u64).min(at + len - off) as usize;
+            let bufs: Vec<BufSlice> = (0..self.geo.members())
+                .map(|_| BufSlice::zeroed(n))
+                .collect();
+            let reads = bufs
+                .iter()
+                .enumerate()
+                .map(|(slot, b)| self.read_slot(slot, off, b.clone()));
+            let results = join_all(reads).await;
+            if self.slots.borrow().iter().any(|s| !s.is_active()) {
+                return None;
+            }
+            let unreadable: Vec<usize> = (0..results.len())
+                .filter(|&i| results[i].is_err())
+                .collect();
+            let acc = BufSlice::zeroed(n);
+            for (slot, b) in bufs.iter().enumerate() {
+                if !unreadable.contains(&slot) {
+                    xor_into(acc.bytes_mut(), b.bytes());
+                }
+            }
+            match unreadable.as_slice() {
+                [] if acc.bytes().iter().any(|&x| x != 0) => {
+                    sectors += (n / 512) as u64;
+                    if repair {
+                        let pslot = self.geo.raid5_parity_slot(off / chunk);
+                        xor_into(acc.bytes_mut(), bufs[pslot].bytes());
+                        if self.write_slot(pslot, off, acc, false).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                [] => {}
+                // The XOR of the others is exactly what the unreadable member holds.
+                [slot] => {
+                    self.repair_range(*slot, off, acc, super::correct::ReadMiss::Bad)
+                        .await
+                }
+                lost => {
+                    for &slot in lost {
+                        if let Some(d) = self.active_disk(slot) {
+                            self.record_bad(&d, off, n as u64).await;
+                        }
+                    }
+                }
+            }
+        }
+        Some(sectors)
+    }
+
     /// Mirror chunks covering array bytes `at..at+len`: returns mismatching sectors.
     async fn scrub_copies(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
         let unit = self.geo.stripe_bytes();
@@ -288,7 +350,13 @@ impl Array {
                 .zip(&bufs)
                 .map(|(c, b)| self.read_slot(c.slot, c.member_offset, b.clone()));
             if join_all(reads).await.iter().any(|r| r.is_err()) {
-                return None;
+                if self.slots.borrow().iter().any(|s| !s.is_active()) {
+                    return None;
+                }
+                sectors += self
+                    .scrub_piece_by_block(copies.as_slice(), piece.len, repair)
+                    .await?;
+                continue;
             }
             for (i, block) in bufs[0].bytes().chunks(BLOCK).enumerate() {
                 let range = i * BLOCK..i * BLOCK + block.len();
@@ -312,6 +380,61 @@ impl Array {
                         }
                     }
                 }
+            }
+        }
+        Some(sectors)
+    }
+
+    /// One mirror piece where a copy could not be read (locks held), block by block: an
+    /// unreadable copy is rewritten from a readable one (a corrected read error); a block no
+    /// copy can read is lost and recorded bad on every copy; readable copies are compared.
+    async fn scrub_piece_by_block(
+        &self,
+        copies: &[crate::layout::Placement],
+        len: u64,
+        repair: bool,
+    ) -> Option<u64> {
+        let mut sectors = 0;
+        for start in (0..len).step_by(BLOCK) {
+            let n = (BLOCK as u64).min(len - start) as usize;
+            let bufs: Vec<BufSlice> = copies.iter().map(|_| BufSlice::zeroed(n)).collect();
+            let reads = copies
+                .iter()
+                .zip(&bufs)
+                .map(|(c, b)| self.read_slot(c.slot, c.member_offset + start, b.clone()));
+            let ok: Vec<bool> = join_all(reads).await.iter().map(|r| r.is_ok()).collect();
+            if self.slots.borrow().iter().any(|s| !s.is_active()) {
+                return None;
+            }
+            let Some(good) = ok.iter().position(|&o| o) else {
+                for c in copies {
+                    if let Some(d) = self.active_disk(c.slot) {
+                        self.record_bad(&d, c.member_offset + start, n as u64).await;
+                    }
+                }
+                continue;
+            };
+            let mut differs = false;
+            for (k, c) in copies.iter().enumerate() {
+                let at = c.member_offset + start;
+                if !ok[k] {
+                    let data = bufs[good].clone();
+                    self.repair_range(c.slot, at, data, super::correct::ReadMiss::Bad)
+                        .await;
+                } else if bufs[k].bytes() != bufs[good].bytes() {
+                    differs = true;
+                    if repair
+                        && self
+                            .write_slot(c.slot, at, bufs[good].clone(), false)
+                            .await
+                            .is_err()
+                    {
+                        return None;
+                    }
+                }
+            }
+            if differs {
+                sectors += (n / 512) as u64;
             }
         }
         Some(sectors)

@@ -6,7 +6,7 @@
 //! order matters: a write must not be acknowledged while the disks still call a member in sync
 //! that missed it, or a crash could bring the stale member back as good.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use futures::future::join_all;
@@ -16,6 +16,7 @@ use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::Level;
 use crate::member::Member;
+use crate::metadata::BadBlocks;
 
 /// One member device of an array, with where its data area begins.
 pub struct Disk {
@@ -24,6 +25,26 @@ pub struct Disk {
     pub data_offset: u64,
     /// Permanent index into the superblocks' dev_roles table.
     pub dev_number: u32,
+    /// Sectors of this device recorded as unreadable or never given their data (md's
+    /// bad-block log, absolute device sectors): never read as data, cleared when written.
+    pub bad: RefCell<BadBlocks>,
+}
+
+impl Disk {
+    pub fn new(member: Rc<dyn Member>, data_offset: u64, dev_number: u32) -> Disk {
+        Disk {
+            member,
+            data_offset,
+            dev_number,
+            bad: RefCell::new(BadBlocks::default()),
+        }
+    }
+
+    /// Whether any sector of the data-area range is recorded bad.
+    pub fn has_bad(&self, member_offset: u64, len: u64) -> bool {
+        let bad = self.bad.borrow();
+        !bad.is_empty() && bad.overlaps((self.data_offset + member_offset) / 512, len.div_ceil(512))
+    }
 }
 
 #[derive(Clone)]
@@ -74,6 +95,10 @@ impl Array {
         self.slots.borrow().get(slot).is_some_and(|s| s.is_active())
     }
 
+    /// Reads one member range. Err when the member is not active, the range is recorded
+    /// bad, or the read fails. On a redundant array a media error (a bad sector, not a
+    /// vanished device) leaves the member in: the caller uses redundancy, as md does; any
+    /// other error fails the member first.
     pub(super) async fn read_slot(
         &self,
         slot: usize,
@@ -81,12 +106,19 @@ impl Array {
         buf: BufSlice,
     ) -> SlotResult {
         let disk = self.active_disk(slot).ok_or(SlotGone)?;
+        if disk.has_bad(member_offset, buf.len() as u64) {
+            return Err(SlotGone);
+        }
         match disk
             .member
             .read(disk.data_offset + member_offset, buf)
             .await
         {
             Ok(()) => Ok(()),
+            Err(e) if self.geo.level() != Level::Raid0 && super::correct::is_media_error(&e) => {
+                tracing::warn!(array = %self.name, slot, member = disk.member.path(), "read error at data offset {member_offset}: {e}; using redundancy");
+                Err(SlotGone)
+            }
             Err(e) => Err(self
                 .slot_failed(slot, &disk, "read", member_offset, e)
                 .await),
@@ -155,13 +187,19 @@ impl Array {
             return Err(SlotGone);
         }
         // A replacement being built for this slot gets the write too, below its cursor.
+        let len = buf.len() as u64;
         let mirror = self.replacement_write(slot, member_offset, &buf, fua);
         let main = disk
             .member
             .write(disk.data_offset + member_offset, buf, fua);
         let (main, ()) = futures::join!(main, mirror);
         match main {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if disk.has_bad(member_offset, len) {
+                    self.clear_bad_after_write(&disk, member_offset, len).await;
+                }
+                Ok(())
+            }
             Err(e) => Err(self
                 .slot_failed(slot, &disk, "write", member_offset, e)
                 .await),
@@ -193,6 +231,9 @@ impl Array {
         match r {
             Ok(()) if replacing => Err(SlotGone),
             Ok(()) => {
+                if disk.has_bad(member_offset, len) {
+                    self.clear_bad_after_write(&disk, member_offset, len).await;
+                }
                 self.replacement_zero(slot, member_offset, len, discard)
                     .await;
                 Ok(())

@@ -113,7 +113,8 @@ impl Array {
                 .await;
             self.read_from_any_copy(at, part.clone(), Some(ext.slot))
                 .await?;
-            self.repair_range(ext.slot, ext.member_offset, part).await;
+            self.repair_range(ext.slot, ext.member_offset, part, miss)
+                .await;
         }
         Ok(())
     }
