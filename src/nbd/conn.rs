@@ -21,9 +21,14 @@ use crate::Error;
 /// Requests a connection may have in flight before we stop reading from it.
 pub const MAX_IN_FLIGHT: usize = 128;
 /// Buffer memory one connection may hold for requests in flight (1 MiB units): a client that
-/// pipelines big READs without reading the replies waits here instead of growing the daemon.
+/// pipelines big READs without reading the replies waits here, alone, instead of growing the
+/// daemon; its requests stay unread in its socket.
 pub const CONNECTION_BUDGET_MIB: usize = 64;
-/// The same across all connections of the server.
+/// Of that, this much is the connection's own: it never waits on the server-wide pool for
+/// it, so a client with a few requests in flight is answered whatever the other connections
+/// hold (without it, 16 clients that never read their replies would starve everyone).
+pub const CONNECTION_RESERVE_MIB: usize = 8;
+/// What connections may hold beyond their reserves, all together.
 pub const SERVER_BUDGET_MIB: usize = 1024;
 /// A rejected WRITE payload larger than this is not drained: the connection is closed.
 const MAX_DRAIN_BYTES: u64 = 128 << 20;
@@ -36,6 +41,10 @@ pub(super) struct Conn {
     in_flight: Semaphore,
     budget: Semaphore,
     server_budget: Rc<Semaphore>,
+    /// MiB this connection's requests hold, and how much of that came from the server pool
+    /// (always `held - CONNECTION_RESERVE_MIB`, or 0, once a wait for the pool is over).
+    held_mib: Cell<usize>,
+    pooled_mib: Cell<usize>,
     broken: Cell<bool>,
 }
 
@@ -54,6 +63,8 @@ impl Conn {
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             budget: Semaphore::new(CONNECTION_BUDGET_MIB),
             server_budget,
+            held_mib: Cell::new(0),
+            pooled_mib: Cell::new(0),
             broken: Cell::new(false),
         })
     }
@@ -113,15 +124,17 @@ impl Conn {
             self.reply_error(&req, errno, &msg).await;
             return Ok(());
         }
-        // Reserve the buffer memory first (WRITE payload or READ reply), then allocate.
-        let cost = if matches!(req.kind, CMD_READ | CMD_WRITE) {
-            (req.length as usize).div_ceil(1 << 20)
-        } else {
-            0
+        // Reserve the buffer memory first (WRITE payload, READ reply, the zero rows a RAID5
+        // partial zeroing writes), then allocate.
+        let bytes = match req.kind {
+            CMD_READ | CMD_WRITE => req.length as u64,
+            CMD_TRIM | CMD_WRITE_ZEROES => (req.length as u64).min(self.export.zero_buffer_bytes),
+            _ => 0,
         };
+        let cost = bytes.div_ceil(1 << 20) as usize;
         self.in_flight.acquire().await;
         self.budget.acquire_many(cost).await;
-        self.server_budget.acquire_many(cost).await;
+        self.take_from_pool(cost).await;
         let data = if payload > 0 {
             let buf = BufSlice::zeroed(payload as usize);
             if let Err(e) = reader.read_exact(&buf).await {
@@ -140,8 +153,31 @@ impl Conn {
         Ok(())
     }
 
+    /// Counts `cost` MiB more held; what goes beyond the reserve comes from the server pool.
+    async fn take_from_pool(&self, cost: usize) {
+        self.held_mib.set(self.held_mib.get() + cost);
+        let want = self.held_mib.get().saturating_sub(CONNECTION_RESERVE_MIB);
+        if want > self.pooled_mib.get() {
+            let n = want - self.pooled_mib.get();
+            self.server_budget.acquire_many(n).await;
+            self.pooled_mib.set(self.pooled_mib.get() + n);
+        }
+        // Requests that finished during the wait may have made part of it unneeded.
+        self.return_to_pool();
+    }
+
+    fn return_to_pool(&self) {
+        let want = self.held_mib.get().saturating_sub(CONNECTION_RESERVE_MIB);
+        let pooled = self.pooled_mib.get();
+        if pooled > want {
+            self.server_budget.release_many(pooled - want);
+            self.pooled_mib.set(want);
+        }
+    }
+
     fn release(&self, cost: usize) {
-        self.server_budget.release_many(cost);
+        self.held_mib.set(self.held_mib.get() - cost);
+        self.return_to_pool();
         self.budget.release_many(cost);
         self.in_flight.release();
     }

@@ -36,6 +36,9 @@ pub struct Export {
     pub min_block: u32,
     pub preferred_block: u32,
     pub max_payload: u32,
+    /// The most buffer memory one TRIM or WRITE_ZEROES can need (RAID5 writes the partial
+    /// rows at either end as zeroes): what it counts against the connection's budget.
+    pub zero_buffer_bytes: u64,
 }
 
 /// The largest READ/WRITE payload we accept (what clients default to).
@@ -74,6 +77,10 @@ impl Export {
             min_block: 512,
             preferred_block: preferred,
             max_payload: MAX_PAYLOAD,
+            zero_buffer_bytes: match geo.level() {
+                crate::layout::Level::Raid5 => 2 * geo.stripe_bytes(),
+                _ => 0,
+            },
         }
     }
 
