@@ -1332,6 +1332,110 @@ fn second_failure_fails_raid5() {
     );
 }
 
+/// Data offset of a member in bytes, as `raidctl examine --json` reports it.
+fn data_offset_bytes(h: &Harness, dev: &str) -> u64 {
+    let ran = h.ok(&["examine", dev, "--json"]);
+    let v: Value = serde_json::from_str(&ran.stdout).expect("examine --json");
+    let entry = if v.is_array() { &v[0] } else { &v };
+    entry["data_offset_sectors"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no data_offset_sectors in {v:#}"))
+        * 512
+}
+
+/// A sector of a survivor that will not read while a spare rebuilds (`raidctl inject`): the
+/// rebuild finishes, the array stays up, the block the spare could not be given is in its
+/// md bad-block log (`mdadm --examine-badblocks` lists it) and in `status`, only the lost
+/// array blocks read EIO, and once the survivor reads again a read repairs and clears it.
+#[test]
+fn unreadable_sector_during_a_rebuild_is_recorded_not_fatal() {
+    let name = "rb-bad";
+    let mut h = Harness::create(name, "5", 4, 1);
+    h.assemble();
+    let expected = h.path("expected.img");
+    let size = h.size();
+    fill_random(&expected, size, 77);
+    h.nbdcopy(&s(&expected), &h.uri());
+    let (m1, m2, s0) = (
+        h.members[1].clone(),
+        h.members[2].clone(),
+        h.spares[0].clone(),
+    );
+    // Member offset 1 MiB is row 16 (64 KiB chunks): parity on slot 3, data on slots 0..2.
+    let member_offset = 1u64 << 20;
+    let lost_on_spare = 16 * 3 * 65536 + 65536; // slot 1's data in row 16
+    let lost_on_m2 = 16 * 3 * 65536 + 2 * 65536; // slot 2's
+    let at = data_offset_bytes(&h, &m2) + member_offset;
+    h.ok(&[
+        "inject",
+        name,
+        &m2,
+        "--read-error",
+        "--offset",
+        &at.to_string(),
+        "--length",
+        "4096",
+    ]);
+    h.ok(&["fail", name, &m1]);
+    h.ok(&["rebuild", name, "--wait"]);
+    let st = h.status();
+    assert_all_in_sync(
+        &st,
+        &[(1, &s0)],
+        "after the rebuild with an unreadable sector",
+    );
+    let spare = slot_entry(&st, 1);
+    assert_eq!(
+        spare["bad_blocks"],
+        serde_json::json!([{"offset": member_offset, "bytes": 4096}]),
+        "status shows the block the spare could not be given:\n{st:#}"
+    );
+    let mdadm = require("mdadm", "mdadm");
+    let bb = run(h.command(Path::new(&mdadm), &["--examine-badblocks", &s0]));
+    let sector = (data_offset_bytes(&h, &s0) + member_offset) / 512;
+    assert!(
+        bb.stdout.contains(&format!("{sector} for 8 sectors")),
+        "mdadm --examine-badblocks should list sector {sector}:\n{}",
+        bb.describe()
+    );
+    let qemu_io = require("qemu-io", "qemu-utils");
+    let read = |at: u64| {
+        let cmd = format!("read {at} 4096");
+        run(h.command(Path::new(&qemu_io), &["-f", "raw", &h.uri(), "-c", &cmd]))
+    };
+    for lost in [lost_on_spare, lost_on_m2] {
+        let ran = read(lost);
+        let text = format!("{}{}", ran.stdout, ran.stderr).to_lowercase();
+        assert!(
+            !ran.success() || text.contains("error"),
+            "a lost block must read as an error, not as data:\n{}",
+            ran.describe()
+        );
+    }
+    let ran = read(0);
+    assert!(
+        ran.success() && !ran.stdout.to_lowercase().contains("error"),
+        "{}",
+        ran.describe()
+    );
+    // The sector reads again: a read of the lost block rebuilds it, the record goes.
+    h.ok(&["inject", name, &m2, "--clear"]);
+    let out = h.read_export("after.img");
+    assert_same_range(&expected, &out, 0, size, "after the sector reads again");
+    let st = h.status();
+    assert!(
+        slot_entry(&st, 1).get("bad_blocks").is_none(),
+        "the record is cleared once the data is back:\n{st:#}"
+    );
+    let bb = run(h.command(Path::new(&mdadm), &["--examine-badblocks", &s0]));
+    assert!(
+        !bb.stdout.contains(&format!("{sector} for")),
+        "{}",
+        bb.describe()
+    );
+    h.stop();
+}
+
 /// Every member's superblock area (first 1 MiB: superblock, bitmap, settings block) as bytes.
 fn metadata_areas(h: &Harness) -> Vec<Vec<u8>> {
     h.members
