@@ -66,7 +66,7 @@ impl Array {
             match &slots[slot] {
                 SlotState::Active(d) | SlotState::Recovering(d, _) => {
                     let d = d.clone();
-                    slots[slot] = SlotState::Faulty(d.clone());
+                    super::slots::set_slot(&mut slots, slot, SlotState::Faulty(d.clone()));
                     d
                 }
                 _ => return Err(Error::invalid(format!("{path} is already faulty"))),
@@ -128,7 +128,7 @@ impl Array {
             match &slots[slot] {
                 SlotState::Faulty(d) => {
                     let d = d.clone();
-                    slots[slot] = SlotState::Missing;
+                    super::slots::set_slot(&mut slots, slot, SlotState::Missing);
                     d
                 }
                 _ => {
@@ -315,8 +315,11 @@ impl Array {
         });
         if let Some((slot, _)) = readd {
             self.readded.borrow_mut().push(disk.clone());
-            self.slots.borrow_mut()[slot] =
-                SlotState::Recovering(disk.clone(), Rc::new(std::cell::Cell::new(0)));
+            super::slots::set_slot(
+                &mut self.slots.borrow_mut(),
+                slot,
+                SlotState::Recovering(disk.clone(), Rc::new(std::cell::Cell::new(0))),
+            );
         }
         self.write_all_superblocks().await?;
         // Its bitmap must carry the bits of everything written while it was away.

@@ -270,10 +270,10 @@ impl Array {
         };
         tracing::error!(array = %self.name, member = disk.member.path(), "superblock write failed: {e}; marking it faulty");
         let mut slots = self.slots.borrow_mut();
-        for s in slots.iter_mut() {
-            if let SlotState::Active(d) | SlotState::Recovering(d, _) = s {
+        for slot in 0..slots.len() {
+            if let SlotState::Active(d) | SlotState::Recovering(d, _) = &slots[slot] {
                 if Rc::ptr_eq(d, &disk) {
-                    *s = SlotState::Faulty(disk.clone());
+                    super::slots::set_slot(&mut slots, slot, SlotState::Faulty(disk.clone()));
                 }
             }
         }

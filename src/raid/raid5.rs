@@ -277,6 +277,11 @@ impl Array {
             }
         };
 
+        // Every parity update happens under its row's lock (taken by write_raid5).
+        debug_assert!(
+            self.locks.is_locked(stripe),
+            "row {stripe} written without its lock"
+        );
         let mut ios = Vec::new();
         for (k, w) in writes.iter().enumerate() {
             if let Some(w) = w {

@@ -220,7 +220,11 @@ impl Array {
                 continue;
             };
             let cursor = Rc::new(Cell::new(0));
-            self.slots.borrow_mut()[slot] = SlotState::Recovering(disk.clone(), cursor);
+            super::slots::set_slot(
+                &mut self.slots.borrow_mut(),
+                slot,
+                SlotState::Recovering(disk.clone(), cursor),
+            );
             if let Err(e) = self.meta_recovery(disk.dev_number, Some(slot), 0).await {
                 tracing::error!(array = %self.name, "could not record the spare's new role: {e}");
             }
@@ -353,6 +357,8 @@ impl Array {
                     return;
                 }
             };
+            // The cursor only moves forward, over the region whose locks this step holds.
+            debug_assert!(cursor.get() + len <= total, "rebuild cursor past the end");
             cursor.set(cursor.get() + len);
             drop(guards);
 
@@ -398,7 +404,7 @@ impl Array {
         {
             let mut slots = self.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk)) {
-                slots[slot] = SlotState::Active(disk.clone());
+                super::slots::set_slot(&mut slots, slot, SlotState::Active(disk.clone()));
             }
         }
         tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {} bytes copied{}", total - start,
@@ -452,7 +458,7 @@ impl Array {
         {
             let mut slots = self.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
-                slots[slot] = SlotState::Faulty(disk.clone());
+                super::slots::set_slot(&mut slots, slot, SlotState::Faulty(disk.clone()));
             }
         }
         let _ = self.record_failures().await;

@@ -258,7 +258,11 @@ impl Array {
             return;
         };
         let from = r.cursor.get();
-        self.slots.borrow_mut()[r.slot] = SlotState::Recovering(r.new.clone(), r.cursor);
+        super::slots::set_slot(
+            &mut self.slots.borrow_mut(),
+            r.slot,
+            SlotState::Recovering(r.new.clone(), r.cursor),
+        );
         tracing::warn!(array = %self.name, slot = r.slot, member = r.new.member.path(),
             "the replaced member failed during the copy: {from} bytes copied, rebuilding the rest from redundancy");
         // Recorded from 0: the copy has not been flushed yet, and recovery_offset must only
@@ -385,7 +389,11 @@ impl Array {
                 m.present = false;
             }
         }
-        self.slots.borrow_mut()[slot] = SlotState::Active(r.new.clone());
+        super::slots::set_slot(
+            &mut self.slots.borrow_mut(),
+            slot,
+            SlotState::Active(r.new.clone()),
+        );
         if let Err(e) = self.write_all_superblocks().await {
             tracing::error!(array = %self.name, "recording the replacement failed: {e}");
         }

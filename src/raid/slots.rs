@@ -77,6 +77,44 @@ impl SlotState {
     }
 }
 
+/// Changes a slot's state, asserting that the change is one the engine allows: a member
+/// fails (active or recovering -> faulty), a spare or a re-added member or a replacement whose
+/// old member failed starts filling an empty slot (faulty or missing -> recovering), a rebuild
+/// ends (recovering -> active, same member), a failed member is removed (faulty -> missing),
+/// a replacement is swapped in (active or faulty -> active).
+pub(super) fn set_slot(slots: &mut [SlotState], slot: usize, to: SlotState) {
+    debug_assert!(
+        allowed_transition(&slots[slot], &to),
+        "slot {slot}: {} -> {} is not a transition the engine makes",
+        slots[slot].name(),
+        to.name()
+    );
+    slots[slot] = to;
+}
+
+fn allowed_transition(from: &SlotState, to: &SlotState) -> bool {
+    use SlotState::*;
+    match (from, to) {
+        (Active(_) | Recovering(..), Faulty(_)) => true,
+        (Faulty(_) | Missing, Recovering(..)) => true,
+        (Recovering(a, _), Active(b)) => Rc::ptr_eq(a, b),
+        (Faulty(_), Missing) => true,
+        (Active(a) | Faulty(a), Active(b)) => !Rc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl SlotState {
+    fn name(&self) -> &'static str {
+        match self {
+            SlotState::Active(_) => "active",
+            SlotState::Missing => "missing",
+            SlotState::Faulty(_) => "faulty",
+            SlotState::Recovering(..) => "recovering",
+        }
+    }
+}
+
 /// The slot's member is not (or no longer) usable; its failure has been recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotGone;
@@ -298,7 +336,7 @@ impl Array {
             let mut slots = self.slots.borrow_mut();
             match &slots[slot] {
                 SlotState::Active(d) | SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk) => {
-                    slots[slot] = SlotState::Faulty(disk.clone());
+                    set_slot(&mut slots, slot, SlotState::Faulty(disk.clone()));
                     true
                 }
                 _ => false,
