@@ -232,21 +232,11 @@ impl Filesystem for ArrayFs {
             });
             return;
         }
-        // Unaligned: read the covering sectors, patch, write back.
-        let start = offset / SECTOR * SECTOR;
-        let end = (offset + len).div_ceil(SECTOR) * SECTOR;
-        let patch = data.to_vec();
-        let handle = self.handle.clone();
+        // Unaligned: the engine side reads the covering sectors, patches and writes them back
+        // with those blocks locked (two such writes on one sector must not lose one).
         self.handle
-            .read(start, (end - start) as usize, move |r| match r {
-                Ok(buf) => {
-                    let at = (offset - start) as usize;
-                    buf.bytes_mut()[at..at + patch.len()].copy_from_slice(&patch);
-                    handle.write(start, buf, fua, move |r| match r {
-                        Ok(()) => reply.written(written),
-                        Err(e) => reply.error(errno_of(&e)),
-                    });
-                }
+            .write_unaligned(offset, data.to_vec(), fua, move |r| match r {
+                Ok(()) => reply.written(written),
                 Err(e) => reply.error(errno_of(&e)),
             });
     }

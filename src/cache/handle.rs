@@ -6,16 +6,39 @@
 //! done, on the reactor thread. Callers never block the reactor, and many requests from one
 //! thread can be in flight at once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::Cache as Array;
 use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
-use crate::reactor::{spawn, InboxSender};
+use crate::reactor::{sleep, spawn, InboxSender, KeyedLocks};
 
 thread_local! {
     static ENGINE: RefCell<Option<Rc<Array>>> = const { RefCell::new(None) };
+    static PATCHES: Rc<SectorPatches> = Rc::new(SectorPatches::default());
+}
+
+/// Orders read-modify-writes of partial sectors (a FUSE write not aligned to 512 bytes) against
+/// each other and against whole-sector writes over the same blocks; without it two of them on
+/// one sector could each read the old bytes and one write would be lost. Whole-sector writes
+/// pay nothing while no patch runs.
+#[derive(Default)]
+struct SectorPatches {
+    /// Keyed by 4 KiB block.
+    locks: Rc<KeyedLocks>,
+    /// Patches in progress: whole-sector writes take the block locks too while there are any.
+    patching: Cell<usize>,
+    /// Whole-sector writes that started without locks (a patch waits for them to finish).
+    unlocked_writes: Cell<usize>,
+}
+
+const PATCH_BLOCK: u64 = 4096;
+
+impl SectorPatches {
+    fn keys(offset: u64, len: u64) -> std::ops::Range<u64> {
+        offset / PATCH_BLOCK..(offset + len.max(1)).div_ceil(PATCH_BLOCK)
+    }
 }
 
 /// Makes `array` the one that handles on this (reactor) thread reach.
@@ -100,7 +123,62 @@ impl EngineHandle {
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
         self.run(Box::new(done), move |array| {
-            Box::pin(async move { array.write(offset, data, fua).await })
+            Box::pin(async move {
+                let patches = PATCHES.with(|p| p.clone());
+                if patches.patching.get() == 0 {
+                    patches
+                        .unlocked_writes
+                        .set(patches.unlocked_writes.get() + 1);
+                    let r = array.write(offset, data, fua).await;
+                    patches
+                        .unlocked_writes
+                        .set(patches.unlocked_writes.get() - 1);
+                    return r;
+                }
+                let len = data.len() as u64;
+                let _guards = patches
+                    .locks
+                    .lock_range(SectorPatches::keys(offset, len))
+                    .await;
+                array.write(offset, data, fua).await
+            })
+        })
+    }
+
+    /// Writes `data` at a byte `offset` that need not be sector-aligned: the covering sectors
+    /// are read, patched and written back, with the blocks locked against other writes.
+    pub fn write_unaligned(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        self.run(Box::new(done), move |array| {
+            Box::pin(async move {
+                let patches = PATCHES.with(|p| p.clone());
+                patches.patching.set(patches.patching.get() + 1);
+                // Whole-sector writes started before this one did not lock: let them land.
+                while patches.unlocked_writes.get() > 0 {
+                    sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let start = offset / SECTOR * SECTOR;
+                let end = (offset + data.len() as u64).div_ceil(SECTOR) * SECTOR;
+                let guards = patches
+                    .locks
+                    .lock_range(SectorPatches::keys(start, end - start))
+                    .await;
+                let buf = BufSlice::zeroed((end - start) as usize);
+                let mut r = array.read(start, buf.clone()).await;
+                if r.is_ok() {
+                    let at = (offset - start) as usize;
+                    buf.bytes_mut()[at..at + data.len()].copy_from_slice(&data);
+                    r = array.write(start, buf, fua).await;
+                }
+                drop(guards);
+                patches.patching.set(patches.patching.get() - 1);
+                r
+            })
         })
     }
 
@@ -127,6 +205,8 @@ impl EngineHandle {
         })
     }
 }
+
+const SECTOR: u64 = 512;
 
 fn stopped() -> Error {
     Error::new(ErrorKind::Io, "the array is stopping")
