@@ -483,8 +483,8 @@ struct Chaos {
     replacement: Rc<MemMember>,
 }
 
-/// Member failures, read errors, spares, replacements, checks and battery flips, at random
-/// moments while the clients run. Failures that would take the last copy are refused (that
+/// Member failures, pulled disks, read errors, slow devices, spares, replacements, checks and
+/// battery flips, at random moments while the clients run. Failures that would take the last copy are refused (that
 /// is the point of the redundancy floor). Returns whether the replacement device was used.
 async fn chaos(
     seed: u64,
@@ -540,6 +540,22 @@ async fn chaos(
             }
             35..=39 => {
                 let _ = x.array.start_scrub(rng.gen_bool(0.5));
+            }
+            45..=47 if slots.iter().all(|s| s.is_active()) => {
+                // A disk is pulled (every later I/O fails with ENODEV), never a second one.
+                let dev = rng.gen_range(0..x.faults.len());
+                x.faults[dev].vanish();
+                injected.set(injected.get() + 1);
+            }
+            48..=57 => {
+                // A slow device for a while: completions come back in another order.
+                let dev = rng.gen_range(0..x.faults.len());
+                x.faults[dev].inject(FaultRule {
+                    kind: FaultKind::Delay(Duration::from_millis(rng.gen_range(1..5))),
+                    range: None,
+                    count: Some(rng.gen_range(1..20)),
+                });
+                injected.set(injected.get() + 1);
             }
             40..=44 => {
                 let battery = if rng.gen_bool(0.5) {
