@@ -396,7 +396,7 @@ fn random_operations(seed: u64) {
                         match rng.below(20) {
                             0..=9 => {
                                 let fua = rng.below(6) == 0;
-                                let data = bytes(len as usize, seed << 32 | op * 100 + w);
+                                let data = bytes(len as usize, (seed << 32) | (op * 100 + w));
                                 cache.write(at, data.clone(), fua).await.unwrap();
                                 model.borrow_mut()[at as usize..(at + len) as usize]
                                     .copy_from_slice(&data.to_vec());
@@ -434,7 +434,8 @@ fn random_operations(seed: u64) {
                 t.await;
             }
             let all = cache_read(&cache, 0, size as usize).await;
-            if let Some(i) = all.iter().zip(model.borrow().iter()).position(|(a, b)| a != b) {
+            let first_wrong = all.iter().zip(model.borrow().iter()).position(|(a, b)| a != b);
+            if let Some(i) = first_wrong {
                 let small = cache_read(&cache, i as u64 / 512 * 512, 512).await;
                 let eng = engine_read(&array, i as u64 / 512 * 512, 512).await;
                 let m = &model.borrow()[i / 512 * 512..i / 512 * 512 + 512];

@@ -233,7 +233,7 @@ fn run_model(seed: u64, batches: usize) {
             if let Some((slot, at)) = cfg.fail_at {
                 if batch == at {
                     // Half the time the disk vanishes, half the time one write errors.
-                    if seed % 2 == 0 {
+                    if seed.is_multiple_of(2) {
                         rig.faults[slot].vanish();
                     } else {
                         rig.faults[slot].inject(FaultRule { kind: FaultKind::WriteError, range: None, count: Some(1) });

@@ -13,7 +13,8 @@
 //! - after the array is complete and resynced: parity and copies agree on the members.
 //!
 //! `RAIDCTL_SIM_SEED=N` runs one seed (a failure prints the seed to use);
-//! `RAIDCTL_SIM_SEEDS=N` runs seeds 0..N (default 16, what `ci/test` runs);
+//! `RAIDCTL_SIM_SEEDS=N` runs seeds 0..N (default 16, what `ci/test` runs; `RAIDCTL_SIM_FIRST`
+//! moves the start);
 //! `RAIDCTL_SIM_MINUTES=M` keeps running new seeds for M minutes (the long mode).
 
 use std::cell::{Cell, RefCell};
@@ -54,6 +55,17 @@ struct Model {
 }
 
 impl Model {
+    /// What the final check needs (so no borrow is held across its awaits).
+    fn clone_for_check(&self) -> Model {
+        Model {
+            issued: self.issued.clone(),
+            acked: self.acked.clone(),
+            durable: self.durable.clone(),
+            next_gen: self.next_gen,
+            reads_checked: self.reads_checked,
+        }
+    }
+
     fn new(sectors: usize) -> Model {
         Model {
             issued: vec![vec![0]; sectors],
@@ -141,11 +153,15 @@ fn simulator() {
     let seeds: Vec<u64> = if let Ok(s) = std::env::var("RAIDCTL_SIM_SEED") {
         vec![s.parse().expect("RAIDCTL_SIM_SEED is a number")]
     } else {
-        let n = std::env::var("RAIDCTL_SIM_SEEDS")
+        let n: u64 = std::env::var("RAIDCTL_SIM_SEEDS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(16);
-        (0..n).collect()
+        let first: u64 = std::env::var("RAIDCTL_SIM_FIRST")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (first..first + n).collect()
     };
     let minutes: u64 = std::env::var("RAIDCTL_SIM_MINUTES")
         .ok()
@@ -206,6 +222,8 @@ async fn live_phase(
 ) -> Result<(Vec<Rc<MemMember>>, Rc<RefCell<Model>>, Report), String> {
     let sims = common::sim_members(setup.members, setup.spares, MEMBER, true);
     let r = common::rig_on(setup.kind.clone(), sims, setup.members, true).await;
+    r.array
+        .subscribe(|e| trace(|| format!("event: {} {e:?}", e.name())));
     r.array
         .set_checkpoint_every(256 << 10, Duration::from_millis(20));
     // Rebuilds, copies and checks make progress under the clients' load.
@@ -610,9 +628,14 @@ async fn recovery_phase(
     };
     trace(|| {
         format!(
-            "reassembled (forced: {forced}): {}, sync offset {}",
+            "reassembled (forced: {forced}): {}, sync offset {}, slots {:?}",
             array.missing_description(),
-            array.sync_offset()
+            array.sync_offset(),
+            array
+                .slots()
+                .iter()
+                .map(|s| s.disk().map(|d| d.member.path().to_string()))
+                .collect::<Vec<_>>()
         )
     });
     // Rebuilds (with a spare) and the resync (once complete) run by themselves.
@@ -629,7 +652,7 @@ async fn recovery_phase(
     let absent: Vec<usize> = (0..array.geometry().members())
         .filter(|&s| !array.slots()[s].is_active())
         .collect();
-    let m = model.borrow();
+    let m = model.borrow().clone_for_check();
     let len = (m.issued.len() * SECTOR) as u64;
     let buf = BufSlice::zeroed(len as usize);
     array
@@ -651,6 +674,33 @@ async fn recovery_phase(
             format!("after the power cut sector {s} holds generation {got}, never issued there")
         })?;
         if pos < m.durable[s] {
+            trace(|| {
+                let copies = array.geometry().map_copies(at);
+                let slots = array.slots();
+                copies
+                    .iter()
+                    .map(|c| {
+                        let d = slots[c.slot].disk().cloned();
+                        let held = d.and_then(|d| {
+                            let sim = sims.iter().find(|m| m.path() == d.member.path())?;
+                            let bytes = sim.store().lock().unwrap().clone();
+                            let o = (d.data_offset + c.member_offset) as usize;
+                            Some((
+                                d.member.path().to_string(),
+                                decode(s as u64, &bytes[o..o + SECTOR]),
+                            ))
+                        });
+                        format!("slot {}: {held:?}", c.slot)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            trace(|| {
+                format!(
+                    "sector {s} issued {:?} acked {} durable {}",
+                    m.issued[s], m.acked[s], m.durable[s]
+                )
+            });
             return Err(format!(
                 "after the power cut sector {s} went back to generation {got}; generation {} was durable (flushed or FUA)",
                 m.issued[s][m.durable[s]]

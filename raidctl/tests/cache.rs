@@ -248,11 +248,8 @@ impl Harness {
     /// `raidctl create NAME --level 5 --chunk 64K --size 64M m0..m3`, then assemble with `flags`.
     fn new(name: &str, flags: &[&str]) -> Harness {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "these tests run daemons: run them as root"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "these tests run daemons: run them as root");
         let tmp = tempfile::Builder::new()
             .prefix("cache-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -370,11 +367,8 @@ impl Harness {
         let pid = self.pid();
         assert!(is_raidctl(pid), "pid {pid} from status is not raidctl");
         // SAFETY: plain syscall on the pid of the daemon this test started.
-        assert_eq!(
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) },
-            0,
-            "kill -9 {pid}"
-        );
+        let killed = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        assert_eq!(killed, 0, "kill -9 {pid}");
         assert!(
             wait_until_dead(pid, Duration::from_secs(30)),
             "{pid} survived kill -9"
@@ -597,8 +591,8 @@ fn write_back_flushed_data_survives_kill_9() {
     let mut order = Vec::new();
     while order.len() < 2 * WRITES {
         let b = rng.next_u64() % (REGION / BLOCK);
-        if !index_of.contains_key(&b) {
-            index_of.insert(b, order.len());
+        if let std::collections::hash_map::Entry::Vacant(e) = index_of.entry(b) {
+            e.insert(order.len());
             order.push(b);
         }
     }

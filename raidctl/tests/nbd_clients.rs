@@ -1772,7 +1772,7 @@ fn raw_protocol_errors_keep_the_stream_in_sync() {
         let i = cookies
             .iter()
             .position(|&k| k == cookie)
-            .expect("a cookie we sent") as usize;
+            .expect("a cookie we sent");
         let mut d = vec![0u8; 4096];
         c.s.read_exact(&mut d).unwrap();
         assert!(
@@ -1852,7 +1852,7 @@ fn good_client(sock: PathBuf, stop: Arc<AtomicBool>) -> Result<u64, String> {
     let mut client = None;
     // At least a few rounds, then until the garbage is done.
     while iterations < 5 || !stop.load(Ordering::Relaxed) {
-        if iterations % 8 == 0 {
+        if iterations.is_multiple_of(8) {
             // A fresh connection now and then: handshakes must keep working too.
             client = None;
         }
@@ -1890,7 +1890,7 @@ fn good_client(sock: PathBuf, stop: Arc<AtomicBool>) -> Result<u64, String> {
                 return Err(format!("iteration {iterations}: bad write reply {h:02x?}"));
             }
         }
-        if iterations % 3 == 0 {
+        if iterations.is_multiple_of(3) {
             match c
                 .call(0, CMD_FLUSH, 0, 0, &[])
                 .map_err(|e| fail("flush", e))?

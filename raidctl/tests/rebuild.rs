@@ -1540,7 +1540,7 @@ fn check_and_repair(name: &str, level: &str, members: usize, seed: u64) {
     let ran = check(&h, false, 1);
     let found = mismatches(&ran);
     assert!(
-        found >= 8 && found % 8 == 0,
+        found >= 8 && found.is_multiple_of(8),
         "3 flipped bytes in one 4 KiB block: 8 mismatched sectors (a multiple of 8) expected, got {found}:\n{}",
         ran.describe()
     );

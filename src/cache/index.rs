@@ -121,7 +121,7 @@ impl CacheIndex {
     /// array's data bytes per stripe; it must be a non-zero multiple of 4096.
     pub fn new(capacity_bytes: u64, stripe_bytes: u64) -> Self {
         assert!(
-            stripe_bytes > 0 && stripe_bytes % BLOCK_SIZE == 0,
+            stripe_bytes > 0 && stripe_bytes.is_multiple_of(BLOCK_SIZE),
             "stripe size {stripe_bytes} is not a non-zero multiple of {BLOCK_SIZE}"
         );
         let slots = capacity_bytes / BLOCK_SIZE;

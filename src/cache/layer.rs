@@ -248,11 +248,9 @@ impl Cache {
         self.array.check_write(offset, len)?;
         let _locks = self.lock_range(offset, len).await;
         let cacheable = self.write_back.get() && !fua && len < self.config.bypass_bytes;
-        if cacheable {
-            if self.write_into_cache(offset, &data).await? {
-                self.kick_if_needed();
-                return Ok(());
-            }
+        if cacheable && self.write_into_cache(offset, &data).await? {
+            self.kick_if_needed();
+            return Ok(());
         }
         self.write_around(offset, data, fua).await
     }

@@ -11,6 +11,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// The attributes of one reply, as (type, payload).
+type Attributes = Vec<(u16, Vec<u8>)>;
+
 const NETLINK_GENERIC: libc::c_int = 16;
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -135,7 +138,7 @@ impl GenlMessage {
     }
 
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }
@@ -266,7 +269,7 @@ impl GenlSocket {
 
     /// Sends one request and collects the attribute lists of its replies until the ACK.
     /// A negative ACK becomes the matching OS error.
-    fn request(&self, msg: GenlMessage) -> io::Result<Vec<Vec<(u16, Vec<u8>)>>> {
+    fn request(&self, msg: GenlMessage) -> io::Result<Vec<Attributes>> {
         let seq = self.seq.get();
         self.seq.set(seq + 1);
         let bytes = msg.finish(seq);

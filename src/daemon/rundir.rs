@@ -114,8 +114,11 @@ impl RunDir {
             .open(&path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let deadline = std::time::Instant::now() + EXITING_GRACE;
-        // SAFETY (both): flock on a descriptor we own; no memory is passed.
-        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let try_lock = || {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }
+        };
+        while try_lock() != 0 {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let exiting = text.trim().parse().ok().is_some_and(is_exiting);
             if exiting && std::time::Instant::now() < deadline {

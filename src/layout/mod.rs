@@ -555,9 +555,9 @@ fn check_members(level: Level, members: usize, member_bytes: &[u64]) -> Result<(
 fn check_chunk(level: Level, chunk_bytes: u64) -> Result<(), LayoutError> {
     match level {
         Level::Raid1 => Ok(()),
-        Level::Raid0 if chunk_bytes == 0 || chunk_bytes % SECTOR_BYTES != 0 => invalid(format!(
-            "RAID0 chunk {chunk_bytes} must be a non-zero multiple of 512 bytes"
-        )),
+        Level::Raid0 if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(SECTOR_BYTES) => invalid(
+            format!("RAID0 chunk {chunk_bytes} must be a non-zero multiple of 512 bytes"),
+        ),
         Level::Raid5 | Level::Raid10
             if !chunk_bytes.is_power_of_two() || chunk_bytes < PAGE_BYTES =>
         {

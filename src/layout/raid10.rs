@@ -49,7 +49,7 @@ impl Raid10Map {
         let near = u64::from(layout.near);
         let far = u64::from(layout.far);
         let n = members as u64;
-        if layout.offset && far > 1 && near > 1 && n % near != 0 {
+        if layout.offset && far > 1 && near > 1 && !n.is_multiple_of(near) {
             // md accepts this, but a near copy that wraps to the next row lands on the row that
             // holds another chunk's offset copy, so two chunks would share a place.
             return Err(LayoutError::Unsupported(format!(

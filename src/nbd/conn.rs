@@ -188,8 +188,8 @@ impl Conn {
         let size = e.size_bytes();
         let end = req.offset.checked_add(req.length as u64);
         let in_range = end.is_some_and(|end| end <= size);
-        let aligned =
-            req.offset % e.min_block as u64 == 0 && req.length as u64 % e.min_block as u64 == 0;
+        let aligned = req.offset.is_multiple_of(e.min_block as u64)
+            && (req.length as u64).is_multiple_of(e.min_block as u64);
         let allowed = match req.kind {
             CMD_READ => {
                 CMD_FLAG_FUA
@@ -215,10 +215,8 @@ impl Conn {
             return Err((EPERM, "the export is read-only".into()));
         }
         match req.kind {
-            CMD_FLUSH => {
-                if req.offset != 0 || req.length != 0 {
-                    return Err((EINVAL, "FLUSH must have offset and length 0".into()));
-                }
+            CMD_FLUSH if (req.offset != 0 || req.length != 0) => {
+                return Err((EINVAL, "FLUSH must have offset and length 0".into()));
             }
             CMD_BLOCK_STATUS if !self.negotiated.base_allocation => {
                 return Err((

@@ -224,15 +224,17 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             ),
         ));
     }
-    if absent || recovering {
-        if level == Level::Raid5 && reference.resync_offset != u64::MAX && !opts.force {
-            return Err(Error::new(
+    if (absent || recovering)
+        && level == Level::Raid5
+        && reference.resync_offset != u64::MAX
+        && !opts.force
+    {
+        return Err(Error::new(
                 ErrorKind::Inconsistent,
                 format!(
                     "array {name} is degraded and was not stopped cleanly: parity may be stale, so the missing member's data could be rebuilt wrong; use --force to start it anyway"
                 ),
             ));
-        }
     }
     if !plan.forced.is_empty() {
         if !opts.read_only {

@@ -133,6 +133,9 @@ impl Event {
     }
 }
 
+/// A callback that hears every event (on the reactor thread).
+pub type Subscriber = Box<dyn Fn(&Event)>;
+
 impl Array {
     /// Logs `event` and hands it to every subscriber.
     pub fn emit(&self, event: Event) {

@@ -293,7 +293,6 @@ impl Array {
         };
         // A spare may have been promoted into the slot while the metadata was written: then
         // this is a spare after all (write_all_superblocks below rewrites its superblock).
-        let mut sb = sb;
         if let Some((slot, _)) = readd {
             if !matches!(self.slots.borrow()[slot], SlotState::Missing) {
                 readd = None;

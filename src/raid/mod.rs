@@ -87,7 +87,7 @@ pub struct Array {
     counters: RefCell<IoCounters>,
     /// Client requests inside the engine right now (`close` marks clean only at zero).
     in_flight: Cell<usize>,
-    subscribers: RefCell<Vec<Box<dyn Fn(&events::Event)>>>,
+    subscribers: RefCell<Vec<events::Subscriber>>,
     /// Released whenever the scheduler should look at the array (failure, add, rebuild).
     attention: crate::reactor::Semaphore,
     /// Set by `close`: background work checkpoints and stops.
@@ -242,7 +242,7 @@ impl Array {
         match self.geo.level() {
             Level::Raid5 => {
                 let row = self.geo.stripe_bytes();
-                offset % row == 0 && len % row == 0
+                offset.is_multiple_of(row) && len.is_multiple_of(row)
             }
             _ => true,
         }
@@ -311,7 +311,7 @@ impl Array {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if offset % 512 != 0 || len % 512 != 0 {
+        if !offset.is_multiple_of(512) || !len.is_multiple_of(512) {
             return Err(Error::invalid(format!(
                 "request at {offset}+{len} is not aligned to 512 bytes"
             )));

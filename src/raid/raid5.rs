@@ -4,6 +4,7 @@
 //! - full-stripe write: every data chunk is new, parity = XOR of the new data, no reads;
 //! - read-modify-write: read old data of the written pieces and old parity, parity ^= old ^ new;
 //! - reconstruct-write: read the data the request does not cover, parity = XOR of all data.
+//!
 //! RMW trusts the old parity, so it is only used below the sync point (md's resync_offset);
 //! past it, and whenever the read count favours it, reconstruct-write recomputes parity.
 //!

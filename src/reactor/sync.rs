@@ -144,40 +144,6 @@ impl AsyncMutex {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reactor::{block_on, spawn, yield_now};
-
-    #[test]
-    fn keyed_locks_serialise_holders_in_order() {
-        let order = block_on(async {
-            let locks = KeyedLocks::new();
-            let order = Rc::new(RefCell::new(Vec::new()));
-            let mut handles = Vec::new();
-            for i in 0..5u32 {
-                let (locks, order) = (locks.clone(), order.clone());
-                handles.push(spawn(async move {
-                    let _g = locks.lock(7).await;
-                    order.borrow_mut().push((i, "in"));
-                    yield_now().await;
-                    yield_now().await;
-                    order.borrow_mut().push((i, "out"));
-                }));
-            }
-            for h in handles {
-                h.await;
-            }
-            assert!(!locks.is_locked(7));
-            Rc::try_unwrap(order).unwrap().into_inner()
-        })
-        .unwrap();
-        // Every holder leaves before the next one enters, in arrival order.
-        let expected: Vec<_> = (0..5).flat_map(|i| [(i, "in"), (i, "out")]).collect();
-        assert_eq!(order, expected);
-    }
-}
-
 /// A counting semaphore (bounds requests in flight per connection).
 pub struct Semaphore {
     permits: Cell<usize>,
@@ -240,5 +206,39 @@ impl Semaphore {
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::{block_on, spawn, yield_now};
+
+    #[test]
+    fn keyed_locks_serialise_holders_in_order() {
+        let order = block_on(async {
+            let locks = KeyedLocks::new();
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let mut handles = Vec::new();
+            for i in 0..5u32 {
+                let (locks, order) = (locks.clone(), order.clone());
+                handles.push(spawn(async move {
+                    let _g = locks.lock(7).await;
+                    order.borrow_mut().push((i, "in"));
+                    yield_now().await;
+                    yield_now().await;
+                    order.borrow_mut().push((i, "out"));
+                }));
+            }
+            for h in handles {
+                h.await;
+            }
+            assert!(!locks.is_locked(7));
+            Rc::try_unwrap(order).unwrap().into_inner()
+        })
+        .unwrap();
+        // Every holder leaves before the next one enters, in arrival order.
+        let expected: Vec<_> = (0..5).flat_map(|i| [(i, "in"), (i, "out")]).collect();
+        assert_eq!(order, expected);
     }
 }

@@ -96,7 +96,7 @@ fn superblock() -> impl Strategy<Value = Superblock> {
         let moved = sb
             .data_offset_sectors
             .checked_add_signed(i64::from(sb.new_offset_sectors));
-        if sb.data_offset_sectors < min || moved.map_or(true, |offset| offset < min) {
+        if sb.data_offset_sectors < min || moved.is_none_or(|offset| offset < min) {
             sb.feature_map &= !FEATURE_NEW_OFFSET;
         }
         if sb.data_offset_sectors < min {
