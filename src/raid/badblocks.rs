@@ -79,6 +79,9 @@ impl Array {
             offset: member_offset,
             bytes: len,
         });
+        if self.read_only {
+            return true; // known for this run; a read-only array writes nothing
+        }
         match self.persist_bad(disk).await {
             Ok(()) => true,
             Err(e) => {

@@ -77,6 +77,9 @@ impl Array {
         let Some(disk) = self.active_disk(slot) else {
             return;
         };
+        if self.read_only {
+            return; // nothing is written to a read-only array; the data was answered anyway
+        }
         if self
             .write_slot(slot, member_offset, data, false)
             .await
