@@ -11,7 +11,8 @@
 //! 2. All devices must belong to one array (set_uuid: `expected_uuid`, or else the freshest
 //!    device's) and agree on level, layout, chunk and raid_disks.
 //! 3. The freshest device (highest events) is the reference; its dev_roles decide each fresh
-//!    device's role (by that device's dev_number).
+//!    device's role (by that device's dev_number), except that a device sits in a slot only
+//!    if its own superblock agrees (else it never learned it was made active: a spare).
 //! 4. A device whose events + 1 < the reference's missed updates: it is stale. Its data may be
 //!    out of date, so it is left out. With `force`, stale devices are used only while the
 //!    fresh ones are not enough to run the array at all, the freshest first, as mdadm's
@@ -348,7 +349,7 @@ fn place_candidate(
     // A fresh member's role is what the array says; a stale member's table is out of date
     // about the others but still tells which slot it had when it dropped out.
     let role = if fresh {
-        plan.reference.role_of(sb.dev_number)
+        agreed_role(&plan.reference, sb)
     } else {
         sb.own_role()
     };
@@ -357,6 +358,22 @@ fn place_candidate(
     }
     place_in_slot(plan, candidates, sbs, index, role);
     true
+}
+
+/// The role of a fresh member. It holds a slot only if its own superblock says so too: when
+/// the array's record is ahead of the member's own (an update that made a spare active was
+/// cut short before its own superblock, which carries its recovery offset, was written), the
+/// member never learned it was being rebuilt, and using it as in sync would serve bytes it
+/// never got. Then it is a spare and the slot is rebuilt. (md takes each member's role from
+/// its own superblock for the same reason.)
+fn agreed_role(reference: &Superblock, sb: &Superblock) -> Role {
+    match (reference.role_of(sb.dev_number), sb.own_role()) {
+        (Role::Active(slot), Role::Active(own)) if slot == own => Role::Active(slot),
+        // An impossible slot is reported as such (place_in_slot excludes it).
+        (Role::Active(slot), _) if u32::from(slot) >= reference.raid_disks => Role::Active(slot),
+        (Role::Active(_), _) => Role::Spare,
+        (other, _) => other,
+    }
 }
 
 /// Places candidate `index` by `role`; a stale one that wins its slot is recorded as forced.

@@ -289,6 +289,25 @@ fn spares_and_faulty() {
     );
 }
 
+/// Goal: a spare whose activation was cut short (the others' superblocks already name it in
+/// slot 1, its own, one event behind, still says spare and carries no recovery offset) is a
+/// spare, not an in-sync member: it never got the slot's data. Found by the simulator (a
+/// power cut during a spare's promotion served zeroes from it).
+#[test]
+fn a_spare_whose_activation_was_cut_short_is_still_a_spare() {
+    let mut given = raid1_with_spare();
+    // Member 1 failed; the update that gives slot 1 to the spare (dev 2) reached devs 0 only.
+    let sb0 = events(&mut given[0], 12);
+    sb0.set_role(1, Role::Faulty).unwrap();
+    sb0.set_role(2, Role::Active(1)).unwrap();
+    events(&mut given[2], 11).set_role(1, Role::Faulty).unwrap();
+    given.remove(1);
+    let plan = plan_assembly(&given, &plain()).unwrap();
+    assert_eq!(plan.slots, vec![Some(0), None]);
+    assert_eq!(plan.spares, vec![1]);
+    assert!(plan.degraded);
+}
+
 /// Goal: two devices claiming one slot: the fresher wins, the other is named as the loser;
 /// the same device given twice is caught the same way.
 #[test]
