@@ -4,84 +4,28 @@
 //! fresh assembly without the failed member is complete. A crash part-way through a rebuild
 //! resumes from a checkpoint, not from zero.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use raidcore::buf::BufSlice;
 use raidcore::layout::{LayoutKind, Raid10Layout, Raid5Algorithm};
-use raidcore::member::{FaultHandle, FaultMember, MemMember, Member};
+use raidcore::member::{MemMember, Member};
 use raidcore::raid::events::Event;
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions, SlotState};
+use raidcore::raid::{assemble, Array, AssembleOptions, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
 
 const MEMBER: u64 = 12 << 20;
 
-struct Rig {
-    array: Rc<Array>,
-    sims: Vec<Rc<MemMember>>,
-    faults: Vec<FaultHandle>,
-    events: Rc<RefCell<Vec<Event>>>,
+async fn rig(kind: LayoutKind, members: usize, spares: usize) -> common::Rig {
+    common::rig(kind, members, spares, MEMBER).await
 }
 
-async fn rig(kind: LayoutKind, members: usize, spares: usize) -> Rig {
-    let sims: Vec<Rc<MemMember>> = (0..members + spares)
-        .map(|i| Rc::new(MemMember::new(&format!("m{i}"), MEMBER, i as u64)))
-        .collect();
-    let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
-    let opts = CreateOptions {
-        name: "r".into(),
-        kind,
-        chunk_bytes: 64 << 10,
-        bitmap: true,
-        bitmap_chunk_bytes: None,
-        assume_clean: false,
-        force: true,
-        fresh: true,
-        spare_group: None,
-    };
-    create(&plain[..members], &plain[members..], &opts)
-        .await
-        .expect("create");
-    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
-    let wrapped = sims
-        .iter()
-        .zip(&faults)
-        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
-        .collect();
-    let array = assemble(wrapped, &AssembleOptions::default())
-        .await
-        .expect("assemble")
-        .array;
-    let events = Rc::new(RefCell::new(Vec::new()));
-    let sink = events.clone();
-    array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
-    Rig {
-        array,
-        sims,
-        faults,
-        events,
-    }
-}
-
-fn pattern(len: usize, seed: u64) -> BufSlice {
-    let b = BufSlice::zeroed(len);
-    for (i, w) in b.bytes_mut().chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
-    }
-    b
-}
+use common::pattern;
 
 async fn wait_rebuilt(array: &Array) {
-    for _ in 0..20_000 {
-        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
-            return;
-        }
-        sleep(Duration::from_millis(2)).await;
-    }
-    panic!("rebuild did not finish: {}", array.missing_description());
+    common::wait_complete(array).await
 }
 
 fn check_consistent(array: &Array, sims: &[Rc<MemMember>]) {
