@@ -181,6 +181,7 @@ fn simulator() {
             }
             None => break,
         };
+        TRACE.with(|t| t.borrow_mut().clear());
         match run(seed) {
             Ok(r) => {
                 total.ops += r.ops;
@@ -190,7 +191,8 @@ fn simulator() {
                 runs += 1;
             }
             Err(e) => {
-                panic!("simulator seed {seed} failed (rerun with RAIDCTL_SIM_SEED={seed}): {e}")
+                let trace = save_trace(seed);
+                panic!("simulator seed {seed} failed (rerun with RAIDCTL_SIM_SEED={seed}; its steps are in {trace}): {e}")
             }
         }
     }
@@ -589,10 +591,29 @@ async fn chaos(
     replaced
 }
 
-/// With RAIDCTL_SIM_TRACE set, every step on stderr (to find where a seed goes wrong).
+thread_local! {
+    /// The current seed's steps, written out when it fails (a seed that fails only under
+    /// some timing may pass when rerun with RAIDCTL_SIM_TRACE).
+    static TRACE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records a step; with RAIDCTL_SIM_TRACE set, prints it on stderr as it happens.
 fn trace(line: impl FnOnce() -> String) {
+    let line = line();
     if std::env::var_os("RAIDCTL_SIM_TRACE").is_some() {
-        eprintln!("{}", line());
+        eprintln!("{line}");
+    }
+    TRACE.with(|t| t.borrow_mut().push(line));
+}
+
+/// Writes the failed seed's steps to a file under the target directory; returns its path.
+fn save_trace(seed: u64) -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("sim-trace-{seed}.log"));
+    let text = TRACE.with(|t| t.borrow().join("\n"));
+    match std::fs::write(&path, text) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("(not written: {e})"),
     }
 }
 
@@ -638,6 +659,11 @@ async fn recovery_phase(
                 .collect::<Vec<_>>()
         )
     });
+    // Slots not in sync at assembly: after a forced start their bytes are rebuilt from
+    // parity that may be stale (known before the recovery below makes them active).
+    let absent: Vec<usize> = (0..array.geometry().members())
+        .filter(|&s| !array.slots()[s].is_active())
+        .collect();
     // Rebuilds (with a spare) and the resync (once complete) run by themselves.
     for _ in 0..5000 {
         let busy = !array.rebuild_states().is_empty()
@@ -649,9 +675,6 @@ async fn recovery_phase(
         }
         sleep(Duration::from_millis(2)).await;
     }
-    let absent: Vec<usize> = (0..array.geometry().members())
-        .filter(|&s| !array.slots()[s].is_active())
-        .collect();
     let m = model.borrow().clone_for_check();
     let len = (m.issued.len() * SECTOR) as u64;
     let buf = BufSlice::zeroed(len as usize);
@@ -667,40 +690,17 @@ async fn recovery_phase(
             // missing member's bytes from stale parity. That is why assembly refuses it.
             continue;
         }
-        let got = decode(s as u64, &bytes[s * SECTOR..(s + 1) * SECTOR]).ok_or_else(|| {
-            format!("after the power cut sector {s} holds bytes never written there")
-        })?;
+        let Some(got) = decode(s as u64, &bytes[s * SECTOR..(s + 1) * SECTOR]) else {
+            trace_sector(&array, &sims, &m, s);
+            return Err(format!(
+                "after the power cut sector {s} holds bytes never written there"
+            ));
+        };
         let pos = m.issued[s].iter().rposition(|&g| g == got).ok_or_else(|| {
             format!("after the power cut sector {s} holds generation {got}, never issued there")
         })?;
         if pos < m.durable[s] {
-            trace(|| {
-                let copies = array.geometry().map_copies(at);
-                let slots = array.slots();
-                copies
-                    .iter()
-                    .map(|c| {
-                        let d = slots[c.slot].disk().cloned();
-                        let held = d.and_then(|d| {
-                            let sim = sims.iter().find(|m| m.path() == d.member.path())?;
-                            let bytes = sim.store().lock().unwrap().clone();
-                            let o = (d.data_offset + c.member_offset) as usize;
-                            Some((
-                                d.member.path().to_string(),
-                                decode(s as u64, &bytes[o..o + SECTOR]),
-                            ))
-                        });
-                        format!("slot {}: {held:?}", c.slot)
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
-            trace(|| {
-                format!(
-                    "sector {s} issued {:?} acked {} durable {}",
-                    m.issued[s], m.acked[s], m.durable[s]
-                )
-            });
+            trace_sector(&array, &sims, &m, s);
             return Err(format!(
                 "after the power cut sector {s} went back to generation {got}; generation {} was durable (flushed or FUA)",
                 m.issued[s][m.durable[s]]
@@ -713,6 +713,38 @@ async fn recovery_phase(
     }
     array.close().await.map_err(|e| format!("close: {e}"))?;
     Ok(forced)
+}
+
+/// Traces what each copy of sector `s` holds on the members, and its history in the model.
+fn trace_sector(array: &Array, sims: &[Rc<MemMember>], m: &Model, s: usize) {
+    let at = (s * SECTOR) as u64;
+    trace(|| {
+        let copies = array.geometry().map_copies(at);
+        let slots = array.slots();
+        copies
+            .iter()
+            .map(|c| {
+                let d = slots[c.slot].disk().cloned();
+                let held = d.and_then(|d| {
+                    let sim = sims.iter().find(|m| m.path() == d.member.path())?;
+                    let bytes = sim.store().lock().unwrap().clone();
+                    let o = (d.data_offset + c.member_offset) as usize;
+                    Some((
+                        d.member.path().to_string(),
+                        decode(s as u64, &bytes[o..o + SECTOR]),
+                    ))
+                });
+                format!("slot {}: {held:?}", c.slot)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    trace(|| {
+        format!(
+            "sector {s} issued {:?} acked {} durable {}",
+            m.issued[s], m.acked[s], m.durable[s]
+        )
+    });
 }
 
 fn write_hole_exposed(array: &Array, at: u64, absent: &[usize]) -> bool {

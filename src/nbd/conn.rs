@@ -131,7 +131,9 @@ impl Conn {
             CMD_TRIM | CMD_WRITE_ZEROES => (req.length as u64).min(self.export.zero_buffer_bytes),
             _ => 0,
         };
-        let cost = bytes.div_ceil(1 << 20) as usize;
+        // Never more than the connection may hold at all, or the wait would never end (a huge
+        // RAID5 chunk makes the zero rows of one TRIM larger than that).
+        let cost = (bytes.div_ceil(1 << 20) as usize).min(CONNECTION_BUDGET_MIB);
         self.in_flight.acquire().await;
         self.budget.acquire_many(cost).await;
         self.take_from_pool(cost).await;

@@ -12,7 +12,6 @@ use super::events::Event;
 use super::slots::{Disk, SlotGone};
 use super::Array;
 use crate::buf::BufSlice;
-use crate::layout::Level;
 
 /// md's default max_corrected_read_errors.
 pub const MAX_CORRECTED_READS: u32 = 20;
@@ -52,7 +51,9 @@ impl Array {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if self.geo.level() != Level::Raid0 && is_media_error(&e) => {
+            // RAID0 too: the caller finds no other copy and answers EIO, as md's raid0 does,
+            // without taking the whole array down for one sector.
+            Err(e) if is_media_error(&e) => {
                 tracing::warn!(array = %self.name, slot, member = disk.member.path(), "read error at data offset {member_offset}: {e}; rebuilding the range from redundancy");
                 Err(ReadMiss::Bad)
             }
@@ -62,6 +63,16 @@ impl Array {
                     .await;
                 Err(ReadMiss::Gone)
             }
+        }
+    }
+
+    /// Why `slot` could not deliver `len` bytes at `member_offset` that `read_slot` refused:
+    /// a range in its bad-block log (rewriting it is no corrected read error) or a new one.
+    pub(super) fn miss_kind(&self, slot: usize, member_offset: u64, len: u64) -> ReadMiss {
+        match self.active_disk(slot) {
+            Some(d) if d.has_bad(member_offset, len) => ReadMiss::Recorded,
+            Some(_) => ReadMiss::Bad,
+            None => ReadMiss::Gone,
         }
     }
 

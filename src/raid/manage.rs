@@ -355,9 +355,13 @@ impl Array {
             return None;
         };
         let slot = slot as usize;
-        let empty = matches!(self.slots.borrow().get(slot)?, SlotState::Missing);
+        let empty = matches!(self.slots.borrow().get(slot)?, SlotState::Missing)
+            && !self.slot_being_replaced(slot);
+        // A member with recorded bad blocks is rebuilt in full: the partial rebuild would
+        // skip ranges it never had the data for, and its log is rewritten empty.
         (empty
             && !sb.has_feature(FEATURE_RECOVERY_OFFSET)
+            && !sb.has_feature(crate::metadata::FEATURE_BAD_BLOCKS)
             && sb.data_offset_sectors == reference.data_offset_sectors
             && sb.events >= intent.events_cleared.get()
             && sb.events <= reference.events)

@@ -42,6 +42,11 @@ struct Retry {
 }
 
 impl Array {
+    /// Whether parity is known to match the data in every row below member offset `end`.
+    pub(super) fn parity_in_sync(&self, end: u64) -> bool {
+        end <= self.sync_offset.get()
+    }
+
     /// The outcome of a row's member reads, `(slot, result)` each.
     fn row_reads_ok(
         &self,
@@ -91,6 +96,13 @@ impl Array {
             Err(miss) => miss,
         };
         self.count(|c| c.degraded_reads += 1);
+        // A row not yet resynced has parity that may not match its data: rebuilding a bad
+        // range from it would answer bytes nobody wrote. Only a member that is gone (the
+        // array runs degraded and accepted that risk at assembly) is reconstructed there.
+        let row_end = (loc.stripe + 1) * self.geo.chunk_bytes();
+        if miss != super::correct::ReadMiss::Gone && !self.parity_in_sync(row_end) {
+            return Err(self.lost_error(array_offset));
+        }
         // Reconstruct under the row lock: a concurrent write must not change the row between
         // our reads of its members.
         let _guard = self.locks.lock(loc.stripe).await;
@@ -189,7 +201,11 @@ impl Array {
                     unreadable: Some(slot),
                 }) => {
                     let degraded = self.slots.borrow().iter().any(|s| !s.is_active());
-                    if degraded || unreadable.is_some() {
+                    // A data member's part of a row not yet resynced cannot be had from its
+                    // parity (see read_raid5_piece).
+                    let untrusted = slot != self.geo.raid5_parity_slot(stripe)
+                        && !self.parity_in_sync((stripe + 1) * self.geo.chunk_bytes());
+                    if degraded || unreadable.is_some() || untrusted {
                         return Err(self.lost_error(array_offset));
                     }
                     unreadable = Some(slot);

@@ -91,8 +91,31 @@ impl Array {
             .write(new.data_offset + member_offset, buf, fua)
             .await
         {
-            self.abort_replacement(&format!("write to the new member failed: {e}"), true)
-                .await;
+            self.new_member_failed(new, "write", member_offset, e).await;
+        }
+    }
+
+    /// The replacement's new member failed an operation: give the replacement up, or, when
+    /// the new member has meanwhile taken the slot (swap, or recovery after the old one
+    /// failed), fail it there like any member.
+    pub(super) async fn new_member_failed(
+        &self,
+        new: &Rc<Disk>,
+        op: &str,
+        member_offset: u64,
+        e: std::io::Error,
+    ) {
+        if self.is_replacement(new) {
+            let reason = format!("{op} on the new member failed: {e}");
+            return self.abort_replacement(&reason, true).await;
+        }
+        let slot = self
+            .slots
+            .borrow()
+            .iter()
+            .position(|s| s.disk().is_some_and(|d| Rc::ptr_eq(d, new)));
+        if let Some(slot) = slot {
+            let _ = self.slot_failed(slot, new, op, member_offset, e).await;
         }
     }
 

@@ -314,10 +314,24 @@ impl Array {
                     }
                 }
                 [] => {}
+                // Parity not yet resynced says nothing of a data block: it is lost, and so is
+                // this block of parity (it is not computed from the data; a later write of
+                // the row must not trust it).
+                [slot]
+                    if *slot != self.geo.raid5_parity_slot(off / chunk)
+                        && !self.parity_in_sync(off + n as u64) =>
+                {
+                    let pslot = self.geo.raid5_parity_slot(off / chunk);
+                    for s in [*slot, pslot] {
+                        if let Some(d) = self.active_disk(s) {
+                            self.record_bad(&d, off, n as u64).await;
+                        }
+                    }
+                }
                 // The XOR of the others is exactly what the unreadable member holds.
                 [slot] => {
-                    self.repair_range(*slot, off, acc, super::correct::ReadMiss::Bad)
-                        .await
+                    let miss = self.miss_kind(*slot, off, n as u64);
+                    self.repair_range(*slot, off, acc, miss).await
                 }
                 lost => {
                     for &slot in lost {
@@ -419,8 +433,8 @@ impl Array {
                 let at = c.member_offset + start;
                 if !ok[k] {
                     let data = bufs[good].clone();
-                    self.repair_range(c.slot, at, data, super::correct::ReadMiss::Bad)
-                        .await;
+                    let miss = self.miss_kind(c.slot, at, n as u64);
+                    self.repair_range(c.slot, at, data, miss).await;
                 } else if bufs[k].bytes() != bufs[good].bytes() {
                     differs = true;
                     if repair

@@ -100,6 +100,8 @@ fn allowed_transition(from: &SlotState, to: &SlotState) -> bool {
         (Recovering(a, _), Active(b)) => Rc::ptr_eq(a, b),
         (Faulty(_), Missing) => true,
         (Active(a) | Faulty(a), Active(b)) => !Rc::ptr_eq(a, b),
+        // A replacement swapped in after its old member failed and was removed.
+        (Missing, Active(_)) => true,
         _ => false,
     }
 }
@@ -153,7 +155,7 @@ impl Array {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if self.geo.level() != Level::Raid0 && super::correct::is_media_error(&e) => {
+            Err(e) if super::correct::is_media_error(&e) => {
                 tracing::warn!(array = %self.name, slot, member = disk.member.path(), "read error at data offset {member_offset}: {e}; using redundancy");
                 Err(SlotGone)
             }
@@ -277,7 +279,7 @@ impl Array {
                 Ok(())
             }
             Err(e) if replacing => {
-                self.abort_replacement(&format!("zeroing on the new member failed: {e}"), true)
+                self.new_member_failed(&disk, "zero", member_offset, e)
                     .await;
                 Err(SlotGone)
             }
@@ -311,8 +313,7 @@ impl Array {
         let new = async {
             if let Some(new) = &replacement {
                 if let Err(e) = new.member.flush().await {
-                    self.abort_replacement(&format!("flush of the new member failed: {e}"), true)
-                        .await;
+                    self.new_member_failed(new, "flush", 0, e).await;
                 }
             }
         };
