@@ -8,6 +8,9 @@
 use std::fmt;
 use std::io;
 
+use crate::layout::LayoutError;
+use crate::metadata::MetadataError;
+
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -37,7 +40,7 @@ pub enum ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
-    source: Option<io::Error>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -63,8 +66,16 @@ impl Error {
         Error {
             kind,
             message: format!("{context}: {source}"),
-            source: Some(source),
+            source: Some(Box::new(source)),
         }
+    }
+
+    /// A metadata structure that cannot be used, with what we were doing: its kind says
+    /// whether it is damaged, unsupported or an impossible request.
+    pub fn metadata(context: impl fmt::Display, source: MetadataError) -> Error {
+        let mut e = Error::from(source);
+        e.message = format!("{context}: {}", e.message);
+        e
     }
 
     pub fn invalid(message: impl Into<String>) -> Error {
@@ -99,7 +110,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
+        self.source.as_deref().map(|e| e as _)
     }
 }
 
@@ -115,7 +126,50 @@ impl From<io::Error> for Error {
         Error {
             kind,
             message,
-            source: Some(e),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+impl From<MetadataError> for Error {
+    fn from(e: MetadataError) -> Error {
+        use MetadataError as M;
+        let kind = match &e {
+            M::BadMagic { .. } | M::BitmapBadMagic { .. } => ErrorKind::NotFound,
+            M::BadMajorVersion(_)
+            | M::UnknownFeatures { .. }
+            | M::BitmapBadVersion(_)
+            | M::ExtensionBadVersion(_) => ErrorKind::Unsupported,
+            // What a create or a role change asked for that md's format cannot hold.
+            M::BadName(_)
+            | M::DeviceTooSmall { .. }
+            | M::DataSizeTooSmall(_)
+            | M::TooManyDevices(_)
+            | M::DevNumberOutOfRange(_)
+            | M::SlotOutOfRange(_)
+            | M::NoBitmapForLevel(_)
+            | M::BitmapTooLarge { .. }
+            | M::BitOutOfRange { .. } => ErrorKind::InvalidInput,
+            _ => ErrorKind::Corrupt,
+        };
+        Error {
+            kind,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+impl From<LayoutError> for Error {
+    fn from(e: LayoutError) -> Error {
+        let kind = match &e {
+            LayoutError::Unsupported(_) => ErrorKind::Unsupported,
+            _ => ErrorKind::InvalidInput,
+        };
+        Error {
+            kind,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     }
 }

@@ -26,5 +26,6 @@ pub mod parity;
 pub mod raid;
 pub mod reactor;
 pub mod size;
+pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};

@@ -483,7 +483,7 @@ fn unaligned_writes_through_the_handle_do_not_lose_each_other() {
         install_engine(cache.clone());
         let (inbox, sender) = Inbox::new().unwrap();
         spawn(inbox.serve());
-        let handle = EngineHandle::new(sender.clone(), cache.size_bytes(), false);
+        let handle = EngineHandle::new(sender.clone(), raidcore::volume::Volume::info(&*cache));
         let writers = std::thread::spawn(move || {
             let (tx, rx) = mpsc::channel();
             for round in 0..20u64 {

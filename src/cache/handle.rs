@@ -8,14 +8,18 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
-use super::Cache as Array;
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::reactor::{sleep, spawn, InboxSender, KeyedLocks};
+use crate::volume::{check_request, Access, Volume, VolumeInfo};
 
 thread_local! {
-    static ENGINE: RefCell<Option<Rc<Array>>> = const { RefCell::new(None) };
+    static ENGINE: RefCell<Option<Rc<dyn AnyVolume>>> = const { RefCell::new(None) };
     static PATCHES: Rc<SectorPatches> = Rc::new(SectorPatches::default());
 }
 
@@ -41,9 +45,41 @@ impl SectorPatches {
     }
 }
 
-/// Makes `array` the one that handles on this (reactor) thread reach.
-pub fn install_engine(array: Rc<Array>) {
-    ENGINE.with(|e| *e.borrow_mut() = Some(array));
+type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// A [`Volume`] of any type, so one thread-local can hold it: its futures are boxed, which
+/// costs nothing next to the cross-thread post every handle request makes anyway.
+trait AnyVolume {
+    fn read(&self, offset: u64, buf: BufSlice) -> BoxedResult<'_>;
+    fn write(&self, offset: u64, data: BufSlice, fua: bool) -> BoxedResult<'_>;
+    fn flush(&self) -> BoxedResult<'_>;
+    fn trim(&self, offset: u64, len: u64) -> BoxedResult<'_>;
+    fn write_zeroes(&self, offset: u64, len: u64) -> BoxedResult<'_>;
+}
+
+impl<V: Volume> AnyVolume for V {
+    fn read(&self, offset: u64, buf: BufSlice) -> BoxedResult<'_> {
+        Box::pin(Volume::read(self, offset, buf))
+    }
+    fn write(&self, offset: u64, data: BufSlice, fua: bool) -> BoxedResult<'_> {
+        Box::pin(Volume::write(self, offset, data, fua))
+    }
+    fn flush(&self) -> BoxedResult<'_> {
+        Box::pin(Volume::flush(self))
+    }
+    fn trim(&self, offset: u64, len: u64) -> BoxedResult<'_> {
+        Box::pin(Volume::trim(self, offset, len))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> BoxedResult<'_> {
+        Box::pin(Volume::write_zeroes(self, offset, len))
+    }
+}
+
+type Array = dyn AnyVolume;
+
+/// Makes `volume` the one that handles on this (reactor) thread reach.
+pub fn install_engine<V: Volume + 'static>(volume: Rc<V>) {
+    ENGINE.with(|e| *e.borrow_mut() = Some(volume as Rc<dyn AnyVolume>));
 }
 
 /// Forgets the installed array (at stop).
@@ -57,25 +93,28 @@ type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
 #[derive(Clone)]
 pub struct EngineHandle {
     sender: InboxSender,
-    size_bytes: u64,
-    read_only: bool,
+    info: Arc<VolumeInfo>,
 }
 
 impl EngineHandle {
-    pub fn new(sender: InboxSender, size_bytes: u64, read_only: bool) -> EngineHandle {
+    /// A handle on the volume installed on `sender`'s reactor, which `info` describes.
+    pub fn new(sender: InboxSender, info: VolumeInfo) -> EngineHandle {
         EngineHandle {
             sender,
-            size_bytes,
-            read_only,
+            info: Arc::new(info),
         }
     }
 
+    pub fn info(&self) -> &VolumeInfo {
+        &self.info
+    }
+
     pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.info.size_bytes
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.info.read_only
     }
 
     fn run<T: Send + 'static, F>(&self, done: Done<T>, op: F)
@@ -107,6 +146,9 @@ impl EngineHandle {
         len: usize,
         done: impl FnOnce(Result<BufSlice>) + Send + 'static,
     ) {
+        if let Err(e) = check_request(&self.info, Access::Read, offset, len as u64) {
+            return done(Err(e));
+        }
         self.run(Box::new(done), move |array| {
             Box::pin(async move {
                 let buf = BufSlice::zeroed(len);
@@ -122,6 +164,9 @@ impl EngineHandle {
         fua: bool,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
+        if let Err(e) = check_request(&self.info, Access::Write, offset, data.len() as u64) {
+            return done(Err(e));
+        }
         self.run(Box::new(done), move |array| {
             Box::pin(async move {
                 let patches = PATCHES.with(|p| p.clone());
@@ -154,6 +199,11 @@ impl EngineHandle {
         fua: bool,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
+        let start = offset / SECTOR * SECTOR;
+        let end = (offset + data.len() as u64).div_ceil(SECTOR) * SECTOR;
+        if let Err(e) = check_request(&self.info, Access::Write, start, end - start) {
+            return done(Err(e));
+        }
         self.run(Box::new(done), move |array| {
             Box::pin(async move {
                 let patches = PATCHES.with(|p| p.clone());
@@ -162,8 +212,6 @@ impl EngineHandle {
                 while patches.unlocked_writes.get() > 0 {
                     sleep(std::time::Duration::from_millis(1)).await;
                 }
-                let start = offset / SECTOR * SECTOR;
-                let end = (offset + data.len() as u64).div_ceil(SECTOR) * SECTOR;
                 let guards = patches
                     .locks
                     .lock_range(SectorPatches::keys(start, end - start))
@@ -189,6 +237,9 @@ impl EngineHandle {
     }
 
     pub fn trim(&self, offset: u64, len: u64, done: impl FnOnce(Result<()>) + Send + 'static) {
+        if let Err(e) = check_request(&self.info, Access::Write, offset, len) {
+            return done(Err(e));
+        }
         self.run(Box::new(done), move |array| {
             Box::pin(async move { array.trim(offset, len).await })
         })
@@ -200,6 +251,9 @@ impl EngineHandle {
         len: u64,
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
+        if let Err(e) = check_request(&self.info, Access::Write, offset, len) {
+            return done(Err(e));
+        }
         self.run(Box::new(done), move |array| {
             Box::pin(async move { array.write_zeroes(offset, len).await })
         })

@@ -12,6 +12,7 @@ mod handle;
 pub mod index;
 mod layer;
 pub mod policy;
+mod volume;
 
 pub use destage::{check_battery_file, CacheReport};
 pub use handle::{install_engine, uninstall_engine, EngineHandle};

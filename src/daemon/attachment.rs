@@ -11,6 +11,7 @@ use crate::cache::EngineHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::nbd::Negotiated;
 use crate::reactor::blocking;
+use crate::volume::Volume;
 
 /// Seconds the kernel waits for one nbd request before failing it. A crashed daemon closes
 /// its sockets, which the kernel notices at once; this only bounds a daemon that is alive but
@@ -184,11 +185,7 @@ impl Daemon {
             attach::lazy_unmount(&dir);
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
-        let handle = EngineHandle::new(
-            self.inbox.clone(),
-            self.array.size_bytes(),
-            self.array.is_read_only(),
-        );
+        let handle = EngineHandle::new(self.inbox.clone(), self.cache.info());
         let mount_dir = dir.clone();
         let mount_name = name.clone();
         let session = blocking(&self.inbox, move || {

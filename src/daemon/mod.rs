@@ -42,6 +42,7 @@ use crate::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
 use crate::nbd::{sock, Export, Server};
 use crate::raid::{assemble, Array, AssembleOptions};
 use crate::reactor::{block_on, blocking, spawn, submit, Inbox, InboxSender, Semaphore};
+use crate::volume::Volume;
 
 /// An extra NBD listening address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +119,7 @@ struct Daemon {
     config: DaemonConfig,
     array: Rc<Array>,
     cache: Rc<Cache>,
-    server: Rc<Server>,
+    server: Rc<Server<Cache>>,
     uris: Vec<String>,
     stop: Semaphore,
     stop_waiters: RefCell<Vec<RawFd>>,
@@ -173,9 +174,9 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
             config.name
         );
     }
-    let mut export = Export::new(cache.clone(), config.assemble.read_only);
+    let mut export = Export::new(cache.info(), config.assemble.read_only);
     export.name = config.name.clone();
-    let server = Server::new(export);
+    let server = Server::new(cache.clone(), export);
 
     let mut listens = vec![Listen::Unix(config.run_dir.sock(&config.name))];
     listens.extend(config.listen.iter().cloned());

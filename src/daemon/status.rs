@@ -106,7 +106,11 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    pub fn build(array: &Array, server: Option<&Server>, export_uris: Vec<String>) -> StatusReport {
+    pub fn build(
+        array: &Array,
+        server: Option<&Server<crate::cache::Cache>>,
+        export_uris: Vec<String>,
+    ) -> StatusReport {
         let geo = array.geometry();
         let mut members: Vec<MemberReport> = array
             .slots()

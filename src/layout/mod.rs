@@ -333,6 +333,20 @@ impl Geometry {
         self.stripe_bytes
     }
 
+    /// The write that covers a whole row of data, touching each member's chunk once: no
+    /// read-modify-write on RAID5 (`chunk * (members - 1)`), every member busy on RAID0/10.
+    /// RAID1 has no rows: a 4 KiB block.
+    pub fn full_row_bytes(&self) -> u64 {
+        let chunk = self.chunk_bytes;
+        let members = self.members as u64;
+        match self.level() {
+            Level::Raid1 => 4096,
+            Level::Raid5 => chunk * (members - 1),
+            Level::Raid0 => chunk * members,
+            Level::Raid10 => chunk * members / self.copies() as u64,
+        }
+    }
+
     /// Splits `[offset, offset + len)` into pieces that never cross a chunk boundary (RAID1:
     /// a 64 KiB boundary).
     ///

@@ -16,6 +16,7 @@ use super::sock::{write_all, BufferedReader};
 use super::Export;
 use crate::buf::{AlignedBuf, BufSlice};
 use crate::reactor::{spawn, AsyncMutex, Semaphore};
+use crate::volume::Volume;
 use crate::Error;
 
 /// Requests a connection may have in flight before we stop reading from it.
@@ -33,8 +34,9 @@ pub const SERVER_BUDGET_MIB: usize = 1024;
 /// A rejected WRITE payload larger than this is not drained: the connection is closed.
 const MAX_DRAIN_BYTES: u64 = 128 << 20;
 
-pub(super) struct Conn {
+pub(super) struct Conn<V: Volume> {
     pub fd: RawFd,
+    volume: Rc<V>,
     pub export: Rc<Export>,
     pub negotiated: Negotiated,
     write_lock: AsyncMutex,
@@ -48,15 +50,17 @@ pub(super) struct Conn {
     broken: Cell<bool>,
 }
 
-impl Conn {
+impl<V: Volume + 'static> Conn<V> {
     pub fn new(
         fd: RawFd,
+        volume: Rc<V>,
         export: Rc<Export>,
         negotiated: Negotiated,
         server_budget: Rc<Semaphore>,
-    ) -> Rc<Conn> {
+    ) -> Rc<Conn<V>> {
         Rc::new(Conn {
             fd,
+            volume,
             export,
             negotiated,
             write_lock: AsyncMutex::default(),
@@ -268,7 +272,7 @@ impl Conn {
     }
 
     async fn execute(&self, req: Request, data: Option<BufSlice>) {
-        let array = &self.export.volume;
+        let array = &*self.volume;
         let fua = req.flags & CMD_FLAG_FUA != 0;
         let len = req.length as u64;
         let result = match req.kind {
@@ -390,11 +394,7 @@ impl Conn {
     }
 }
 
-async fn with_fua(
-    r: crate::Result<()>,
-    fua: bool,
-    array: &crate::cache::Cache,
-) -> crate::Result<()> {
+async fn with_fua(r: crate::Result<()>, fua: bool, array: &impl Volume) -> crate::Result<()> {
     r?;
     if fua {
         array.flush().await?;

@@ -22,20 +22,23 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::cache::Cache;
 use crate::reactor::{sleep, spawn};
+use crate::volume::{Volume, VolumeInfo};
 pub use handshake::Negotiated;
 use proto::*;
 
-/// What the server exports: the array (through its cache) plus how it is described to clients.
+/// How the server describes its volume to clients: made once from the volume's
+/// [`VolumeInfo`] (the name may then be set to the one it is served under).
 pub struct Export {
     pub name: String,
     pub description: String,
-    pub volume: Rc<Cache>,
+    pub size_bytes: u64,
     pub read_only: bool,
     pub min_block: u32,
     pub preferred_block: u32,
     pub max_payload: u32,
+    /// What the volume can do: the transmission flags come from it.
+    caps: VolumeInfo,
     /// The most buffer memory one TRIM or WRITE_ZEROES can need (RAID5 writes the partial
     /// rows at either end as zeroes): what it counts against the connection's budget.
     pub zero_buffer_bytes: u64,
@@ -45,47 +48,23 @@ pub struct Export {
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 
 impl Export {
-    pub fn new(volume: Rc<Cache>, read_only: bool) -> Export {
-        let array = volume.array().clone();
-        let geo = array.geometry();
-        let chunk = geo.chunk_bytes();
-        let stripe = match geo.level() {
-            crate::layout::Level::Raid1 => 4096,
-            crate::layout::Level::Raid5 => chunk * (geo.members() as u64 - 1),
-            crate::layout::Level::Raid0 => chunk * geo.members() as u64,
-            crate::layout::Level::Raid10 => chunk * geo.members() as u64 / geo.copies() as u64,
-        };
-        // Clients reject a preferred size that is not a power of two.
-        let preferred = if stripe.is_power_of_two() {
-            stripe
-        } else {
-            chunk.max(4096)
-        };
-        let preferred = preferred.clamp(4096, MAX_PAYLOAD as u64) as u32;
-        let description = format!(
-            "raidctl {} array {} ({} members, {} bytes)",
-            geo.level(),
-            array.name(),
-            geo.members(),
-            array.size_bytes()
-        );
+    /// Serves `info`'s volume; `read_only` makes it read-only for clients even if it is not.
+    pub fn new(info: VolumeInfo, read_only: bool) -> Export {
         Export {
-            name: array.name().to_string(),
-            description,
-            read_only: read_only || array.is_read_only(),
-            volume,
-            min_block: 512,
-            preferred_block: preferred,
+            name: info.name.clone(),
+            description: info.description.clone(),
+            size_bytes: info.size_bytes,
+            read_only: read_only || info.read_only,
+            min_block: info.logical_block,
+            preferred_block: info.preferred_block.min(MAX_PAYLOAD),
             max_payload: MAX_PAYLOAD,
-            zero_buffer_bytes: match geo.level() {
-                crate::layout::Level::Raid5 => 2 * geo.stripe_bytes(),
-                _ => 0,
-            },
+            zero_buffer_bytes: info.zero_buffer_bytes,
+            caps: info,
         }
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.volume.size_bytes()
+        self.size_bytes
     }
 
     /// The default export ("") is ours too.
@@ -94,11 +73,23 @@ impl Export {
     }
 
     pub fn transmission_flags(&self, structured: bool) -> u16 {
-        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN | TF_SEND_CACHE;
+        let caps = &self.caps;
+        let mut f = TF_HAS_FLAGS | TF_SEND_CACHE;
+        if caps.can_flush {
+            f |= TF_SEND_FLUSH | TF_SEND_FUA;
+        }
+        if caps.multi_conn {
+            f |= TF_CAN_MULTI_CONN;
+        }
         if self.read_only {
             f |= TF_READ_ONLY;
         } else {
-            f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO;
+            if caps.can_trim {
+                f |= TF_SEND_TRIM;
+            }
+            if caps.can_zero {
+                f |= TF_SEND_WRITE_ZEROES | TF_SEND_FAST_ZERO;
+            }
         }
         if structured {
             // Every READ is answered with one data chunk, so "don't fragment" always holds.
@@ -116,7 +107,8 @@ pub struct ServerStats {
 }
 
 /// The listeners and connections of one export.
-pub struct Server {
+pub struct Server<V: Volume> {
+    volume: Rc<V>,
     export: Rc<Export>,
     pub stats: Rc<ServerStats>,
     stopping: Cell<bool>,
@@ -126,9 +118,10 @@ pub struct Server {
     budget: Rc<crate::reactor::Semaphore>,
 }
 
-impl Server {
-    pub fn new(export: Export) -> Rc<Server> {
+impl<V: Volume + 'static> Server<V> {
+    pub fn new(volume: Rc<V>, export: Export) -> Rc<Server<V>> {
         Rc::new(Server {
+            volume,
             export: Rc::new(export),
             stats: Rc::new(ServerStats::default()),
             stopping: Cell::new(false),
@@ -180,7 +173,13 @@ impl Server {
     }
 
     async fn transmit(self: &Rc<Self>, fd: RawFd, negotiated: Negotiated) {
-        let conn = conn::Conn::new(fd, self.export.clone(), negotiated, self.budget.clone());
+        let conn = conn::Conn::new(
+            fd,
+            self.volume.clone(),
+            self.export.clone(),
+            negotiated,
+            self.budget.clone(),
+        );
         if let Err(e) = conn.serve().await {
             tracing::info!("connection closed: {e}");
         }
@@ -232,5 +231,56 @@ impl Server {
             sleep(step).await;
             waited += step;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> VolumeInfo {
+        VolumeInfo {
+            name: "a".into(),
+            description: "an array".into(),
+            size_bytes: 1 << 30,
+            logical_block: 512,
+            preferred_block: 1 << 20,
+            read_only: false,
+            can_trim: true,
+            can_zero: true,
+            can_flush: true,
+            multi_conn: true,
+            zero_buffer_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn transmission_flags_come_from_the_volume_capabilities() {
+        let all = Export::new(info(), false).transmission_flags(false);
+        for f in [
+            TF_SEND_FLUSH,
+            TF_SEND_FUA,
+            TF_CAN_MULTI_CONN,
+            TF_SEND_TRIM,
+            TF_SEND_WRITE_ZEROES,
+        ] {
+            assert_ne!(all & f, 0, "flag {f:#x}");
+        }
+        assert_eq!(all & TF_READ_ONLY, 0);
+        let ro = Export::new(info(), true).transmission_flags(false);
+        assert_ne!(ro & TF_READ_ONLY, 0);
+        assert_eq!(ro & (TF_SEND_TRIM | TF_SEND_WRITE_ZEROES), 0);
+        let plain = VolumeInfo {
+            can_trim: false,
+            can_flush: false,
+            multi_conn: false,
+            ..info()
+        };
+        let f = Export::new(plain, false).transmission_flags(false);
+        assert_eq!(
+            f & (TF_SEND_TRIM | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN),
+            0
+        );
+        assert_ne!(f & TF_SEND_WRITE_ZEROES, 0);
     }
 }

@@ -107,8 +107,7 @@ pub async fn create(
     } else {
         vec![used; members.len()]
     };
-    let geo = Geometry::new(opts.kind.clone(), chunk_bytes, &member_bytes)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    let geo = Geometry::new(opts.kind.clone(), chunk_bytes, &member_bytes).map_err(Error::from)?;
     for s in spares {
         if s.size_bytes().saturating_sub(data_offset) < used {
             return Err(Error::invalid(format!(
@@ -193,8 +192,7 @@ pub(super) async fn write_member_metadata(
     let ctx = |what: &str| format!("writing {what} to {}", m.path());
     zero_foreign_superblocks(m).await?;
     let bitmap = if sb.bitmap_offset_sectors != 0 {
-        let bsb = create_bitmap_superblock(sb, bitmap_chunk_bytes)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        let bsb = create_bitmap_superblock(sb, bitmap_chunk_bytes).map_err(Error::from)?;
         let area = AlignedBuf::from_slice(&bsb.encode_initial_area());
         let at = SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * SECTOR as i64;
         m.write(at as u64, area.into_shared(), false)
@@ -213,17 +211,13 @@ pub(super) async fn write_member_metadata(
             .await
             .map_err(|e| Error::io(ctx("the bad-block log"), e))?;
     }
-    let ext_at = extension_offset_sectors(sb, bitmap.as_ref())
-        .map_err(|e| Error::invalid(e.to_string()))?
-        * SECTOR;
+    let ext_at = extension_offset_sectors(sb, bitmap.as_ref()).map_err(Error::from)? * SECTOR;
     let ext = Extension {
         created_by: format!("raidctl {}", env!("CARGO_PKG_VERSION")),
         spare_group: spare_group.map(str::to_string),
         ..Default::default()
     };
-    let block = ext
-        .encode(&sb.set_uuid)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    let block = ext.encode(&sb.set_uuid).map_err(Error::from)?;
     m.write(ext_at, AlignedBuf::from_slice(&block).into_shared(), false)
         .await
         .map_err(|e| Error::io(ctx("the extension block"), e))?;

@@ -269,8 +269,7 @@ impl Array {
             // Rebuilt from 0, but only where the bitmap says something changed.
             sb.feature_map |= FEATURE_RECOVERY_OFFSET;
         }
-        sb.set_role(dev_number, role)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        sb.set_role(dev_number, role).map_err(Error::from)?;
         let group = self.spare_group();
         // The new member's bitmap must have the array's chunk (which may not be the default).
         let chunk = self
@@ -298,8 +297,7 @@ impl Array {
                 readd = None;
                 role = Role::Spare;
                 sb.feature_map &= !FEATURE_RECOVERY_OFFSET;
-                sb.set_role(dev_number, Role::Spare)
-                    .map_err(|e| Error::invalid(e.to_string()))?;
+                sb.set_role(dev_number, Role::Spare).map_err(Error::from)?;
             }
         }
         {

@@ -102,9 +102,7 @@ impl Array {
             let mut changed = false;
             for dev in faulty {
                 if reference.role_of(dev) != Role::Faulty {
-                    reference
-                        .set_role(dev, Role::Faulty)
-                        .map_err(|e| Error::invalid(e.to_string()))?;
+                    reference.set_role(dev, Role::Faulty).map_err(Error::from)?;
                     changed = true;
                 }
             }
@@ -149,7 +147,7 @@ impl Array {
                 .reference
                 .borrow_mut()
                 .set_role(dev_number, Role::Active(slot as u16))
-                .map_err(|e| Error::invalid(e.to_string()))?;
+                .map_err(Error::from)?;
         }
         for d in self.meta.disks.borrow_mut().iter_mut() {
             if d.disk.dev_number == dev_number {

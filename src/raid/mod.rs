@@ -30,6 +30,7 @@ mod replace;
 mod scrub;
 mod slots;
 mod striped;
+mod volume;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -311,21 +312,7 @@ impl Array {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if !offset.is_multiple_of(512) || !len.is_multiple_of(512) {
-            return Err(Error::invalid(format!(
-                "request at {offset}+{len} is not aligned to 512 bytes"
-            )));
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size_bytes() => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::OutOfRange,
-                format!(
-                    "request at {offset}+{len} ends past the array size {}",
-                    self.size_bytes()
-                ),
-            )),
-        }
+        crate::volume::check_range(self.size_bytes(), 512, offset, len)
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -107,7 +107,7 @@ impl Array {
                 ext.created_by = format!("raidctl {}", env!("CARGO_PKG_VERSION"));
             }
             ext.encode(&self.meta.reference().set_uuid)
-                .map_err(|e| crate::Error::invalid(e.to_string()))?
+                .map_err(crate::Error::from)?
         };
         // Only where our block has its own room below the data: on md-made arrays the place
         // may belong to md's bad-block log, which we must never overwrite.
