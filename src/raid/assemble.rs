@@ -47,13 +47,7 @@ const SECTOR: u64 = 512;
 
 /// Reads every member's superblock and assembles the array they agree on.
 pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> Result<Assembled> {
-    let mut candidates = Vec::new();
-    for m in &members {
-        candidates.push(Candidate {
-            path: m.path().to_string(),
-            superblock: read_raw_superblock(m.as_ref()).await?,
-        });
-    }
+    let candidates = read_candidates(&members).await?;
     let plan = plan_assembly(
         &candidates,
         &AssemblyOptions {
@@ -83,50 +77,21 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             slots.push(SlotState::Missing);
             continue;
         };
-        let sb = own_sb(i);
-        let disk = Rc::new(Disk::new(
-            members[i].clone(),
-            sb.data_offset_sectors * SECTOR,
-            sb.dev_number,
-        ));
-        let recovering =
-            sb.has_feature(FEATURE_RECOVERY_OFFSET) && sb.recovery_offset_sectors != u64::MAX;
-        let cursor = sb.recovery_offset_sectors.saturating_mul(SECTOR);
-        meta_disks.push(meta_disk(disk.clone(), sb).await);
-        if recovering {
-            // Part-way through a rebuild: resume from its checkpoint.
-            notes.push(format!(
-                "{} is part-way through a rebuild of slot {slot} ({cursor} bytes done): it resumes from there",
-                candidates[i].path
-            ));
-            slots.push(SlotState::Recovering(disk, Rc::new(Cell::new(cursor))));
-            continue;
-        }
-        slots.push(SlotState::Active(disk));
+        let (state, meta) = place_member(slot, members[i].clone(), own_sb(i), &mut notes).await;
+        slots.push(state);
+        meta_disks.push(meta);
     }
     // Before the spares join: only members of the array carry its bits.
     let intent = super::intent::load_intent(&reference, &meta_disks).await;
     let mut spares = Vec::new();
     for &i in &plan.spares {
-        let sb = own_sb(i);
-        let disk = Rc::new(Disk::new(
-            members[i].clone(),
-            sb.data_offset_sectors * SECTOR,
-            sb.dev_number,
-        ));
-        meta_disks.push(meta_disk(disk.clone(), sb).await);
+        let (disk, meta) = open_disk(members[i].clone(), own_sb(i)).await;
+        meta_disks.push(meta);
         spares.push(disk);
     }
-
     let member_bytes: Vec<u64> = if level == Level::Raid0 {
-        plan.slots
-            .iter()
-            .map(|entry| {
-                entry
-                    .map(|i| own_sb(i).data_size_sectors * SECTOR)
-                    .unwrap_or(0)
-            })
-            .collect()
+        let data_bytes = |i: usize| own_sb(i).data_size_sectors * SECTOR;
+        plan.slots.iter().map(|e| e.map_or(0, data_bytes)).collect()
     } else {
         vec![reference.size_sectors * SECTOR; reference.raid_disks as usize]
     };
@@ -140,35 +105,131 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     }
     let geo = Geometry::new(kind, reference.chunk_sectors as u64 * SECTOR, &member_bytes)
         .map_err(|e| Error::new(ErrorKind::Corrupt, format!("array {name}: {e}")))?;
-    for (slot, s) in slots.iter().enumerate() {
-        if let Some(d) = s.disk() {
-            let avail = d.member.size_bytes().saturating_sub(d.data_offset);
-            let needed = geo.slot_used_bytes(slot);
-            if avail < needed {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!("{} is smaller than array {name} needs ({avail} data bytes, {needed} needed)", d.member.path()),
-                ));
-            }
+    check_member_sizes(&geo, &slots, &name)?;
+
+    let array = new_array(
+        name,
+        geo,
+        slots,
+        spares,
+        MetaState::new(reference, meta_disks),
+        intent,
+        opts.read_only,
+    );
+    if let Some(ext) = read_extension(&array).await {
+        array.set_speed_limits(ext.speed_min_kib, ext.speed_max_kib);
+        *array.extension.borrow_mut() = ext;
+    }
+    check_startable(&array, opts, &notes)?;
+    if !plan.forced.is_empty() {
+        if !opts.read_only {
+            // Bring the forced members' events up to the array's before anything else happens.
+            array.persist_now().await?;
+        }
+        for &i in &plan.forced {
+            notes.push(format!(
+                "{} was stale and is used anyway (--force)",
+                candidates[i].path
+            ));
         }
     }
+    start(&array, opts, &notes).await?;
+    Ok(Assembled { array, notes })
+}
 
-    let sync_offset = if reference.resync_offset == u64::MAX {
+async fn read_candidates(members: &[Rc<dyn Member>]) -> Result<Vec<Candidate>> {
+    let mut candidates = Vec::new();
+    for m in members {
+        candidates.push(Candidate {
+            path: m.path().to_string(),
+            superblock: read_raw_superblock(m.as_ref()).await?,
+        });
+    }
+    Ok(candidates)
+}
+
+/// A planned member in `slot`: active, or part-way through a rebuild (then it resumes from its
+/// checkpoint, which `notes` tells the user).
+async fn place_member(
+    slot: usize,
+    member: Rc<dyn Member>,
+    sb: Superblock,
+    notes: &mut Vec<String>,
+) -> (SlotState, MetaDisk) {
+    let recovering =
+        sb.has_feature(FEATURE_RECOVERY_OFFSET) && sb.recovery_offset_sectors != u64::MAX;
+    let cursor = sb.recovery_offset_sectors.saturating_mul(SECTOR);
+    let (disk, meta) = open_disk(member, sb).await;
+    if !recovering {
+        return (SlotState::Active(disk), meta);
+    }
+    notes.push(format!(
+        "{} is part-way through a rebuild of slot {slot} ({cursor} bytes done): it resumes from there",
+        disk.member.path()
+    ));
+    (
+        SlotState::Recovering(disk, Rc::new(Cell::new(cursor))),
+        meta,
+    )
+}
+
+/// A member as the engine holds it, with its superblock and bad-block log.
+async fn open_disk(member: Rc<dyn Member>, sb: Superblock) -> (Rc<Disk>, MetaDisk) {
+    let disk = Rc::new(Disk::new(
+        member,
+        sb.data_offset_sectors * SECTOR,
+        sb.dev_number,
+    ));
+    let meta = meta_disk(disk.clone(), sb).await;
+    (disk, meta)
+}
+
+/// Every member holds the data area the geometry needs of its slot.
+fn check_member_sizes(geo: &Geometry, slots: &[SlotState], name: &str) -> Result<()> {
+    for (slot, s) in slots.iter().enumerate() {
+        let Some(d) = s.disk() else { continue };
+        let avail = d.member.size_bytes().saturating_sub(d.data_offset);
+        let needed = geo.slot_used_bytes(slot);
+        if avail < needed {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{} is smaller than array {name} needs ({avail} data bytes, {needed} needed)",
+                    d.member.path()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh engine over placed members: no request seen, nothing running, default settings.
+fn new_array(
+    name: String,
+    geo: Geometry,
+    slots: Vec<SlotState>,
+    spares: Vec<Rc<Disk>>,
+    meta: MetaState,
+    intent: Option<Rc<super::intent::Intent>>,
+    read_only: bool,
+) -> Rc<Array> {
+    let resync = meta.reference().resync_offset;
+    let sync_offset = if resync == u64::MAX {
         u64::MAX
     } else {
-        reference.resync_offset.saturating_mul(SECTOR)
+        resync.saturating_mul(SECTOR)
     };
-    let array = Rc::new(Array {
-        name: name.clone(),
+    Rc::new(Array {
+        name,
         geo,
         slots: RefCell::new(slots),
         spares: RefCell::new(spares),
         locks: KeyedLocks::new(),
-        meta: MetaState::new(reference.clone(), meta_disks),
+        meta,
         meta_lock: AsyncMutex::default(),
         sync_offset: Cell::new(sync_offset),
         failed: Cell::new(false),
-        read_only: opts.read_only,
+        read_only,
         counters: RefCell::new(IoCounters::default()),
         in_flight: Cell::new(0),
         subscribers: RefCell::new(Vec::new()),
@@ -189,27 +250,24 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             super::rebuild::CHECKPOINT_BYTES_DEFAULT,
             super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
         )),
-    });
+    })
+}
 
-    if let Some(ext) = read_extension(&array).await {
-        array.set_speed_limits(ext.speed_min_kib, ext.speed_max_kib);
-        *array.extension.borrow_mut() = ext;
-    }
+/// What md refuses to start: data missing, degraded without `--run`, and a dirty degraded
+/// RAID5 without `--force` (its parity may be stale: the write hole).
+fn check_startable(array: &Array, opts: &AssembleOptions, notes: &[String]) -> Result<()> {
+    let name = &array.name;
     let missing = array.missing_description();
     if !array.has_redundancy_for_all_data() {
         return Err(Error::new(
             ErrorKind::ArrayFailed,
             format!(
                 "cannot start array {name}: too many members are missing ({missing}){}",
-                first_note(&notes)
+                first_note(notes)
             ),
         ));
     }
-    let absent = array
-        .slots
-        .borrow()
-        .iter()
-        .any(|s| matches!(s, SlotState::Missing | SlotState::Faulty(_)));
+    let absent = array.has_absent_slot();
     let recovering = array
         .slots
         .borrow()
@@ -220,13 +278,13 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             ErrorKind::Inconsistent,
             format!(
                 "array {name} is degraded ({missing}){}: start it anyway with --run",
-                first_note(&notes)
+                first_note(notes)
             ),
         ));
     }
     if (absent || recovering)
-        && level == Level::Raid5
-        && reference.resync_offset != u64::MAX
+        && array.geo.level() == Level::Raid5
+        && array.meta.reference().resync_offset != u64::MAX
         && !opts.force
     {
         return Err(Error::new(
@@ -236,34 +294,38 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
                 ),
             ));
     }
-    if !plan.forced.is_empty() {
-        if !opts.read_only {
-            // Bring the forced members' events up to the array's before anything else happens.
-            array.persist_now().await?;
-        }
-        for &i in &plan.forced {
-            notes.push(format!(
-                "{} was stale and is used anyway (--force)",
-                candidates[i].path
-            ));
-        }
-    }
-    if absent && !opts.read_only {
+    Ok(())
+}
+
+/// Records absent members, tells the user what was decided, and starts the background work
+/// (hot spares, unfinished rebuilds, the bitmap daemon, a pending resync).
+async fn start(array: &Rc<Array>, opts: &AssembleOptions, notes: &[String]) -> Result<()> {
+    if array.has_absent_slot() && !opts.read_only {
         array.record_absent_members().await?;
     }
-    for n in &notes {
-        tracing::warn!(array = %name, "{n}");
+    for n in notes {
+        tracing::warn!(array = %array.name, "{n}");
     }
-    if !opts.read_only {
-        // Hot spares and unfinished rebuilds get going at once.
-        crate::reactor::spawn(array.clone().run_scheduler());
-        crate::reactor::spawn(array.clone().run_intent_daemon());
-        array.needs_attention();
-        if !opts.no_resync {
-            array.start_resync_if_needed();
-        }
+    if opts.read_only {
+        return Ok(());
     }
-    Ok(Assembled { array, notes })
+    crate::reactor::spawn(array.clone().run_scheduler());
+    crate::reactor::spawn(array.clone().run_intent_daemon());
+    array.needs_attention();
+    if !opts.no_resync {
+        array.start_resync_if_needed();
+    }
+    Ok(())
+}
+
+impl Array {
+    /// A slot with no member in it, or a failed one.
+    fn has_absent_slot(&self) -> bool {
+        self.slots
+            .borrow()
+            .iter()
+            .any(|s| matches!(s, SlotState::Missing | SlotState::Faulty(_)))
+    }
 }
 
 /// Our extension block from the first member that has a valid one (None for md-made arrays).

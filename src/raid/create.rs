@@ -61,19 +61,7 @@ pub async fn create(
 ) -> Result<CreatedArray> {
     let all: Vec<Rc<dyn Member>> = members.iter().chain(spares).cloned().collect();
     if !opts.force {
-        for m in &all {
-            if let Some(sb) = read_superblock(m.as_ref()).await? {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    format!(
-                        "{} already belongs to array {} (UUID {}): use --force to overwrite it",
-                        m.path(),
-                        sb.array_name(),
-                        format_uuid(&sb.set_uuid)
-                    ),
-                ));
-            }
-        }
+        refuse_members_of_other_arrays(&all).await?;
     }
     let level = opts.kind.level();
     let chunk_bytes = if level == Level::Raid1 {
@@ -85,17 +73,7 @@ pub async fn create(
     let first_sectors = members[0].size_bytes() / SECTOR;
     let data_offset_sectors = default_data_offset_sectors(first_sectors, chunk_sectors);
     let data_offset = data_offset_sectors * SECTOR;
-    let min_bytes = data_offset + chunk_bytes.max(64 << 10) + 4096;
-    for m in &all {
-        if m.size_bytes() < min_bytes {
-            return Err(Error::invalid(format!(
-                "{} is too small ({} bytes): members need at least {} bytes here",
-                m.path(),
-                m.size_bytes(),
-                min_bytes
-            )));
-        }
-    }
+    check_minimum_size(&all, data_offset + chunk_bytes.max(64 << 10) + 4096)?;
     let avail: Vec<u64> = members
         .iter()
         .map(|m| (m.size_bytes() - data_offset) / SECTOR * SECTOR)
@@ -117,47 +95,108 @@ pub async fn create(
             )));
         }
     }
-
     let needs_sync = !(opts.assume_clean || opts.fresh || level == Level::Raid0);
-    let uuid = random_bytes();
-    let now = unix_now();
-    let params = CreateParams {
-        name: md_name(&opts.name),
+    let params = create_params(
+        opts,
+        members.len(),
+        all.len(),
+        used,
+        data_offset_sectors,
+        needs_sync,
+    );
+    let uuid = params.uuid;
+    write_all_metadata(&all, &params, opts).await?;
+    Ok(CreatedArray {
         uuid,
+        uuid_text: format_uuid(&uuid),
+        size_bytes: geo.array_bytes(),
+        chunk_bytes,
+        data_offset_bytes: data_offset,
+        needs_sync,
+    })
+}
+
+/// Without `--force`, a device that already carries an md superblock is not ours to take.
+async fn refuse_members_of_other_arrays(all: &[Rc<dyn Member>]) -> Result<()> {
+    for m in all {
+        if let Some(sb) = read_superblock(m.as_ref()).await? {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{} already belongs to array {} (UUID {}): use --force to overwrite it",
+                    m.path(),
+                    sb.array_name(),
+                    format_uuid(&sb.set_uuid)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_minimum_size(all: &[Rc<dyn Member>], min_bytes: u64) -> Result<()> {
+    for m in all {
+        if m.size_bytes() < min_bytes {
+            return Err(Error::invalid(format!(
+                "{} is too small ({} bytes): members need at least {} bytes here",
+                m.path(),
+                m.size_bytes(),
+                min_bytes
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What every new member's superblock is made from: `members` active slots, then spares.
+fn create_params(
+    opts: &CreateOptions,
+    members: usize,
+    all: usize,
+    used: u64,
+    data_offset_sectors: u64,
+    needs_sync: bool,
+) -> CreateParams {
+    let level = opts.kind.level();
+    let raid0 = level == Level::Raid0;
+    CreateParams {
+        name: md_name(&opts.name),
+        uuid: random_bytes(),
         level: level.to_md(),
         layout: layout_code(&opts.kind),
-        chunk_sectors,
-        raid_disks: members.len() as u32,
-        roles: (0..all.len())
-            .map(|i| {
-                if i < members.len() {
-                    Role::Active(i as u16)
-                } else {
-                    Role::Spare
-                }
+        chunk_sectors: if level == Level::Raid1 {
+            0
+        } else {
+            (opts.chunk_bytes / SECTOR) as u32
+        },
+        raid_disks: members as u32,
+        roles: (0..all)
+            .map(|i| match i < members {
+                true => Role::Active(i as u16),
+                false => Role::Spare,
             })
             .collect(),
         // md records no per-member size for RAID0; its zones come from each member's data_size.
-        size_sectors: if level == Level::Raid0 {
-            0
-        } else {
-            used / SECTOR
-        },
+        size_sectors: if raid0 { 0 } else { used / SECTOR },
         data_offset_sectors,
-        bitmap: opts.bitmap && level != Level::Raid0,
+        bitmap: opts.bitmap && !raid0,
         bitmap_chunk_bytes: opts.bitmap_chunk_bytes,
         resync_offset: if needs_sync { 0 } else { u64::MAX },
-        ctime_secs: now,
-        extra_features: if level == Level::Raid0 {
-            FEATURE_RAID0_LAYOUT
-        } else {
-            0
-        },
-    };
+        ctime_secs: unix_now(),
+        extra_features: if raid0 { FEATURE_RAID0_LAYOUT } else { 0 },
+    }
+}
+
+/// Every member's superblock and metadata areas, written in parallel.
+async fn write_all_metadata(
+    all: &[Rc<dyn Member>],
+    params: &CreateParams,
+    opts: &CreateOptions,
+) -> Result<()> {
     let mut superblocks = Vec::new();
     for (i, m) in all.iter().enumerate() {
-        let sb = new_member_superblock(&params, i as u32, m.size_bytes() / SECTOR, random_bytes())
-            .map_err(|e| Error::invalid(format!("{}: {e}", m.path())))?;
+        let sb = new_member_superblock(params, i as u32, m.size_bytes() / SECTOR, random_bytes())
+            .map_err(|e| Error::metadata(m.path(), e))?;
         superblocks.push(sb);
     }
     let results = join_all(all.iter().zip(&superblocks).map(|(m, sb)| {
@@ -169,17 +208,7 @@ pub async fn create(
         )
     }))
     .await;
-    for r in results {
-        r?;
-    }
-    Ok(CreatedArray {
-        uuid,
-        uuid_text: format_uuid(&uuid),
-        size_bytes: geo.array_bytes(),
-        chunk_bytes,
-        data_offset_bytes: data_offset,
-        needs_sync,
-    })
+    results.into_iter().collect()
 }
 
 /// Metadata areas, then the superblock, then a flush.

@@ -193,10 +193,65 @@ impl Array {
     }
 
     /// Adds `member` as a hot spare: writes its superblock (this array's, role spare) and
-    /// wakes the scheduler, which puts it to work if a slot is empty.
+    /// wakes the scheduler, which puts it to work if a slot is empty. A former member whose
+    /// slot is empty and whose changes the bitmap still covers is re-added there instead.
     pub async fn add_spare(&self, member: Rc<dyn Member>, force: bool) -> Result<()> {
-        let path = member.path().to_string();
-        if self.slot_of(&path).is_some()
+        let readd = self.check_new_member(member.as_ref(), force).await?;
+        let guard = self.meta_lock.lock().await;
+        let (dev_number, role, readd) = self.choose_identity(readd);
+        let mut sb =
+            self.new_member_superblock(member.as_ref(), dev_number, role, readd.as_ref())?;
+        let group = self.spare_group();
+        // The new member's bitmap must have the array's chunk (which may not be the default).
+        let chunk = self
+            .intent
+            .as_ref()
+            .map(|i| i.map.borrow().chunk_bytes() as u32);
+        write_member_metadata(member.as_ref(), &sb, chunk, group.as_deref()).await?;
+        let data_offset = sb.data_offset_sectors * 512;
+        let disk = Rc::new(Disk::new(member.clone(), data_offset, dev_number));
+        let bitmap_sector = read_bitmap_sector(member.as_ref(), &sb).await;
+        // A spare may have been promoted into the slot while the metadata was written: then
+        // this is a spare after all (write_all_superblocks below rewrites its superblock).
+        let mut readd_slot = readd.map(|(slot, _)| slot);
+        if let Some(slot) = readd_slot {
+            if !matches!(self.slots.borrow()[slot], SlotState::Missing) {
+                readd_slot = None;
+                sb.feature_map &= !FEATURE_RECOVERY_OFFSET;
+                sb.set_role(dev_number, Role::Spare).map_err(Error::from)?;
+            }
+        }
+        let role = readd_slot.map_or(Role::Spare, |slot| Role::Active(slot as u16));
+        let _ = self.meta.reference.borrow_mut().set_role(dev_number, role);
+        self.meta.disks.borrow_mut().push(super::meta::MetaDisk {
+            disk: disk.clone(),
+            sb,
+            bitmap_sector,
+            present: true,
+        });
+        if let Some(slot) = readd_slot {
+            self.readded.borrow_mut().push(disk.clone());
+            let cursor = Rc::new(std::cell::Cell::new(0));
+            let recovering = SlotState::Recovering(disk.clone(), cursor);
+            super::slots::set_slot(&mut self.slots.borrow_mut(), slot, recovering);
+        }
+        self.write_all_superblocks().await?;
+        // Its bitmap must carry the bits of everything written while it was away.
+        self.write_bitmaps().await?;
+        drop(guard);
+        self.announce_added(disk, readd_slot).await;
+        Ok(())
+    }
+
+    /// Refuses a member that is already in, belongs to another array (without `force`) or
+    /// is too small; returns the slot it may be re-added to, with its old superblock.
+    async fn check_new_member(
+        &self,
+        member: &dyn Member,
+        force: bool,
+    ) -> Result<Option<(usize, crate::metadata::Superblock)>> {
+        let path = member.path();
+        if self.slot_of(path).is_some()
             || self.spares.borrow().iter().any(|d| d.member.path() == path)
         {
             return Err(Error::invalid(format!(
@@ -206,7 +261,7 @@ impl Array {
         }
         let reference = self.meta.reference();
         let mut readd = None;
-        if let Some(sb) = read_superblock(member.as_ref()).await? {
+        if let Some(sb) = read_superblock(member).await? {
             if sb.set_uuid == reference.set_uuid {
                 readd = self.readd_slot(&sb).map(|slot| (slot, sb));
             } else if !force {
@@ -220,8 +275,7 @@ impl Array {
                 ));
             }
         }
-        let data_offset = reference.data_offset_sectors * 512;
-        let needed = data_offset + self.geo.member_used_bytes();
+        let needed = reference.data_offset_sectors * 512 + self.geo.member_used_bytes();
         if member.size_bytes() < needed {
             return Err(Error::invalid(format!(
                 "{path} is too small: array {} needs {needed} bytes per member, it has {}",
@@ -229,7 +283,16 @@ impl Array {
                 member.size_bytes()
             )));
         }
-        let _guard = self.meta_lock.lock().await;
+        Ok(readd)
+    }
+
+    /// The new member's dev_number and role (meta lock held). A former member keeps its
+    /// dev_number and device UUID (md's re-add) if its slot is still free for it; a new
+    /// spare gets the first free number.
+    fn choose_identity(
+        &self,
+        readd: Option<(usize, crate::metadata::Superblock)>,
+    ) -> (u32, Role, Option<(usize, crate::metadata::Superblock)>) {
         let used: Vec<u32> = self
             .meta
             .disks
@@ -237,30 +300,39 @@ impl Array {
             .iter()
             .map(|m| m.disk.dev_number)
             .collect();
-        // A former member keeps its dev_number and device UUID (md's re-add); a new spare
-        // gets the first free number.
-        let (dev_number, mut role) = match &readd {
+        match readd {
             // Checked again under the lock: the slot may have been filled meanwhile.
             Some((slot, old))
-                if !used.contains(&old.dev_number) && self.readd_slot(old) == Some(*slot) =>
+                if !used.contains(&old.dev_number) && self.readd_slot(&old) == Some(slot) =>
             {
-                (old.dev_number, Role::Active(*slot as u16))
+                (old.dev_number, Role::Active(slot as u16), Some((slot, old)))
             }
             _ => {
-                readd = None;
+                let reference = self.meta.reference.borrow();
                 let n = (0u32..)
                     .find(|n| !used.contains(n) && reference.role_of(*n) == Role::Spare)
                     .expect("a free dev_number exists");
-                (n, Role::Spare)
+                (n, Role::Spare, None)
             }
-        };
-        let mut sb = reference.clone();
+        }
+    }
+
+    /// The array's superblock as `member` gets it: its own identity and size, no recovery
+    /// in progress, except that a re-added member is rebuilt from 0 where the bitmap says.
+    fn new_member_superblock(
+        &self,
+        member: &dyn Member,
+        dev_number: u32,
+        role: Role,
+        readd: Option<&(usize, crate::metadata::Superblock)>,
+    ) -> Result<crate::metadata::Superblock> {
+        let mut sb = self.meta.reference();
         sb.dev_number = dev_number;
-        sb.device_uuid = match &readd {
+        sb.device_uuid = match readd {
             Some((_, old)) => old.device_uuid,
             None => random_bytes(),
         };
-        sb.data_size_sectors = member.size_bytes() / 512 - reference.data_offset_sectors;
+        sb.data_size_sectors = member.size_bytes() / 512 - sb.data_offset_sectors;
         sb.feature_map &= !(FEATURE_RECOVERY_OFFSET | FEATURE_REPLACEMENT);
         sb.recovery_offset_sectors = 0;
         sb.devflags = 0;
@@ -270,60 +342,15 @@ impl Array {
             sb.feature_map |= FEATURE_RECOVERY_OFFSET;
         }
         sb.set_role(dev_number, role).map_err(Error::from)?;
-        let group = self.spare_group();
-        // The new member's bitmap must have the array's chunk (which may not be the default).
-        let chunk = self
-            .intent
-            .as_ref()
-            .map(|i| i.map.borrow().chunk_bytes() as u32);
-        write_member_metadata(member.as_ref(), &sb, chunk, group.as_deref()).await?;
-        let disk = Rc::new(Disk::new(member.clone(), data_offset, dev_number));
-        let bitmap_sector = if sb.bitmap_offset_sectors != 0 {
-            let at =
-                (SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * 512) as u64;
-            let buf = AlignedBuf::zeroed(512).into_shared();
-            member
-                .read(at, buf.clone())
-                .await
-                .ok()
-                .map(|()| AlignedBuf::from_slice(buf.bytes()))
-        } else {
-            None
-        };
-        // A spare may have been promoted into the slot while the metadata was written: then
-        // this is a spare after all (write_all_superblocks below rewrites its superblock).
-        if let Some((slot, _)) = readd {
-            if !matches!(self.slots.borrow()[slot], SlotState::Missing) {
-                readd = None;
-                role = Role::Spare;
-                sb.feature_map &= !FEATURE_RECOVERY_OFFSET;
-                sb.set_role(dev_number, Role::Spare).map_err(Error::from)?;
-            }
-        }
-        {
-            let mut r = self.meta.reference.borrow_mut();
-            let _ = r.set_role(dev_number, role);
-        }
-        self.meta.disks.borrow_mut().push(super::meta::MetaDisk {
-            disk: disk.clone(),
-            sb,
-            bitmap_sector,
-            present: true,
-        });
-        if let Some((slot, _)) = readd {
-            self.readded.borrow_mut().push(disk.clone());
-            super::slots::set_slot(
-                &mut self.slots.borrow_mut(),
-                slot,
-                SlotState::Recovering(disk.clone(), Rc::new(std::cell::Cell::new(0))),
-            );
-        }
-        self.write_all_superblocks().await?;
-        // Its bitmap must carry the bits of everything written while it was away.
-        self.write_bitmaps().await?;
-        drop(_guard);
-        let role = match readd {
-            Some((slot, _)) => {
+        Ok(sb)
+    }
+
+    /// Tells everyone about a member just added: a spare (then it joins the spares) or a
+    /// re-add into `slot`; copies the array's settings to it.
+    async fn announce_added(&self, disk: Rc<Disk>, readd_slot: Option<usize>) {
+        let path = disk.member.path().to_string();
+        let role = match readd_slot {
+            Some(slot) => {
                 tracing::info!(array = %self.name, member = %path, "re-added to slot {slot}: only the chunks the write-intent bitmap marks dirty are rebuilt");
                 format!("re-added to slot {slot}")
             }
@@ -339,7 +366,6 @@ impl Array {
         }
         self.emit(Event::MemberAdded { member: path, role });
         self.needs_attention();
-        Ok(())
     }
 
     /// The slot a former member may return to with a bitmap-driven rebuild (md's re-add):
@@ -365,4 +391,18 @@ impl Array {
             && sb.events <= reference.events)
             .then_some(slot)
     }
+}
+
+/// The first sector of `member`'s bitmap, as the metadata writer left it.
+async fn read_bitmap_sector(
+    member: &dyn Member,
+    sb: &crate::metadata::Superblock,
+) -> Option<AlignedBuf> {
+    if sb.bitmap_offset_sectors == 0 {
+        return None;
+    }
+    let at = (SUPERBLOCK_OFFSET_BYTES as i64 + sb.bitmap_offset_sectors as i64 * 512) as u64;
+    let buf = AlignedBuf::zeroed(512).into_shared();
+    member.read(at, buf.clone()).await.ok()?;
+    Some(AlignedBuf::from_slice(buf.bytes()))
 }

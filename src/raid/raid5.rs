@@ -41,6 +41,39 @@ struct Retry {
     unreadable: Option<usize>,
 }
 
+/// Where a row write goes: the row's slots and the span `lo..hi` of chunk offsets it covers.
+struct RowWrite {
+    /// Member offset of the row.
+    base: u64,
+    parity_slot: usize,
+    /// Data slot of each data index.
+    data_slots: Vec<usize>,
+    lo: u64,
+    hi: u64,
+    /// Every data chunk written whole: parity from the new data alone.
+    full: bool,
+}
+
+impl RowWrite {
+    fn new(array: &Array, stripe: u64, writes: &[Option<ChunkWrite>]) -> RowWrite {
+        let chunk = array.geo.chunk_bytes();
+        let pieces = || writes.iter().flatten();
+        RowWrite {
+            base: stripe * chunk,
+            parity_slot: array.geo.raid5_parity_slot(stripe),
+            data_slots: (0..writes.len())
+                .map(|k| array.geo.raid5_data_slot(stripe, k))
+                .collect(),
+            lo: pieces().map(|w| w.chunk_offset).min().unwrap_or(0),
+            hi: pieces().map(|w| w.end()).max().unwrap_or(0),
+            full: writes.iter().all(|w| {
+                w.as_ref()
+                    .is_some_and(|w| w.chunk_offset == 0 && w.end() == chunk)
+            }),
+        }
+    }
+}
+
 impl Array {
     /// Whether parity is known to match the data in every row below member offset `end`.
     pub(super) fn parity_in_sync(&self, end: u64) -> bool {
@@ -216,6 +249,9 @@ impl Array {
         Err(self.failed_error())
     }
 
+    /// One attempt at writing `writes` into row `stripe` (its lock held), treating
+    /// `unreadable` as missing: parity computed the cheapest way the row's state allows,
+    /// then data, a lost member's window and parity written together.
     async fn write_row_once(
         &self,
         stripe: u64,
@@ -223,77 +259,8 @@ impl Array {
         fua: bool,
         unreadable: Option<usize>,
     ) -> std::result::Result<(), Retry> {
-        let chunk = self.geo.chunk_bytes();
-        let row_base = stripe * chunk;
-        let parity_slot = self.geo.raid5_parity_slot(stripe);
-        let data_slots: Vec<usize> = (0..writes.len())
-            .map(|k| self.geo.raid5_data_slot(stripe, k))
-            .collect();
-        let lo = writes
-            .iter()
-            .flatten()
-            .map(|w| w.chunk_offset)
-            .min()
-            .unwrap_or(0);
-        let hi = writes.iter().flatten().map(|w| w.end()).max().unwrap_or(0);
-        let usable = |s: usize| self.is_slot_active(s) && Some(s) != unreadable;
-        let missing_data = data_slots.iter().position(|&s| !usable(s));
-        // The parity member takes this row when active, or when it is being rebuilt and its
-        // cursor is past the row (then its old parity is valid but we recompute it anyway).
-        let parity_active = usable(parity_slot);
-        let parity_takes_row = self.writable_disk(parity_slot, row_base, chunk).is_some();
-
-        let full = writes.iter().all(|w| {
-            w.as_ref()
-                .is_some_and(|w| w.chunk_offset == 0 && w.end() == chunk)
-        });
-        // A data member that is not active but takes this row (rebuilt past it) gets its whole
-        // new window, reconstructed and overlaid.
-        let mut lost_row: Option<(usize, BufSlice)> = None;
-        let parity = if full {
-            let p = BufSlice::zeroed(chunk as usize);
-            let srcs: Vec<&[u8]> = writes.iter().flatten().map(|w| w.src.bytes()).collect();
-            xor_all(p.bytes_mut(), &srcs);
-            Some(p)
-        } else if !parity_takes_row {
-            None
-        } else if let Some(missing) = missing_data {
-            if !parity_active {
-                // Two members not usable: failed (checked by the caller) or unreadable.
-                return Err(Retry {
-                    unreadable: unreadable.or(Some(parity_slot)),
-                });
-            }
-            let (p, row) = self
-                .parity_reconstructing(row_base, &data_slots, parity_slot, missing, writes, lo, hi)
-                .await?;
-            lost_row = Some((data_slots[missing], row));
-            Some(p)
-        } else {
-            let rmw_reads = (hi - lo)
-                + writes
-                    .iter()
-                    .flatten()
-                    .map(|w| w.src.len() as u64)
-                    .sum::<u64>();
-            let rcw_reads: u64 = writes
-                .iter()
-                .map(|w| (hi - lo) - w.as_ref().map_or(0, |w| w.src.len() as u64))
-                .sum();
-            let parity_trusted = row_base + hi <= self.sync_offset.get();
-            if parity_active && parity_trusted && rmw_reads < rcw_reads {
-                let p = self
-                    .parity_read_modify_write(row_base, &data_slots, parity_slot, writes, lo, hi)
-                    .await?;
-                Some(p)
-            } else {
-                Some(
-                    self.parity_reconstruct_write(row_base, &data_slots, writes, lo, hi)
-                        .await?,
-                )
-            }
-        };
-
+        let row = RowWrite::new(self, stripe, writes);
+        let (parity, lost_row) = self.row_parity(&row, writes, unreadable).await?;
         // Every parity update happens under its row's lock (taken by write_raid5).
         debug_assert!(
             self.locks.is_locked(stripe),
@@ -302,21 +269,78 @@ impl Array {
         let mut ios = Vec::new();
         for (k, w) in writes.iter().enumerate() {
             if let Some(w) = w {
-                let src = w.src.clone();
-                ios.push(self.write_slot(data_slots[k], row_base + w.chunk_offset, src, fua));
+                let at = row.base + w.chunk_offset;
+                ios.push(self.write_slot(row.data_slots[k], at, w.src.clone(), fua));
             }
         }
-        if let Some((slot, row)) = lost_row {
-            ios.push(self.write_slot(slot, row_base + lo, row, fua));
+        if let Some((slot, window)) = lost_row {
+            ios.push(self.write_slot(slot, row.base + row.lo, window, fua));
         }
         if let Some(p) = parity {
-            let at = if full { row_base } else { row_base + lo };
-            ios.push(self.write_slot(parity_slot, at, p, fua));
+            let at = if row.full {
+                row.base
+            } else {
+                row.base + row.lo
+            };
+            ios.push(self.write_slot(row.parity_slot, at, p, fua));
         }
         // A failed write leaves the row consistent for the degraded array: data that missed its
         // member is in the parity, parity that missed its member is not needed.
         join_all(ios).await;
         Ok(())
+    }
+
+    /// The new parity of a row write (None when the parity member does not take this row)
+    /// and, when a data member is missing or unreadable but takes the row, its whole new
+    /// window, reconstructed and overlaid.
+    #[allow(clippy::type_complexity)]
+    async fn row_parity(
+        &self,
+        row: &RowWrite,
+        writes: &[Option<ChunkWrite>],
+        unreadable: Option<usize>,
+    ) -> std::result::Result<(Option<BufSlice>, Option<(usize, BufSlice)>), Retry> {
+        let chunk = self.geo.chunk_bytes();
+        let (base, lo, hi) = (row.base, row.lo, row.hi);
+        let usable = |s: usize| self.is_slot_active(s) && Some(s) != unreadable;
+        let missing_data = row.data_slots.iter().position(|&s| !usable(s));
+        // The parity member takes this row when active, or when it is being rebuilt and its
+        // cursor is past the row (then its old parity is valid but we recompute it anyway).
+        let parity_active = usable(row.parity_slot);
+        if row.full {
+            let p = BufSlice::zeroed(chunk as usize);
+            let srcs: Vec<&[u8]> = writes.iter().flatten().map(|w| w.src.bytes()).collect();
+            xor_all(p.bytes_mut(), &srcs);
+            return Ok((Some(p), None));
+        }
+        if self.writable_disk(row.parity_slot, base, chunk).is_none() {
+            return Ok((None, None));
+        }
+        let slots = &row.data_slots;
+        if let Some(missing) = missing_data {
+            if !parity_active {
+                // Two members not usable: failed (checked by the caller) or unreadable.
+                return Err(Retry {
+                    unreadable: unreadable.or(Some(row.parity_slot)),
+                });
+            }
+            let (p, window) = self
+                .parity_reconstructing(base, slots, row.parity_slot, missing, writes, lo, hi)
+                .await?;
+            return Ok((Some(p), Some((slots[missing], window))));
+        }
+        let written: u64 = writes.iter().flatten().map(|w| w.src.len() as u64).sum();
+        let rmw_reads = (hi - lo) + written;
+        let rcw_reads = writes.len() as u64 * (hi - lo) - written;
+        let parity_trusted = self.parity_in_sync(base + hi);
+        let p = if parity_active && parity_trusted && rmw_reads < rcw_reads {
+            self.parity_read_modify_write(base, slots, row.parity_slot, writes, lo, hi)
+                .await?
+        } else {
+            self.parity_reconstruct_write(base, slots, writes, lo, hi)
+                .await?
+        };
+        Ok((Some(p), None))
     }
 
     /// Parity over `lo..hi` when no member is missing, from old parity and old data of the

@@ -56,6 +56,55 @@ pub struct RebuildState {
     pub total_bytes: u64,
 }
 
+/// A recovery's bookkeeping between steps: progress events by tenths, checkpoints, pacing.
+struct Pacing {
+    /// Cursor and time of the last checkpoint.
+    checkpointed: (u64, Instant),
+    /// The throttle's window (see [`Array::throttle`]).
+    window: (Instant, u64, u64),
+    last_decile: u32,
+    total: u64,
+}
+
+impl Pacing {
+    fn new(array: &Array, start: u64, total: u64) -> Pacing {
+        let requests = array.counters.borrow().reads + array.counters.borrow().writes;
+        Pacing {
+            checkpointed: (start, Instant::now()),
+            window: (Instant::now(), 0, requests),
+            last_decile: (start * 10 / total.max(1)) as u32,
+            total,
+        }
+    }
+
+    /// After a step moved the cursor to `cursor` having copied `moved` bytes.
+    async fn after_step(
+        &mut self,
+        array: &Array,
+        slot: usize,
+        disk: &Rc<super::Disk>,
+        cursor: u64,
+        moved: u64,
+    ) {
+        let decile = (cursor * 10 / self.total.max(1)) as u32;
+        if decile > self.last_decile && decile < 10 {
+            self.last_decile = decile;
+            array.emit(Event::RebuildProgress {
+                slot,
+                member: disk.member.path().to_string(),
+                percent: decile * 10,
+            });
+        }
+        let (every_bytes, every) = array.checkpoint_every.get();
+        let (at, when) = self.checkpointed;
+        if cursor - at >= every_bytes || when.elapsed() >= every {
+            array.checkpoint(slot, disk, cursor).await;
+            self.checkpointed = (cursor, Instant::now());
+        }
+        self.window = array.throttle(self.window, moved).await;
+    }
+}
+
 impl Array {
     /// Wakes the scheduler (coalesced: one pending wake-up is enough).
     pub fn needs_attention(&self) {
@@ -258,156 +307,177 @@ impl Array {
             SlotState::Recovering(d, c) => (d.clone(), c.clone()),
             _ => return,
         };
-        let member = disk.member.path().to_string();
         let total = self.geo.slot_used_bytes(slot);
         let start = cursor.get();
         self.emit(Event::RebuildStarted {
             slot,
-            member: member.clone(),
+            member: disk.member.path().to_string(),
             from_bytes: start,
             total_bytes: total,
         });
-        let step = match self.geo.level() {
+        let partial = self.readded.borrow().iter().any(|d| Rc::ptr_eq(d, &disk));
+        let Some(copied) = self.recover_steps(slot, &disk, &cursor, partial).await else {
+            return; // aborted, and said so
+        };
+        if cursor.get() < total {
+            // Stopping: keep what we have for the next assembly.
+            self.checkpoint(slot, &disk, cursor.get()).await;
+            return;
+        }
+        self.finish_recovery(slot, &disk, total - start, copied, partial)
+            .await;
+    }
+
+    /// Recovery steps in flight while clients are idle (while they are busy, one: speed-min
+    /// is then the target, and a deep pipeline would put several steps of member reads in
+    /// front of their requests). Layouts whose stripe keys do not rise with the member offset
+    /// (RAID10 far/offset copies) recover one step at a time: a deeper pipeline could take
+    /// keys out of order.
+    fn max_recovery_depth(&self) -> usize {
+        match self.geo.kind() {
+            crate::layout::LayoutKind::Raid10(l) if l.far > 1 || l.offset => 1,
+            _ => PIPELINE_DEPTH,
+        }
+    }
+
+    /// Member bytes per recovery step: whole chunks.
+    fn recovery_step_bytes(&self) -> u64 {
+        match self.geo.level() {
             Level::Raid1 => STEP_BYTES,
             _ => {
                 let chunk = self.geo.chunk_bytes();
                 (STEP_BYTES / chunk).max(1) * chunk
             }
-        };
-        let mut checkpointed = (start, Instant::now());
-        let mut window = (
-            Instant::now(),
-            0u64,
-            self.counters.borrow().reads + self.counters.borrow().writes,
-        );
-        let mut last_decile = (start * 10 / total.max(1)) as u32;
-        let partial = self.readded.borrow().iter().any(|d| Rc::ptr_eq(d, &disk));
+        }
+    }
+
+    /// Steps the recovery of `slot` onto `disk` from its cursor to the end of the slot (or
+    /// until the array stops). Returns the bytes copied, or None when it was aborted.
+    async fn recover_steps(
+        &self,
+        slot: usize,
+        disk: &Rc<super::Disk>,
+        cursor: &Rc<Cell<u64>>,
+        partial: bool,
+    ) -> Option<u64> {
+        let total = self.geo.slot_used_bytes(slot);
+        let step = self.recovery_step_bytes();
+        let mut pacing = Pacing::new(self, cursor.get(), total);
         let mut copied = 0u64;
         // Up to PIPELINE_DEPTH steps in flight: each locks its region, reads the sources and
         // writes the new member; results come back in order, and a step's locks are dropped
         // only once the cursor has passed it, so a foreground write waiting on them lands
         // below the cursor and reaches the new member itself.
         let mut pipeline = FuturesOrdered::new();
-        let mut next = start;
-        // While clients use the array, one step at a time: speed-min is then the target, and
-        // a deep pipeline would put several steps of member reads in front of their requests.
-        // Layouts whose stripe keys do not rise with the member offset (RAID10 far/offset
-        // copies) recover one step at a time: a deeper pipeline could take keys out of order.
-        let max_depth = match self.geo.kind() {
-            crate::layout::LayoutKind::Raid10(l) if l.far > 1 || l.offset => 1,
-            _ => PIPELINE_DEPTH,
-        };
+        let mut next = cursor.get();
+        let max_depth = self.max_recovery_depth();
         let mut depth = if self.foreground_busy() { 1 } else { max_depth };
         loop {
             while pipeline.len() < depth && next < total && !self.stopping.get() {
                 let mut len = step.min(total - next);
                 if partial {
-                    len = self.clip_to_bitmap_chunk(
-                        next,
-                        len,
-                        step.min(self.geo.chunk_bytes().max(4096)),
-                    );
+                    let unit = step.min(self.geo.chunk_bytes().max(4096));
+                    len = self.clip_to_bitmap_chunk(next, len, unit);
                 }
                 // Locks are taken here, step after step, so every step holds its locks before
                 // the next asks for any: steps and foreground writes then take keys in one
                 // ascending order and cannot wait on each other in a circle.
                 let guards = self.lock_member_range(slot, next, len).await;
-                pipeline.push_back(self.recovery_step(slot, &disk, next, len, partial, guards));
+                pipeline.push_back(self.recovery_step(slot, disk, next, len, partial, guards));
                 next += len;
             }
             let Some(done) = pipeline.next().await else {
                 break;
             };
-            let still_ours = matches!(&self.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk));
-            let (len, guards, moved) = match done {
-                _ if !still_ours || self.failed.get() => {
-                    self.emit(Event::RebuildAborted {
-                        slot,
-                        member,
-                        reason: "a member failed during the rebuild".into(),
-                    });
-                    return;
-                }
-                Step::Skipped(len, guards) => (len, guards, 0),
-                Step::Copied(len, guards) => {
-                    copied += len;
-                    (len, guards, len)
-                }
-                Step::NoSource => {
-                    drop(pipeline);
-                    self.emit(Event::RebuildAborted {
-                        slot,
-                        member,
-                        reason:
-                            "no readable source for the data, and it could not be recorded as lost"
-                                .into(),
-                    });
-                    // Retrying would hit the same sectors: the member cannot take this slot.
-                    self.fail_recovering(slot, &disk).await;
-                    return;
-                }
-                Step::WriteFailed(e) => {
-                    drop(pipeline);
-                    self.emit(Event::RebuildAborted {
-                        slot,
-                        member: member.clone(),
-                        reason: format!("write failed: {e}"),
-                    });
-                    self.fail_recovering(slot, &disk).await;
-                    return;
-                }
+            let still_ours = matches!(&self.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk));
+            let outcome = if !still_ours || self.failed.get() {
+                Err("a member failed during the rebuild".to_string())
+            } else {
+                Ok(done)
             };
+            let (len, guards, moved) = match outcome {
+                Ok(Step::Skipped(len, guards)) => (len, guards, 0),
+                Ok(Step::Copied(len, guards)) => (len, guards, len),
+                Ok(Step::NoSource) => {
+                    drop(pipeline);
+                    let why =
+                        "no readable source for the data, and it could not be recorded as lost";
+                    // Retrying would hit the same sectors: the member cannot take this slot.
+                    return self.abort_recovery(slot, disk, why.into(), true).await;
+                }
+                Ok(Step::WriteFailed(e)) => {
+                    drop(pipeline);
+                    let why = format!("write failed: {e}");
+                    return self.abort_recovery(slot, disk, why, true).await;
+                }
+                Err(why) => return self.abort_recovery(slot, disk, why, false).await,
+            };
+            copied += moved;
             // The cursor only moves forward, over the region whose locks this step holds.
             debug_assert!(cursor.get() + len <= total, "rebuild cursor past the end");
             cursor.set(cursor.get() + len);
             drop(guards);
-
-            let decile = (cursor.get() * 10 / total.max(1)) as u32;
-            if decile > last_decile && decile < 10 {
-                last_decile = decile;
-                self.emit(Event::RebuildProgress {
-                    slot,
-                    member: member.clone(),
-                    percent: decile * 10,
-                });
-            }
-            let (every_bytes, every) = self.checkpoint_every.get();
-            if cursor.get() - checkpointed.0 >= every_bytes || checkpointed.1.elapsed() >= every {
-                self.checkpoint(slot, &disk, cursor.get()).await;
-                checkpointed = (cursor.get(), Instant::now());
-            }
             // Skipped regions (a re-add's clean chunks) cost nothing: only copies are paced.
-            window = self.throttle(window, moved).await;
+            pacing
+                .after_step(self, slot, disk, cursor.get(), moved)
+                .await;
             depth = if self.foreground_busy() { 1 } else { max_depth };
         }
-        if cursor.get() < total {
-            // Stopping: keep what we have for the next assembly.
-            self.checkpoint(slot, &disk, cursor.get()).await;
-            return;
+        Some(copied)
+    }
+
+    /// Ends a recovery that cannot go on: says why, and fails the new member when it is the
+    /// cause (`its_fault`). Always None, for `recover_steps` to return.
+    async fn abort_recovery(
+        &self,
+        slot: usize,
+        disk: &Rc<super::Disk>,
+        reason: String,
+        its_fault: bool,
+    ) -> Option<u64> {
+        self.emit(Event::RebuildAborted {
+            slot,
+            member: disk.member.path().to_string(),
+            reason,
+        });
+        if its_fault {
+            self.fail_recovering(slot, disk).await;
         }
+        None
+    }
+
+    /// The last step of a recovery: the new member flushed, the end recorded on disk, and
+    /// only then the member active.
+    async fn finish_recovery(
+        &self,
+        slot: usize,
+        disk: &Rc<super::Disk>,
+        walked: u64,
+        copied: u64,
+        partial: bool,
+    ) {
+        let member = disk.member.path().to_string();
         if let Err(e) = disk.member.flush().await {
-            self.emit(Event::RebuildAborted {
-                slot,
-                member: member.clone(),
-                reason: format!("flush failed: {e}"),
-            });
-            self.fail_recovering(slot, &disk).await;
+            let _ = self
+                .abort_recovery(slot, disk, format!("flush failed: {e}"), true)
+                .await;
             return;
         }
         // Record the finished rebuild on disk first, and only then call the member in sync:
         // whoever sees it active (status, rebuild --wait) may rely on the superblocks. Until
         // then it is still "recovering" with its cursor at the end, so writes reach it.
+        let total = self.geo.slot_used_bytes(slot);
         if let Err(e) = self.meta_recovery(disk.dev_number, None, total).await {
             tracing::error!(array = %self.name, "could not record the finished rebuild: {e}");
             return;
         }
         {
             let mut slots = self.slots.borrow_mut();
-            if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, &disk)) {
+            if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
                 super::slots::set_slot(&mut slots, slot, SlotState::Active(disk.clone()));
             }
         }
-        tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {} bytes copied{}", total - start,
+        tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {walked} bytes copied{}",
             if partial { " (a re-added member: only what the bitmap marks dirty)" } else { "" });
         self.emit(Event::RebuildFinished {
             slot,

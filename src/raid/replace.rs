@@ -315,86 +315,96 @@ impl Array {
         else {
             return;
         };
-        let member = new.member.path().to_string();
         let total = self.geo.slot_used_bytes(slot);
         self.emit(Event::RebuildStarted {
             slot,
-            member: member.clone(),
+            member: new.member.path().to_string(),
             from_bytes: 0,
             total_bytes: total,
         });
-        let chunk = self.geo.chunk_bytes().max(1 << 16);
-        let step = ((4u64 << 20) / chunk).max(1) * chunk;
-        let mut window = (Instant::now(), 0u64, 0u64);
-        while cursor.get() < total {
-            if !self.is_replacement(&new) {
-                return; // given up meanwhile
-            }
-            if self.failed.get() {
-                return self.abort_replacement("the array failed", false).await;
-            }
-            if self.stopping.get() {
-                return self
-                    .abort_replacement("the array is stopping; run replace again", false)
-                    .await;
-            }
-            if self.orphaned_replacement(slot).is_some() {
-                return self.continue_as_recovery().await;
-            }
-            let at = cursor.get();
-            let len = step.min(total - at);
-            let guards = self.lock_member_range(slot, at, len).await;
-            let buf = BufSlice::zeroed(len as usize);
-            let read = self.fill_for(slot, &new, at, &buf, true).await;
-            if !read {
-                drop(guards);
-                return self
-                    .abort_replacement(
-                        "no readable source for the data, and it could not be recorded as lost",
-                        true,
-                    )
-                    .await;
-            }
-            if let Err(e) = new.member.write(new.data_offset + at, buf, false).await {
-                drop(guards);
-                return self
-                    .abort_replacement(&format!("write to the new member failed: {e}"), true)
-                    .await;
-            }
-            cursor.set(at + len);
-            drop(guards);
-            window = self.throttle(window, len).await;
+        if !self.copy_to_replacement(slot, &new, &cursor).await {
+            return; // given up, failed over to a recovery, or stopped: said so already
         }
         if let Err(e) = new.member.flush().await {
             return self
                 .abort_replacement(&format!("flush of the new member failed: {e}"), true)
                 .await;
         }
-        // Swap roles in one metadata update. With the cursor at the end every write reaches
-        // the new member (and the old one while it is active); the switch below happens in
-        // one synchronous section once the meta lock is held, so no write can find the
-        // replacement gone and the new member not yet in the slot.
-        {
-            let meta = self.meta_lock.lock().await;
-            let Some(r) = self
-                .replacement
-                .borrow_mut()
-                .take_if(|r| Rc::ptr_eq(&r.new, &new))
-            else {
-                return;
-            };
-            self.swap_in_replacement(slot, &r).await;
-            drop(meta);
-            self.emit(Event::RebuildFinished {
-                slot,
-                member,
-                bytes_rebuilt: total,
-            });
-            self.emit(Event::MemberFailed {
-                slot,
-                member: r.old.member.path().to_string(),
-            });
+        self.finish_replacement(slot, &new).await;
+    }
+
+    /// Copies the slot onto `new` from its cursor to the end, step by step under the stripe
+    /// locks. False when the copy ended early: the replacement was given up (or turned into
+    /// a recovery because the old member failed), and whoever ended it has said why.
+    async fn copy_to_replacement(&self, slot: usize, new: &Rc<Disk>, cursor: &Cell<u64>) -> bool {
+        let total = self.geo.slot_used_bytes(slot);
+        let chunk = self.geo.chunk_bytes().max(1 << 16);
+        let step = ((4u64 << 20) / chunk).max(1) * chunk;
+        let mut window = (Instant::now(), 0u64, 0u64);
+        while cursor.get() < total {
+            if !self.is_replacement(new) {
+                return false; // given up meanwhile
+            }
+            if self.failed.get() {
+                self.abort_replacement("the array failed", false).await;
+                return false;
+            }
+            if self.stopping.get() {
+                let why = "the array is stopping; run replace again";
+                self.abort_replacement(why, false).await;
+                return false;
+            }
+            if self.orphaned_replacement(slot).is_some() {
+                self.continue_as_recovery().await;
+                return false;
+            }
+            let at = cursor.get();
+            let len = step.min(total - at);
+            let guards = self.lock_member_range(slot, at, len).await;
+            let buf = BufSlice::zeroed(len as usize);
+            if !self.fill_for(slot, new, at, &buf, true).await {
+                drop(guards);
+                let why = "no readable source for the data, and it could not be recorded as lost";
+                self.abort_replacement(why, true).await;
+                return false;
+            }
+            if let Err(e) = new.member.write(new.data_offset + at, buf, false).await {
+                drop(guards);
+                let why = format!("write to the new member failed: {e}");
+                self.abort_replacement(&why, true).await;
+                return false;
+            }
+            cursor.set(at + len);
+            drop(guards);
+            window = self.throttle(window, len).await;
         }
+        true
+    }
+
+    /// Swaps roles in one metadata update. With the cursor at the end every write reaches
+    /// the new member (and the old one while it is active); the switch happens in one
+    /// synchronous section once the meta lock is held, so no write can find the replacement
+    /// gone and the new member not yet in the slot.
+    async fn finish_replacement(&self, slot: usize, new: &Rc<Disk>) {
+        let meta = self.meta_lock.lock().await;
+        let Some(r) = self
+            .replacement
+            .borrow_mut()
+            .take_if(|r| Rc::ptr_eq(&r.new, new))
+        else {
+            return;
+        };
+        self.swap_in_replacement(slot, &r).await;
+        drop(meta);
+        self.emit(Event::RebuildFinished {
+            slot,
+            member: new.member.path().to_string(),
+            bytes_rebuilt: self.geo.slot_used_bytes(slot),
+        });
+        self.emit(Event::MemberFailed {
+            slot,
+            member: r.old.member.path().to_string(),
+        });
         // A resync deferred while the array was not complete may run now.
         self.needs_attention();
     }
