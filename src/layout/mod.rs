@@ -25,8 +25,11 @@ mod kinds;
 mod raid0;
 mod raid10;
 mod raid5;
+mod validate;
 #[cfg(test)]
 mod tests;
+
+use validate::{check_chunk, check_members, check_raid10, invalid, overflow};
 
 pub use kinds::{LayoutError, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
 
@@ -198,10 +201,6 @@ pub struct Geometry {
     member_used_bytes: u64,
     stripe_bytes: u64,
     copies: usize,
-}
-
-fn invalid<T>(why: String) -> Result<T, LayoutError> {
-    Err(LayoutError::Invalid(why))
 }
 
 impl Geometry {
@@ -529,75 +528,4 @@ pub fn used_dev_bytes(level: Level, chunk_bytes: u64, smallest_available_bytes: 
         0 => 0,
         unit => smallest_available_bytes - smallest_available_bytes % unit,
     }
-}
-
-fn overflow(level: Level) -> LayoutError {
-    LayoutError::Invalid(format!("{level} array size overflows 64 bits"))
-}
-
-fn check_members(level: Level, members: usize, member_bytes: &[u64]) -> Result<(), LayoutError> {
-    if members < level.min_members() {
-        return invalid(format!(
-            "{level} needs at least {} members, got {members}",
-            level.min_members()
-        ));
-    }
-    if members > MAX_MEMBERS {
-        return invalid(format!(
-            "{members} members; md supports at most {MAX_MEMBERS}"
-        ));
-    }
-    if let Some(slot) = member_bytes.iter().position(|b| b % SECTOR_BYTES != 0) {
-        return invalid(format!(
-            "member {slot} size {} is not a multiple of 512 bytes",
-            member_bytes[slot]
-        ));
-    }
-    let first = member_bytes[0];
-    if level != Level::Raid0 {
-        if let Some(slot) = member_bytes.iter().position(|&b| b != first) {
-            return invalid(format!(
-                "{level} member sizes must all equal sb.size: slot 0 has {first}, slot {slot} \
-                 has {}",
-                member_bytes[slot]
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_chunk(level: Level, chunk_bytes: u64) -> Result<(), LayoutError> {
-    match level {
-        Level::Raid1 => Ok(()),
-        Level::Raid0 if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(SECTOR_BYTES) => invalid(
-            format!("RAID0 chunk {chunk_bytes} must be a non-zero multiple of 512 bytes"),
-        ),
-        Level::Raid5 | Level::Raid10
-            if !chunk_bytes.is_power_of_two() || chunk_bytes < PAGE_BYTES =>
-        {
-            invalid(format!(
-                "{level} chunk {chunk_bytes} must be a power of two of at least 4096 bytes"
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Checks a RAID10 layout against the member count; returns the number of copies.
-fn check_raid10(layout: Raid10Layout, members: usize) -> Result<usize, LayoutError> {
-    layout.check()?;
-    let copies = layout.copies();
-    if copies > members {
-        return invalid(format!(
-            "RAID10 {} keeps {copies} copies but has only {members} members",
-            layout.name()
-        ));
-    }
-    if copies > MAX_COPIES {
-        return Err(LayoutError::Unsupported(format!(
-            "RAID10 {} keeps {copies} copies; at most {MAX_COPIES} are supported",
-            layout.name()
-        )));
-    }
-    Ok(copies)
 }

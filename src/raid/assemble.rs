@@ -238,8 +238,8 @@ fn new_array(
         rebuilds: Cell::new(0),
         rebuilding: RefCell::new(std::collections::HashSet::new()),
         foreground_seen: Cell::new((0, std::time::Instant::now())),
-        speed_min_kib: Cell::new(super::rebuild::SPEED_MIN_KIB_DEFAULT),
-        speed_max_kib: Cell::new(super::rebuild::SPEED_MAX_KIB_DEFAULT),
+        speed_min_kib: Cell::new(super::settings::SPEED_MIN_KIB_DEFAULT),
+        speed_max_kib: Cell::new(super::settings::SPEED_MAX_KIB_DEFAULT),
         scrub: Cell::new(None),
         replacement: RefCell::new(None),
         resync_wanted: Cell::new(false),
@@ -247,8 +247,8 @@ fn new_array(
         intent,
         readded: RefCell::new(Vec::new()),
         checkpoint_every: Cell::new((
-            super::rebuild::CHECKPOINT_BYTES_DEFAULT,
-            super::rebuild::CHECKPOINT_INTERVAL_DEFAULT,
+            super::settings::CHECKPOINT_BYTES_DEFAULT,
+            super::settings::CHECKPOINT_INTERVAL_DEFAULT,
         )),
     })
 }

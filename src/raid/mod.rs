@@ -26,10 +26,13 @@ mod manage;
 mod meta;
 mod raid5;
 mod rebuild;
+mod region;
 mod replace;
 mod scrub;
+mod settings;
 mod slots;
 mod striped;
+mod throttle;
 mod volume;
 
 use std::cell::{Cell, RefCell};

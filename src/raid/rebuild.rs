@@ -18,7 +18,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 
@@ -26,14 +26,9 @@ use super::events::Event;
 use super::slots::SlotState;
 use super::Array;
 use crate::buf::BufSlice;
-use crate::layout::{Level, Reverse};
-use crate::reactor::{sleep, spawn, KeyedLockGuard};
+use crate::layout::Level;
+use crate::reactor::{spawn, KeyedLockGuard};
 
-pub const SPEED_MIN_KIB_DEFAULT: u64 = 1_000;
-pub const SPEED_MAX_KIB_DEFAULT: u64 = 200_000;
-/// md-like defaults: a checkpoint at least every 64 MiB or 5 s of rebuild.
-pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 << 20;
-pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Member bytes rebuilt per step (whole chunks): large sequential reads and writes, while
 /// the stripe locks it holds stay few enough not to stall foreground writes for long.
 const STEP_BYTES: u64 = 4 << 20;
@@ -111,87 +106,6 @@ impl Array {
         if self.attention.available() == 0 {
             self.attention.release();
         }
-    }
-
-    /// Sets the rebuild throttle (KiB/s); takes effect at the next step.
-    pub fn set_speed_limits(&self, min_kib: Option<u64>, max_kib: Option<u64>) {
-        if let Some(v) = min_kib {
-            self.speed_min_kib.set(v.max(1));
-        }
-        if let Some(v) = max_kib {
-            self.speed_max_kib.set(v.max(1));
-        }
-    }
-
-    /// How often a rebuild checkpoints (bytes, time): tests and slow media tune it.
-    pub fn set_checkpoint_every(&self, bytes: u64, interval: Duration) {
-        self.checkpoint_every.set((bytes.max(1), interval));
-    }
-
-    /// Writes the current settings (speed limits, spare group) into every present member's
-    /// extension block, so they survive a restart.
-    pub async fn save_settings(&self) -> crate::Result<()> {
-        let (min, max) = self.speed_limits();
-        self.update_extension(|ext| {
-            ext.speed_min_kib = Some(min);
-            ext.speed_max_kib = Some(max);
-        })
-        .await
-    }
-
-    /// Our extension block as it stands (settings md has no field for).
-    pub fn extension(&self) -> crate::metadata::Extension {
-        self.extension.borrow().clone()
-    }
-
-    /// Changes the extension block with `change` and writes it to every present member.
-    pub async fn update_extension(
-        &self,
-        change: impl FnOnce(&mut crate::metadata::Extension),
-    ) -> crate::Result<()> {
-        let block = {
-            let mut ext = self.extension.borrow_mut();
-            change(&mut ext);
-            if ext.created_by.is_empty() {
-                ext.created_by = format!("raidctl {}", env!("CARGO_PKG_VERSION"));
-            }
-            ext.encode(&self.meta.reference().set_uuid)
-                .map_err(crate::Error::from)?
-        };
-        // Only where our block has its own room below the data: on md-made arrays the place
-        // may belong to md's bad-block log, which we must never overwrite.
-        let targets: Vec<(Rc<super::Disk>, u64)> = self
-            .meta
-            .disks
-            .borrow()
-            .iter()
-            .filter(|m| m.present)
-            .filter_map(|m| {
-                let bitmap = m
-                    .bitmap_sector
-                    .as_ref()
-                    .and_then(|b| crate::metadata::BitmapSuper::decode(b.as_slice()).ok());
-                let at = crate::metadata::extension_offset_sectors(&m.sb, bitmap.as_ref()).ok()?;
-                Some((m.disk.clone(), at * 512))
-            })
-            .collect();
-        if targets.is_empty() {
-            return Err(crate::Error::new(
-                crate::ErrorKind::Unsupported,
-                format!("array {} has no room for raidctl's settings block (made by mdadm?): settings stay in memory", self.name),
-            ));
-        }
-        for (d, at) in targets {
-            let buf = crate::buf::AlignedBuf::from_slice(&block).into_shared();
-            d.member.write(at, buf, true).await.map_err(|e| {
-                crate::Error::io(format!("writing settings to {}", d.member.path()), e)
-            })?;
-        }
-        Ok(())
-    }
-
-    pub fn speed_limits(&self) -> (u64, u64) {
-        (self.speed_min_kib.get(), self.speed_max_kib.get())
     }
 
     /// Rebuilds in progress.
@@ -533,192 +447,5 @@ impl Array {
         }
         let _ = self.record_failures().await;
         self.needs_attention();
-    }
-
-    /// Stripe locks covering `len` bytes of `slot` at `member_offset`, in ascending order.
-    pub(super) async fn lock_member_range(
-        &self,
-        slot: usize,
-        member_offset: u64,
-        len: u64,
-    ) -> Vec<KeyedLockGuard> {
-        let mut keys: Vec<u64> = match self.geo.level() {
-            Level::Raid5 => {
-                let chunk = self.geo.chunk_bytes();
-                (member_offset / chunk..(member_offset + len - 1) / chunk + 1).collect()
-            }
-            Level::Raid1 => {
-                let unit = self.geo.stripe_bytes();
-                (member_offset / unit..(member_offset + len - 1) / unit + 1).collect()
-            }
-            _ => {
-                let chunk = self.geo.chunk_bytes();
-                let mut keys = Vec::new();
-                let mut at = member_offset;
-                while at < member_offset + len {
-                    if let Reverse::Data { array_offset } = self.geo.reverse(slot, at) {
-                        keys.push(array_offset / self.geo.stripe_bytes());
-                    }
-                    at = (at / chunk + 1) * chunk;
-                }
-                keys
-            }
-        };
-        keys.sort_unstable();
-        keys.dedup();
-        let mut guards = Vec::with_capacity(keys.len());
-        for k in keys {
-            guards.push(self.locks.lock(k).await);
-        }
-        guards
-    }
-
-    /// Fills `buf` with what `slot` must hold at `member_offset`, for `target` (the member
-    /// being rebuilt or the replacement): from `slot`'s own member first when `own_first`,
-    /// else from redundancy. Where neither has the data (unreadable sectors on the sources),
-    /// the 4 KiB blocks concerned are recorded bad on `target` and the rest is filled; false
-    /// when the array has no sources left at all (it failed) or `target` cannot keep the
-    /// record.
-    pub(super) async fn fill_for(
-        &self,
-        slot: usize,
-        target: &Rc<super::Disk>,
-        member_offset: u64,
-        buf: &BufSlice,
-        own_first: bool,
-    ) -> bool {
-        let whole = (own_first
-            && self
-                .read_slot(slot, member_offset, buf.clone())
-                .await
-                .is_ok())
-            || self.read_for_rebuild(slot, member_offset, buf).await;
-        if whole {
-            return true;
-        }
-        if self.failed.get() {
-            return false;
-        }
-        const BLOCK: usize = 4096;
-        for start in (0..buf.len()).step_by(BLOCK) {
-            let part = buf.slice(start, BLOCK.min(buf.len() - start));
-            let at = member_offset + start as u64;
-            let got = (own_first && self.read_slot(slot, at, part.clone()).await.is_ok())
-                || self.read_for_rebuild(slot, at, &part).await;
-            if self.failed.get() {
-                return false;
-            }
-            if !got {
-                part.bytes_mut().fill(0);
-                if !self.record_bad(target, at, part.len() as u64).await {
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// Fills `buf` with what `slot` must hold at `member_offset`, from the other members.
-    pub(super) async fn read_for_rebuild(
-        &self,
-        slot: usize,
-        member_offset: u64,
-        buf: &BufSlice,
-    ) -> bool {
-        match self.geo.level() {
-            Level::Raid5 => self
-                .reconstruct(slot, member_offset, buf.clone())
-                .await
-                .is_ok(),
-            _ => {
-                let chunk = if self.geo.level() == Level::Raid1 {
-                    buf.len() as u64
-                } else {
-                    self.geo.chunk_bytes()
-                };
-                let mut done = 0u64;
-                while done < buf.len() as u64 {
-                    let at = member_offset + done;
-                    let n = (chunk - at % chunk).min(buf.len() as u64 - done);
-                    let part = buf.slice(done as usize, n as usize);
-                    let array_offset = match self.geo.level() {
-                        Level::Raid1 => at,
-                        _ => match self.geo.reverse(slot, at) {
-                            Reverse::Data { array_offset } => array_offset,
-                            _ => {
-                                done += n;
-                                continue;
-                            }
-                        },
-                    };
-                    let copies = self.geo.map_copies(array_offset);
-                    let mut ok = false;
-                    for c in copies.iter().filter(|c| c.slot != slot) {
-                        if self
-                            .read_slot(c.slot, c.member_offset, part.clone())
-                            .await
-                            .is_ok()
-                        {
-                            ok = true;
-                            break;
-                        }
-                    }
-                    if !ok {
-                        return false;
-                    }
-                    done += n;
-                }
-                true
-            }
-        }
-    }
-
-    /// Whether clients used the array in the last half second (md's "not idle"): a moment
-    /// with no new request is not idleness, a queue-depth-32 client may simply be waiting.
-    pub(super) fn foreground_busy(&self) -> bool {
-        const HOLD: Duration = Duration::from_millis(500);
-        let count = {
-            let c = self.counters.borrow();
-            c.reads + c.writes
-        };
-        let (seen, at) = self.foreground_seen.get();
-        if count != seen {
-            self.foreground_seen.set((count, Instant::now()));
-            return true;
-        }
-        at.elapsed() < HOLD
-    }
-
-    /// md's throttle: at most speed-max, and at speed-min while the array has other I/O.
-    /// `window` is (start, rebuild bytes since, foreground requests last seen). Sleeps in
-    /// short slices and re-checks, so the rebuild speeds up as soon as the foreground stops.
-    pub(super) async fn throttle(
-        &self,
-        window: (Instant, u64, u64),
-        just_done: u64,
-    ) -> (Instant, u64, u64) {
-        const SLICE: Duration = Duration::from_millis(20);
-        let (start, bytes, _) = window;
-        let bytes = bytes + just_done;
-        loop {
-            let busy = self.foreground_busy();
-            let rate_kib = if busy {
-                self.speed_min_kib.get()
-            } else {
-                self.speed_max_kib.get()
-            };
-            let allowed = Duration::from_secs_f64(bytes as f64 / 1024.0 / rate_kib as f64);
-            let elapsed = start.elapsed();
-            if allowed <= elapsed || self.stopping.get() {
-                break;
-            }
-            sleep((allowed - elapsed).min(SLICE)).await;
-        }
-        // The third field is unused (kept so callers' windows stay one type).
-        if start.elapsed() >= Duration::from_secs(1) {
-            (Instant::now(), 0, 0)
-        } else {
-            (start, bytes, 0)
-        }
     }
 }
