@@ -1,4 +1,4 @@
-//! The write-back cache (DESIGN.md "cache"), between the frontends and the engine.
+//! The write-back cache (ARCHITECTURE.md), between the frontends and the engine.
 //!
 //! - [`policy`]: configured mode + battery flag -> write-back or write-through, and why (pure).
 //! - [`index`]: which 4 KiB blocks are cached in which slot, dirty tracking per stripe, LRU of

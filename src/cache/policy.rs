@@ -3,7 +3,7 @@
 //!
 //! This follows MegaRAID's default "WriteBack, No Write Cache if Bad BBU": write-back is a wish
 //! that only holds while the battery (a UPS, for us) is known to be present; with the battery
-//! absent, charging or failed the array runs write-through until the flag returns (DESIGN.md,
+//! absent, charging or failed the array runs write-through until the flag returns (ARCHITECTURE.md,
 //! durability contract). `AlwaysWriteBack` is the "Force/Always Write Back" escape hatch that
 //! ignores the battery and says so in its reason. The defaults (write-back wished, battery
 //! absent) make a fresh array write-through until someone declares the battery present.
