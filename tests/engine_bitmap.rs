@@ -233,12 +233,13 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             assert!(dirty >= 2, "{kind:?}: {:?}", array.bitmap_report());
 
             array.add_spare(wrap(&s[1]), false).await.unwrap();
+            // Events reach subscribers from the delivery task, so after the next wait.
+            wait_complete(&array).await;
             let role = events.borrow().iter().find_map(|e| match e {
                 Event::MemberAdded { role, .. } => Some(role.clone()),
                 _ => None,
             });
             assert_eq!(role.as_deref(), Some("re-added to slot 1"), "{kind:?}");
-            wait_complete(&array).await;
             let rebuilt = rebuilt_bytes(&events);
             let member = array.geometry().slot_used_bytes(1);
             let rebuilt = rebuilt.expect("RebuildFinished");

@@ -233,6 +233,7 @@ fn new_array(
         counters: RefCell::new(IoCounters::default()),
         in_flight: Cell::new(0),
         subscribers: RefCell::new(Vec::new()),
+        notices: Default::default(),
         attention: crate::reactor::Semaphore::new(0),
         stopping: Cell::new(false),
         rebuilds: Cell::new(0),
@@ -306,6 +307,7 @@ async fn start(array: &Rc<Array>, opts: &AssembleOptions, notes: &[String]) -> R
     for n in notes {
         tracing::warn!(array = %array.name, "{n}");
     }
+    crate::reactor::spawn(array.clone().deliver_events());
     if opts.read_only {
         return Ok(());
     }

@@ -1,9 +1,14 @@
 //! Typed events: every change people must hear about goes to the log and to subscribers
 //! (`raidctl monitor`, alert programs).
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
 use serde::Serialize;
 
 use super::Array;
+use crate::reactor::Semaphore;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event")]
@@ -136,8 +141,33 @@ impl Event {
 /// A callback that hears every event (on the reactor thread).
 pub type Subscriber = Box<dyn Fn(&Event)>;
 
+/// Events on their way to the subscribers. The engine only queues them, so no subscriber (the
+/// daemon's monitors, alerts, the spare-group exchange) ever runs inside a request; the
+/// delivery task ([`Array::deliver_events`]) hands them out in order.
+#[derive(Default)]
+pub(super) struct Notices {
+    queue: RefCell<VecDeque<Event>>,
+    ready: Semaphore,
+    /// A delivery task runs; without one (before it starts, after it stopped) events are
+    /// handed out at once.
+    delivering: Cell<bool>,
+}
+
+impl Notices {
+    /// Wakes the delivery task (at `close`, so it can end).
+    pub(super) fn wake(&self) {
+        if self.ready.available() == 0 {
+            self.ready.release();
+        }
+    }
+
+    fn pop(&self) -> Option<Event> {
+        self.queue.borrow_mut().pop_front()
+    }
+}
+
 impl Array {
-    /// Logs `event` and hands it to every subscriber.
+    /// Logs `event` and queues it for the subscribers.
     pub fn emit(&self, event: Event) {
         match &event {
             Event::MemberFailed { .. }
@@ -153,13 +183,39 @@ impl Array {
             }
             _ => tracing::info!(array = %self.name, "{}: {event:?}", event.name()),
         }
-        for s in self.subscribers.borrow().iter() {
-            s(&event);
+        if !self.notices.delivering.get() {
+            return self.hand_out(&event);
         }
+        self.notices.queue.borrow_mut().push_back(event);
+        self.notices.wake();
     }
 
     /// Calls `f` for every later event (on the reactor thread).
     pub fn subscribe(&self, f: impl Fn(&Event) + 'static) {
         self.subscribers.borrow_mut().push(Box::new(f));
+    }
+
+    /// The delivery task: hands queued events to the subscribers until the array stops.
+    pub async fn deliver_events(self: Rc<Self>) {
+        self.notices.delivering.set(true);
+        loop {
+            self.notices.ready.acquire().await;
+            while let Some(event) = self.notices.pop() {
+                self.hand_out(&event);
+            }
+            if self.stopping.get() {
+                break;
+            }
+        }
+        self.notices.delivering.set(false);
+        while let Some(event) = self.notices.pop() {
+            self.hand_out(&event);
+        }
+    }
+
+    fn hand_out(&self, event: &Event) {
+        for s in self.subscribers.borrow().iter() {
+            s(event);
+        }
     }
 }

@@ -92,6 +92,8 @@ pub struct Array {
     /// Client requests inside the engine right now (`close` marks clean only at zero).
     in_flight: Cell<usize>,
     subscribers: RefCell<Vec<events::Subscriber>>,
+    /// Events queued for the subscribers (the engine never calls them itself).
+    notices: events::Notices,
     /// Released whenever the scheduler should look at the array (failure, add, rebuild).
     attention: crate::reactor::Semaphore,
     /// Set by `close`: background work checkpoints and stops.
@@ -272,6 +274,7 @@ impl Array {
         let tick = std::time::Duration::from_millis(5);
         self.stopping.set(true);
         self.needs_attention();
+        self.notices.wake();
         while self.rebuilds.get() > 0 || self.scrub.get().is_some_and(|s| s.running) {
             crate::reactor::sleep(tick).await;
         }

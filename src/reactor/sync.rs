@@ -144,7 +144,9 @@ impl AsyncMutex {
     }
 }
 
-/// A counting semaphore (bounds requests in flight per connection).
+/// A counting semaphore (bounds requests in flight per connection). The default has no
+/// permits (a wake-up signal).
+#[derive(Default)]
 pub struct Semaphore {
     permits: Cell<usize>,
     waiters: RefCell<VecDeque<Waker>>,
