@@ -190,6 +190,14 @@ impl Array {
         self.notices.wake();
     }
 
+    /// Wakes the scheduler (coalesced: one pending wake-up is enough): the engine's other
+    /// way of telling the control plane that something changed (a failure, a member added).
+    pub fn needs_attention(&self) {
+        if self.attention.available() == 0 {
+            self.attention.release();
+        }
+    }
+
     /// Calls `f` for every later event (on the reactor thread).
     pub fn subscribe(&self, f: impl Fn(&Event) + 'static) {
         self.subscribers.borrow_mut().push(Box::new(f));

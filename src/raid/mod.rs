@@ -9,40 +9,38 @@
 //!     ├── raid5.rs    RAID5: full-stripe / reconstruct-write / read-modify-write, degraded paths
 //!     ├── slots.rs    member I/O per slot; an I/O error fails the slot (persisted) before anyone
 //!     │               sees the error, and callers fall back on redundancy
-//!     └── meta.rs     superblock updates: member failed, dirty/clean, events
+//!     ├── meta.rs     superblock updates: member failed, dirty/clean, events
+//!     ├── intent.rs   the write-intent bitmap: a bit on disk before its write reaches a member
+//!     ├── shadow.rs   a replacement's shadow target below its copy cursor
+//!     └── events.rs   the engine's queues to the control plane: events, scheduler wake-ups
+//!
+//!   control/        the control plane: assemble, create, rebuild, scrub, replace, manage
 //! ```
 //!
 //! Everything runs on the reactor thread, so state is in `Cell`/`RefCell`. Writes to redundant
 //! levels hold stripe locks ([`crate::reactor::KeyedLocks`]) for their whole read-compute-write,
 //! so concurrent overlapping writes never interleave on a stripe.
 
-mod assemble;
 mod badblocks;
+mod control;
 mod correct;
-mod create;
 pub mod events;
 mod intent;
-mod manage;
 mod meta;
 mod raid5;
-mod rebuild;
-mod region;
-mod replace;
-mod scrub;
-mod settings;
+mod shadow;
 mod slots;
 mod striped;
-mod throttle;
 mod volume;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-pub use assemble::{assemble, AssembleOptions, Assembled};
-pub use create::{create, CreateOptions, CreatedArray};
+pub use control::{
+    assemble, create, AssembleOptions, Assembled, CreateOptions, CreatedArray, RebuildState,
+    ScrubState,
+};
 pub use intent::BitmapReport;
-pub use rebuild::RebuildState;
-pub use scrub::ScrubState;
 pub use slots::{Disk, SlotState};
 
 use crate::buf::BufSlice;
@@ -108,8 +106,8 @@ pub struct Array {
     speed_min_kib: Cell<u64>,
     speed_max_kib: Cell<u64>,
     checkpoint_every: Cell<(u64, std::time::Duration)>,
-    scrub: Cell<Option<scrub::ScrubState>>,
-    replacement: RefCell<Option<replace::Replacement>>,
+    scrub: Cell<Option<ScrubState>>,
+    replacement: RefCell<Option<shadow::Replacement>>,
     resync_wanted: Cell<bool>,
     /// Our extension block as read at assembly (settings md has no field for).
     extension: RefCell<crate::metadata::Extension>,

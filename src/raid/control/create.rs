@@ -8,7 +8,6 @@ use std::rc::Rc;
 
 use futures::future::join_all;
 
-use super::meta::SUPERBLOCK_OFFSET_BYTES;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{used_dev_bytes, Geometry, LayoutKind, Level, Raid0Layout};
@@ -17,6 +16,7 @@ use crate::metadata::{
     create_bitmap_superblock, default_data_offset_sectors, extension_offset_sectors, format_uuid,
     new_member_superblock, CreateParams, Extension, Role, Superblock, FEATURE_RAID0_LAYOUT,
 };
+use crate::raid::meta::SUPERBLOCK_OFFSET_BYTES;
 
 /// What to create.
 #[derive(Clone, Debug)]

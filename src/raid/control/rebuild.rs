@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 
-use super::events::Event;
-use super::slots::SlotState;
-use super::Array;
 use crate::buf::BufSlice;
 use crate::layout::Level;
+use crate::raid::events::Event;
+use crate::raid::slots::SlotState;
+use crate::raid::Array;
 use crate::reactor::{spawn, KeyedLockGuard};
 
 /// Member bytes rebuilt per step (whole chunks): large sequential reads and writes, while
@@ -77,7 +77,7 @@ impl Pacing {
         &mut self,
         array: &Array,
         slot: usize,
-        disk: &Rc<super::Disk>,
+        disk: &Rc<crate::raid::Disk>,
         cursor: u64,
         moved: u64,
     ) {
@@ -101,13 +101,6 @@ impl Pacing {
 }
 
 impl Array {
-    /// Wakes the scheduler (coalesced: one pending wake-up is enough).
-    pub fn needs_attention(&self) {
-        if self.attention.available() == 0 {
-            self.attention.release();
-        }
-    }
-
     /// Rebuilds in progress.
     pub fn rebuild_states(&self) -> Vec<RebuildState> {
         self.slots
@@ -183,7 +176,7 @@ impl Array {
                 continue;
             };
             let cursor = Rc::new(Cell::new(0));
-            super::slots::set_slot(
+            crate::raid::slots::set_slot(
                 &mut self.slots.borrow_mut(),
                 slot,
                 SlotState::Recovering(disk.clone(), cursor),
@@ -270,7 +263,7 @@ impl Array {
     async fn recover_steps(
         &self,
         slot: usize,
-        disk: &Rc<super::Disk>,
+        disk: &Rc<crate::raid::Disk>,
         cursor: &Rc<Cell<u64>>,
         partial: bool,
     ) -> Option<u64> {
@@ -345,7 +338,7 @@ impl Array {
     async fn abort_recovery(
         &self,
         slot: usize,
-        disk: &Rc<super::Disk>,
+        disk: &Rc<crate::raid::Disk>,
         reason: String,
         its_fault: bool,
     ) -> Option<u64> {
@@ -365,7 +358,7 @@ impl Array {
     async fn finish_recovery(
         &self,
         slot: usize,
-        disk: &Rc<super::Disk>,
+        disk: &Rc<crate::raid::Disk>,
         walked: u64,
         copied: u64,
         partial: bool,
@@ -388,7 +381,7 @@ impl Array {
         {
             let mut slots = self.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
-                super::slots::set_slot(&mut slots, slot, SlotState::Active(disk.clone()));
+                crate::raid::slots::set_slot(&mut slots, slot, SlotState::Active(disk.clone()));
             }
         }
         tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {walked} bytes copied{}",
@@ -407,7 +400,7 @@ impl Array {
     async fn recovery_step(
         &self,
         slot: usize,
-        disk: &Rc<super::Disk>,
+        disk: &Rc<crate::raid::Disk>,
         at: u64,
         len: u64,
         partial: bool,
@@ -429,7 +422,7 @@ impl Array {
     }
 
     /// Flushes the new member, then records how far it is rebuilt.
-    async fn checkpoint(&self, slot: usize, disk: &Rc<super::Disk>, done: u64) {
+    async fn checkpoint(&self, slot: usize, disk: &Rc<crate::raid::Disk>, done: u64) {
         if disk.member.flush().await.is_err() {
             return self.fail_recovering(slot, disk).await;
         }
@@ -438,11 +431,11 @@ impl Array {
         }
     }
 
-    async fn fail_recovering(&self, slot: usize, disk: &Rc<super::Disk>) {
+    async fn fail_recovering(&self, slot: usize, disk: &Rc<crate::raid::Disk>) {
         {
             let mut slots = self.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
-                super::slots::set_slot(&mut slots, slot, SlotState::Faulty(disk.clone()));
+                crate::raid::slots::set_slot(&mut slots, slot, SlotState::Faulty(disk.clone()));
             }
         }
         let _ = self.record_failures().await;

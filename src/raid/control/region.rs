@@ -3,9 +3,9 @@
 
 use std::rc::Rc;
 
-use super::Array;
 use crate::buf::BufSlice;
 use crate::layout::{Level, Reverse};
+use crate::raid::Array;
 use crate::reactor::KeyedLockGuard;
 
 impl Array {
@@ -56,7 +56,7 @@ impl Array {
     pub(super) async fn fill_for(
         &self,
         slot: usize,
-        target: &Rc<super::Disk>,
+        target: &Rc<crate::raid::Disk>,
         member_offset: u64,
         buf: &BufSlice,
         own_first: bool,

@@ -7,14 +7,14 @@
 use std::rc::Rc;
 
 use super::create::{random_bytes, read_superblock, write_member_metadata};
-use super::events::Event;
-use super::meta::SUPERBLOCK_OFFSET_BYTES;
-use super::slots::{Disk, SlotState};
-use super::Array;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::Member;
 use crate::metadata::{format_uuid, Role, FEATURE_RECOVERY_OFFSET, FEATURE_REPLACEMENT};
+use crate::raid::events::Event;
+use crate::raid::meta::SUPERBLOCK_OFFSET_BYTES;
+use crate::raid::slots::{Disk, SlotState};
+use crate::raid::Array;
 
 impl Array {
     /// Members that failed and whose slot a spare has taken: md lists them as faulty until
@@ -66,7 +66,7 @@ impl Array {
             match &slots[slot] {
                 SlotState::Active(d) | SlotState::Recovering(d, _) => {
                     let d = d.clone();
-                    super::slots::set_slot(&mut slots, slot, SlotState::Faulty(d.clone()));
+                    crate::raid::slots::set_slot(&mut slots, slot, SlotState::Faulty(d.clone()));
                     d
                 }
                 _ => return Err(Error::invalid(format!("{path} is already faulty"))),
@@ -128,7 +128,7 @@ impl Array {
             match &slots[slot] {
                 SlotState::Faulty(d) => {
                     let d = d.clone();
-                    super::slots::set_slot(&mut slots, slot, SlotState::Missing);
+                    crate::raid::slots::set_slot(&mut slots, slot, SlotState::Missing);
                     d
                 }
                 _ => {
@@ -223,17 +223,20 @@ impl Array {
         }
         let role = readd_slot.map_or(Role::Spare, |slot| Role::Active(slot as u16));
         let _ = self.meta.reference.borrow_mut().set_role(dev_number, role);
-        self.meta.disks.borrow_mut().push(super::meta::MetaDisk {
-            disk: disk.clone(),
-            sb,
-            bitmap_sector,
-            present: true,
-        });
+        self.meta
+            .disks
+            .borrow_mut()
+            .push(crate::raid::meta::MetaDisk {
+                disk: disk.clone(),
+                sb,
+                bitmap_sector,
+                present: true,
+            });
         if let Some(slot) = readd_slot {
             self.readded.borrow_mut().push(disk.clone());
             let cursor = Rc::new(std::cell::Cell::new(0));
             let recovering = SlotState::Recovering(disk.clone(), cursor);
-            super::slots::set_slot(&mut self.slots.borrow_mut(), slot, recovering);
+            crate::raid::slots::set_slot(&mut self.slots.borrow_mut(), slot, recovering);
         }
         self.write_all_superblocks().await?;
         // Its bitmap must carry the bits of everything written while it was away.

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::Array;
+use crate::raid::Array;
 
 pub const SPEED_MIN_KIB_DEFAULT: u64 = 1_000;
 pub const SPEED_MAX_KIB_DEFAULT: u64 = 200_000;
@@ -60,7 +60,7 @@ impl Array {
         };
         // Only where our block has its own room below the data: on md-made arrays the place
         // may belong to md's bad-block log, which we must never overwrite.
-        let targets: Vec<(Rc<super::Disk>, u64)> = self
+        let targets: Vec<(Rc<crate::raid::Disk>, u64)> = self
             .meta
             .disks
             .borrow()

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use futures::future::join_all;
 
-use super::events::Event;
-use super::Array;
 use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::Level;
 use crate::parity::xor_into;
+use crate::raid::events::Event;
+use crate::raid::Array;
 
 const BLOCK: usize = 4096;
 

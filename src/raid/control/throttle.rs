@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Array;
+use crate::raid::Array;
 use crate::reactor::sleep;
 
 impl Array {

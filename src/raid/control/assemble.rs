@@ -6,9 +6,6 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use super::meta::{MetaDisk, MetaState, SUPERBLOCK_OFFSET_BYTES};
-use super::slots::{Disk, SlotState};
-use super::{Array, IoCounters};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Geometry, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
@@ -18,6 +15,9 @@ use crate::metadata::{
     FEATURE_BITMAP_OFFSET, FEATURE_CLUSTERED, FEATURE_JOURNAL, FEATURE_MULTIPLE_PPLS, FEATURE_PPL,
     FEATURE_RAID0_LAYOUT, FEATURE_RECOVERY_OFFSET, FEATURE_RESHAPE_ACTIVE,
 };
+use crate::raid::meta::{MetaDisk, MetaState, SUPERBLOCK_OFFSET_BYTES};
+use crate::raid::slots::{Disk, SlotState};
+use crate::raid::{Array, IoCounters};
 use crate::reactor::{AsyncMutex, KeyedLocks};
 
 /// What the user allowed.
@@ -82,7 +82,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         meta_disks.push(meta);
     }
     // Before the spares join: only members of the array carry its bits.
-    let intent = super::intent::load_intent(&reference, &meta_disks).await;
+    let intent = crate::raid::intent::load_intent(&reference, &meta_disks).await;
     let mut spares = Vec::new();
     for &i in &plan.spares {
         let (disk, meta) = open_disk(members[i].clone(), own_sb(i)).await;
@@ -210,7 +210,7 @@ fn new_array(
     slots: Vec<SlotState>,
     spares: Vec<Rc<Disk>>,
     meta: MetaState,
-    intent: Option<Rc<super::intent::Intent>>,
+    intent: Option<Rc<crate::raid::intent::Intent>>,
     read_only: bool,
 ) -> Rc<Array> {
     let resync = meta.reference().resync_offset;
@@ -382,7 +382,7 @@ async fn read_raw_superblock(
 }
 
 async fn meta_disk(disk: Rc<Disk>, sb: Superblock) -> MetaDisk {
-    if let Err(e) = super::badblocks::load(&disk, &sb).await {
+    if let Err(e) = crate::raid::badblocks::load(&disk, &sb).await {
         tracing::warn!("{e}: its bad-block log is ignored");
     }
     let mut bitmap_sector = None;
