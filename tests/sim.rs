@@ -106,6 +106,7 @@ fn decode(s: u64, bytes: &[u8]) -> Option<u64> {
 }
 
 /// What the run is built on, drawn from the seed.
+#[derive(Debug)]
 struct Setup {
     kind: LayoutKind,
     members: usize,
@@ -205,6 +206,7 @@ fn simulator() {
 fn run(seed: u64) -> Outcome {
     let mut rng = SmallRng::seed_from_u64(seed);
     let setup = setup(&mut rng);
+    trace(|| format!("setup: {setup:?}"));
     let cut_seed = rng.gen::<u64>();
     let (sims, model, mut report) =
         block_on(live_phase(seed, setup)).map_err(|e| format!("reactor: {e}"))??;
@@ -677,14 +679,12 @@ async fn recovery_phase(
     }
     let m = model.borrow().clone_for_check();
     let len = (m.issued.len() * SECTOR) as u64;
-    let buf = BufSlice::zeroed(len as usize);
-    array
-        .read(0, buf.clone())
-        .await
-        .map_err(|e| format!("read after the power cut: {e}"))?;
-    let bytes = buf.to_vec();
+    let (bytes, lost) = read_all(&array, len).await?;
     for s in 0..m.issued.len() {
         let at = (s * SECTOR) as u64;
+        if lost.contains(&(at / BLOCK)) {
+            continue; // recorded lost: EIO is the honest answer
+        }
         if forced && write_hole_exposed(&array, at, &absent) {
             // md's write hole: a dirty degraded RAID5 started with --force may rebuild the
             // missing member's bytes from stale parity. That is why assembly refuses it.
@@ -713,6 +713,57 @@ async fn recovery_phase(
     }
     array.close().await.map_err(|e| format!("close: {e}"))?;
     Ok(forced)
+}
+
+/// Reads the first `len` bytes of the array; where that fails, block by block. A block may
+/// fail only where the array has recorded its data lost (every place that could answer it is
+/// absent or in a bad-block log): returns the bytes and those blocks.
+async fn read_all(array: &Array, len: u64) -> Result<(Vec<u8>, Vec<u64>), String> {
+    let buf = BufSlice::zeroed(len as usize);
+    if array.read(0, buf.clone()).await.is_ok() {
+        return Ok((buf.to_vec(), Vec::new()));
+    }
+    let mut lost = Vec::new();
+    for block in 0..len / BLOCK {
+        let part = buf.slice((block * BLOCK) as usize, BLOCK as usize);
+        if let Err(e) = array.read(block * BLOCK, part).await {
+            if !recorded_lost(array, block * BLOCK) {
+                return Err(format!(
+                    "read after the power cut at {}: {e}",
+                    block * BLOCK
+                ));
+            }
+            trace(|| format!("block {block} reads EIO: recorded lost"));
+            lost.push(block);
+        }
+    }
+    Ok((buf.to_vec(), lost))
+}
+
+/// Whether the array block at `at` has no place left that could answer it: each copy (RAID5:
+/// the data member and another member) is absent or has the block in its bad-block log.
+fn recorded_lost(array: &Array, at: u64) -> bool {
+    let bad = array.bad_blocks();
+    let slots = array.slots();
+    let gone = |slot: usize, member_offset: u64| match slots[slot].disk() {
+        Some(d) if slots[slot].is_active() => bad.iter().any(|(path, ranges)| {
+            path == d.member.path()
+                && ranges
+                    .iter()
+                    .any(|&(o, l)| o <= member_offset && member_offset + BLOCK <= o + l)
+        }),
+        _ => true,
+    };
+    let geo = array.geometry();
+    if geo.level() == Level::Raid5 {
+        let loc = geo.raid5_locate(at);
+        let off = loc.member_offset / BLOCK * BLOCK;
+        gone(loc.slot, off) && (0..geo.members()).any(|s| s != loc.slot && gone(s, off))
+    } else {
+        geo.map_copies(at)
+            .iter()
+            .all(|c| gone(c.slot, c.member_offset / BLOCK * BLOCK))
+    }
 }
 
 /// Traces what each copy of sector `s` holds on the members, and its history in the model.

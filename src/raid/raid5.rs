@@ -58,6 +58,10 @@ impl RowWrite {
     fn new(array: &Array, stripe: u64, writes: &[Option<ChunkWrite>]) -> RowWrite {
         let chunk = array.geo.chunk_bytes();
         let pieces = || writes.iter().flatten();
+        debug_assert!(
+            pieces().all(|w| !w.src.is_empty() && w.end() <= chunk),
+            "row {stripe}: a piece is empty or crosses its chunk"
+        );
         RowWrite {
             base: stripe * chunk,
             parity_slot: array.geo.raid5_parity_slot(stripe),

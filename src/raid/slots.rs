@@ -145,6 +145,7 @@ impl Array {
         member_offset: u64,
         buf: BufSlice,
     ) -> SlotResult {
+        self.assert_in_slot(slot, member_offset, buf.len() as u64);
         let disk = self.active_disk(slot).ok_or(SlotGone)?;
         if disk.has_bad(member_offset, buf.len() as u64) {
             return Err(SlotGone);
@@ -210,6 +211,7 @@ impl Array {
         buf: BufSlice,
         fua: bool,
     ) -> SlotResult {
+        self.assert_in_slot(slot, member_offset, buf.len() as u64);
         if let Some(cursor) = self.fill_cursor(slot) {
             if member_offset < cursor && member_offset + buf.len() as u64 > cursor {
                 let below = buf.slice(0, (cursor - member_offset) as usize);
@@ -254,6 +256,7 @@ impl Array {
         len: u64,
         discard: bool,
     ) -> SlotResult {
+        self.assert_in_slot(slot, member_offset, len);
         let len = match self.fill_cursor(slot) {
             Some(c) if member_offset < c => len.min(c - member_offset),
             _ => len,
@@ -322,6 +325,20 @@ impl Array {
             return Err(self.failed_error());
         }
         Ok(())
+    }
+
+    /// Member I/O stays inside the part of the slot the layout uses, in whole sectors: the
+    /// layers above mapped it there, and a miss would touch metadata or another array's data.
+    fn assert_in_slot(&self, slot: usize, member_offset: u64, len: u64) {
+        debug_assert!(
+            member_offset.is_multiple_of(512) && len.is_multiple_of(512),
+            "slot {slot}: I/O at {member_offset}+{len} is not in whole sectors"
+        );
+        debug_assert!(
+            member_offset + len <= self.geo.slot_used_bytes(slot),
+            "slot {slot}: I/O at {member_offset}+{len} past its {} bytes",
+            self.geo.slot_used_bytes(slot)
+        );
     }
 
     /// Marks `slot` faulty (once), persists it, and decides whether the array has failed.
