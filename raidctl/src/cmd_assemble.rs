@@ -8,7 +8,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use raidcore::daemon::rundir::RunDir;
 use raidcore::daemon::{self, DaemonConfig, Listen, Ready};
@@ -179,6 +180,24 @@ fn background(args: &AssembleArgs, run_dir: &RunDir) -> Result<i32> {
         .append(true)
         .open(&log_path)
         .map_err(|e| Error::io(format!("cannot open {}", log_path.display()), e))?;
+    let mut cmd = daemon_command(args, run_dir)?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("cannot start the daemon", e))?;
+    await_ready(child, &log_path)
+}
+
+/// This same executable, asked to run the array in the foreground with the same options and
+/// to report on stdout (with the caller's log level, default info).
+fn daemon_command(args: &AssembleArgs, run_dir: &RunDir) -> Result<Command> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("cannot find the raidctl executable", e))?;
     let mut cmd = Command::new(exe);
@@ -207,17 +226,12 @@ fn background(args: &AssembleArgs, run_dir: &RunDir) -> Result<i32> {
         "RAIDCTL_LOG",
         std::env::var("RAIDCTL_LOG").unwrap_or_else(|_| "info".into()),
     );
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("cannot start the daemon", e))?;
+    Ok(cmd)
+}
+
+/// Waits for the daemon's one notice line: prints what it serves once ready, or returns its
+/// error (or points at the log if it died without a word).
+fn await_ready(mut child: Child, log_path: &Path) -> Result<i32> {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);

@@ -95,20 +95,49 @@ pub fn parse_level(text: &str) -> Result<Level> {
 fn validate(args: &CreateArgs) -> Result<CreateOptions> {
     validate_name(&args.name)?;
     let level = parse_level(&args.level)?;
-    let chunk_bytes = parse_size(&args.chunk).map_err(Error::invalid)?;
+    let chunk_bytes = parse_chunk(&args.chunk)?;
+    let kind = parse_layout(level, args.layout.as_deref())?;
+    check_device_counts(level, &kind, args)?;
+    let (bitmap, bitmap_chunk_bytes) = parse_bitmap(level, args)?;
+    if level == Level::Raid0 && !args.spares.is_empty() {
+        return Err(Error::invalid(
+            "RAID0 cannot use hot spares: it has no redundancy to rebuild",
+        ));
+    }
+    Ok(CreateOptions {
+        name: args.name.clone(),
+        kind,
+        chunk_bytes,
+        bitmap,
+        bitmap_chunk_bytes,
+        assume_clean: args.assume_clean,
+        force: args.force,
+        fresh: false,
+        spare_group: args.spare_group.clone(),
+    })
+}
+
+/// `--chunk`: a power of two from 4K to 1G.
+fn parse_chunk(text: &str) -> Result<u64> {
+    let chunk_bytes = parse_size(text).map_err(Error::invalid)?;
     if !chunk_bytes.is_power_of_two() || chunk_bytes < 4096 {
         return Err(Error::invalid(format!(
             "invalid chunk size {}: it must be a power of two of at least 4K (e.g. 64K, 512K)",
-            args.chunk
+            text
         )));
     }
     if chunk_bytes > (1 << 30) {
         return Err(Error::invalid(format!(
             "chunk size {} is too large: at most 1G",
-            args.chunk
+            text
         )));
     }
-    let kind = match (level, args.layout.as_deref()) {
+    Ok(chunk_bytes)
+}
+
+/// `--layout` for the level, or md's default layout when it is not given.
+fn parse_layout(level: Level, layout: Option<&str>) -> Result<LayoutKind> {
+    let kind = match (level, layout) {
         (Level::Raid0, None) => LayoutKind::Raid0(Raid0Layout::Original),
         (Level::Raid1, None) => LayoutKind::Raid1,
         (Level::Raid5, None) => LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
@@ -125,6 +154,12 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
             return Err(Error::invalid(format!("--layout {l:?} applies to RAID5 and RAID10 only")));
         }
     };
+    Ok(kind)
+}
+
+/// Enough members for the level (and for every RAID10 copy), and not more devices in all
+/// than the superblock has roles for.
+fn check_device_counts(level: Level, kind: &LayoutKind, args: &CreateArgs) -> Result<()> {
     let (min, what) = match level {
         Level::Raid0 => (2, "RAID0 needs at least 2 members"),
         Level::Raid1 => (2, "RAID1 needs at least 2 members"),
@@ -137,7 +172,7 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
             args.devices.len()
         )));
     }
-    if let LayoutKind::Raid10(l) = &kind {
+    if let LayoutKind::Raid10(l) = kind {
         if (l.near * l.far) as usize > args.devices.len() {
             return Err(Error::invalid(format!(
                 "RAID10 layout {} keeps {} copies but only {} members were given",
@@ -152,6 +187,12 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
             "too many devices: at most 384 members and spares",
         ));
     }
+    Ok(())
+}
+
+/// `--bitmap` and `--bitmap-chunk`: whether the array gets a write-intent bitmap (every
+/// redundant level does by default) and its chunk size, if given.
+fn parse_bitmap(level: Level, args: &CreateArgs) -> Result<(bool, Option<u32>)> {
     let bitmap = match (level, args.bitmap) {
         (Level::Raid0, Some(BitmapChoice::Internal)) => {
             return Err(Error::invalid(
@@ -180,22 +221,7 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
             Some(bytes as u32)
         }
     };
-    if level == Level::Raid0 && !args.spares.is_empty() {
-        return Err(Error::invalid(
-            "RAID0 cannot use hot spares: it has no redundancy to rebuild",
-        ));
-    }
-    Ok(CreateOptions {
-        name: args.name.clone(),
-        kind,
-        chunk_bytes,
-        bitmap,
-        bitmap_chunk_bytes,
-        assume_clean: args.assume_clean,
-        force: args.force,
-        fresh: false,
-        spare_group: args.spare_group.clone(),
-    })
+    Ok((bitmap, bitmap_chunk_bytes))
 }
 
 fn validate_name(name: &str) -> Result<()> {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use raidcore::daemon::control::ControlRequest;
 use raidcore::daemon::rundir::RunDir;
+use raidcore::raid::ScrubState;
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 
@@ -163,11 +164,17 @@ pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
         );
         return Ok(0);
     }
+    wait_for_check(&run_dir, &args, what)
+}
+
+/// `check --wait`: shows progress (a bar on a terminal, a line per 10% otherwise) until the
+/// scrub ends, then its result.
+fn wait_for_check(run_dir: &RunDir, args: &CheckArgs, what: &str) -> Result<i32> {
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
     let mut last_decile = None;
     loop {
-        let status = query(&run_dir, &args.name)?;
+        let status = query(run_dir, &args.name)?;
         let Some(s) = status.check else {
             return Err(Error::new(ErrorKind::Io, "the daemon reports no check"));
         };
@@ -176,27 +183,7 @@ pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
             if tty {
                 println!();
             }
-            let complete = s.done_bytes >= s.total_bytes;
-            println!(
-                "{what} of array {} {}: {} mismatched sectors{}",
-                args.name,
-                if complete {
-                    "finished"
-                } else {
-                    "stopped early"
-                },
-                s.mismatch_sectors,
-                if args.repair && s.mismatch_sectors > 0 {
-                    " (repaired)"
-                } else {
-                    ""
-                }
-            );
-            return Ok(if s.mismatch_sectors > 0 && !args.repair || !complete {
-                1
-            } else {
-                0
-            });
+            return Ok(check_finished(args, what, &s));
         }
         let rate = s.done_bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
         if tty {
@@ -220,6 +207,32 @@ pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
             }
         }
         std::thread::sleep(Duration::from_millis(if tty { 250 } else { 500 }));
+    }
+}
+
+/// Says how the scrub ended; the exit code is 1 when it stopped early or a check (not a
+/// repair) found mismatches.
+fn check_finished(args: &CheckArgs, what: &str, s: &ScrubState) -> i32 {
+    let complete = s.done_bytes >= s.total_bytes;
+    println!(
+        "{what} of array {} {}: {} mismatched sectors{}",
+        args.name,
+        if complete {
+            "finished"
+        } else {
+            "stopped early"
+        },
+        s.mismatch_sectors,
+        if args.repair && s.mismatch_sectors > 0 {
+            " (repaired)"
+        } else {
+            ""
+        }
+    );
+    if s.mismatch_sectors > 0 && !args.repair || !complete {
+        1
+    } else {
+        0
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use raidcore::daemon::control::{request, ControlRequest, ControlResponse};
 use raidcore::daemon::rundir::RunDir;
-use raidcore::daemon::status::StatusReport;
+use raidcore::daemon::status::{IoReport, MemberReport, StatusReport};
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 
@@ -124,6 +124,31 @@ pub fn stop(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
 }
 
 pub fn print_report(r: &StatusReport) {
+    print_heading(r);
+    for m in &r.members {
+        print_member(m);
+    }
+    if r.missing != "none" {
+        println!("  missing: {}", r.missing);
+    }
+    print_io(&r.io);
+    if let Some(c) = &r.cache {
+        crate::cmd_cache::print_cache(&r.name, c);
+    }
+    if let Some(b) = &r.bitmap {
+        println!(
+            "  bitmap: {} of {} chunks dirty ({} per bit, events_cleared {})",
+            b.dirty_bits,
+            b.bits,
+            format_size(b.chunk_bytes),
+            b.events_cleared
+        );
+    }
+    print_service(r);
+}
+
+/// The array's shape, size and state, then its identity and sync state.
+fn print_heading(r: &StatusReport) {
     println!(
         "{}: {} {}{}, {} ({} bytes), state {}{}",
         r.name,
@@ -149,29 +174,30 @@ pub fn print_report(r: &StatusReport) {
             "resync pending"
         }
     );
-    for m in &r.members {
-        let slot = m.slot.map_or(m.role.clone(), |s| format!("slot {s}"));
+}
+
+/// One member line (slot or role, path, state), and a summary of its bad blocks if any.
+fn print_member(m: &MemberReport) {
+    let slot = m.slot.map_or(m.role.clone(), |s| format!("slot {s}"));
+    println!(
+        "  {:<8} {:<40} {}",
+        slot,
+        m.path.as_deref().unwrap_or("-"),
+        m.state
+    );
+    if !m.bad_blocks.is_empty() {
+        let total: u64 = m.bad_blocks.iter().map(|b| b.bytes).sum();
+        let first = &m.bad_blocks[0];
         println!(
-            "  {:<8} {:<40} {}",
-            slot,
-            m.path.as_deref().unwrap_or("-"),
-            m.state
+            "           bad blocks: {} in {} range(s), first at data offset {} (reads there fail with EIO until written)",
+            format_size(total),
+            m.bad_blocks.len(),
+            first.offset
         );
-        if !m.bad_blocks.is_empty() {
-            let total: u64 = m.bad_blocks.iter().map(|b| b.bytes).sum();
-            let first = &m.bad_blocks[0];
-            println!(
-                "           bad blocks: {} in {} range(s), first at data offset {} (reads there fail with EIO until written)",
-                format_size(total),
-                m.bad_blocks.len(),
-                first.offset
-            );
-        }
     }
-    if r.missing != "none" {
-        println!("  missing: {}", r.missing);
-    }
-    let io = &r.io;
+}
+
+fn print_io(io: &IoReport) {
     println!(
         "  io: {} reads ({}), {} writes ({}), {} flushes, {} trims, {} degraded reads, {} errors",
         io.reads,
@@ -183,18 +209,10 @@ pub fn print_report(r: &StatusReport) {
         io.degraded_reads,
         io.errors
     );
-    if let Some(c) = &r.cache {
-        crate::cmd_cache::print_cache(&r.name, c);
-    }
-    if let Some(b) = &r.bitmap {
-        println!(
-            "  bitmap: {} of {} chunks dirty ({} per bit, events_cleared {})",
-            b.dirty_bits,
-            b.bits,
-            format_size(b.chunk_bytes),
-            b.events_cleared
-        );
-    }
+}
+
+/// How the array is served: the daemon (when there is one), its exports and attachments.
+fn print_service(r: &StatusReport) {
     if r.pid != 0 {
         println!(
             "  daemon pid {}, {} connection(s), {} since start",

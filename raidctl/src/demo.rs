@@ -78,6 +78,33 @@ fn run_in(paths: &[String]) -> Result<()> {
 }
 
 async fn demo(paths: Vec<String>) -> Result<()> {
+    let (members, spare) = create_array(&paths).await?;
+    let (array, faults) = assemble_wrapped(members, spare).await?;
+    let size = array.size_bytes();
+    write_pattern(&array, size).await?;
+    verify_degraded(&array, &faults[2], &paths[2], size).await?;
+    wait_for_rebuild(&array, &paths[4]).await?;
+    run_lanes(&array, size, false).await?;
+    println!(
+        "== verified all {} again, now with full redundancy",
+        format_size(size)
+    );
+    println!();
+    print_report(&StatusReport {
+        pid: 0,
+        ..StatusReport::build(&array, None, Vec::new())
+    });
+    array.close().await?;
+    println!(
+        "== stopped cleanly: superblocks updated (events {})",
+        array.events()
+    );
+    Ok(())
+}
+
+/// Creates the RAID5 on the first four files with the fifth as its spare; returns the opened
+/// members and spare.
+async fn create_array(paths: &[String]) -> Result<(Vec<Rc<dyn Member>>, Vec<Rc<dyn Member>>)> {
     let open = |p: &String| -> Result<Rc<dyn Member>> {
         Ok(Rc::new(FileMember::open(p, OpenOptions::default())?))
     };
@@ -100,8 +127,15 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         format_size(created.size_bytes),
         created.uuid_text
     );
+    Ok((members, spare))
+}
 
-    // Re-open through the fault wrapper, as a drill would.
+/// Assembles the array with every device behind the fault wrapper, as a drill would; the
+/// handles are in device order (the spare last).
+async fn assemble_wrapped(
+    members: Vec<Rc<dyn Member>>,
+    spare: Vec<Rc<dyn Member>>,
+) -> Result<(Rc<Array>, Vec<FaultHandle>)> {
     let faults: Vec<FaultHandle> = (0..5).map(|_| FaultHandle::default()).collect();
     let wrapped: Vec<Rc<dyn Member>> = members
         .into_iter()
@@ -115,10 +149,13 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         "== assembled: {} members active, 1 spare",
         array.geometry().members()
     );
+    Ok((array, faults))
+}
 
-    let size = array.size_bytes();
+/// Fills the whole array with the pattern and reports the write speed.
+async fn write_pattern(array: &Rc<Array>, size: u64) -> Result<()> {
     let started = Instant::now();
-    run_lanes(&array, size, true).await?;
+    run_lanes(array, size, true).await?;
     let secs = started.elapsed().as_secs_f64();
     array.flush().await?;
     println!(
@@ -126,14 +163,20 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         format_size(size),
         size as f64 / secs / 1048576.0
     );
+    Ok(())
+}
 
-    println!(
-        "== pulling member 2 ({}) out: it vanishes like an unplugged disk",
-        paths[2]
-    );
-    faults[2].vanish();
+/// Makes member 2 vanish, then reads everything back from the degraded array and checks it.
+async fn verify_degraded(
+    array: &Rc<Array>,
+    fault: &FaultHandle,
+    path: &str,
+    size: u64,
+) -> Result<()> {
+    println!("== pulling member 2 ({path}) out: it vanishes like an unplugged disk");
+    fault.vanish();
     let started = Instant::now();
-    run_lanes(&array, size, false).await?;
+    run_lanes(array, size, false).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "== read back and verified all {} from the degraded array ({:.0} MiB/s, {} degraded reads rebuilt from parity)",
@@ -141,7 +184,12 @@ async fn demo(paths: Vec<String>) -> Result<()> {
         size as f64 / secs / 1048576.0,
         array.counters().degraded_reads
     );
-    // No command needed: the scheduler gives slot 2 the spare and rebuilds it online.
+    Ok(())
+}
+
+/// Waits (up to 10 minutes) for the hot spare to be rebuilt into the empty slot, and reports
+/// the rebuild speed. No command is needed: the scheduler does it online.
+async fn wait_for_rebuild(array: &Rc<Array>, spare_path: &str) -> Result<()> {
     println!("== the hot spare takes slot 2 by itself and is rebuilt from parity...");
     let started = Instant::now();
     loop {
@@ -161,23 +209,8 @@ async fn demo(paths: Vec<String>) -> Result<()> {
     println!(
         "== rebuilt {} onto {} in {secs:.1} s ({:.0} MiB/s)",
         format_size(member),
-        paths[4],
+        spare_path,
         member as f64 / secs / 1048576.0
-    );
-    run_lanes(&array, size, false).await?;
-    println!(
-        "== verified all {} again, now with full redundancy",
-        format_size(size)
-    );
-    println!();
-    print_report(&StatusReport {
-        pid: 0,
-        ..StatusReport::build(&array, None, Vec::new())
-    });
-    array.close().await?;
-    println!(
-        "== stopped cleanly: superblocks updated (events {})",
-        array.events()
     );
     Ok(())
 }

@@ -82,134 +82,14 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
     loop {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let request: std::result::Result<ControlRequest, _> = serde_json::from_slice(&line);
-            if let Ok(ControlRequest::GiveSpare { group }) = &request {
-                let device = daemon.array.give_spare(group).await;
-                if let Some(d) = &device {
-                    daemon.faults.borrow_mut().remove(d);
-                    tracing::info!(array = %daemon.config.name, "gave spare {d} to another array of group {group}");
-                }
-                let answer = ControlResponse {
-                    ok: device.is_some(),
-                    device,
-                    ..Default::default()
-                };
-                if send_line(fd, &answer).await.is_err() {
-                    sock::close(fd);
-                    return;
-                }
-                continue;
-            }
-            if matches!(request, Ok(ControlRequest::Monitor)) {
-                return monitor_connection(daemon, fd).await;
-            }
-            let answer = match request {
-                Ok(ControlRequest::Monitor) | Ok(ControlRequest::GiveSpare { .. }) => {
-                    unreachable!("handled above")
-                }
-                Ok(ControlRequest::Status) => ControlResponse {
-                    ok: true,
-                    status: Some(daemon.status()),
-                    ..Default::default()
-                },
-                Ok(ControlRequest::Stop) => {
-                    // Detach first: a mounted or held-open device refuses the stop.
-                    match daemon.check_not_in_use() {
-                        Ok(()) => match daemon.detach().await {
-                            Ok(()) => {
-                                // Answered once the array is stopped and clean.
-                                daemon.stop_waiters.borrow_mut().push(fd);
-                                daemon.stop.release();
-                                return;
-                            }
-                            Err(e) => ControlResponse::error(e.to_string()),
-                        },
-                        Err(e) => ControlResponse::error(e.to_string()),
-                    }
-                }
-                Ok(ControlRequest::Attach { device }) => match daemon.attach(device).await {
-                    Ok(report) => ControlResponse {
-                        ok: true,
-                        attach: Some(report),
-                        ..Default::default()
-                    },
+            let answer = match serde_json::from_slice::<ControlRequest>(&line) {
+                Ok(ControlRequest::Monitor) => return monitor_connection(daemon, fd).await,
+                Ok(ControlRequest::Stop) => match stop(&daemon, fd).await {
+                    // Answered once the array is stopped and clean.
+                    Ok(()) => return,
                     Err(e) => ControlResponse::error(e.to_string()),
                 },
-                Ok(ControlRequest::Fail { device, force }) => {
-                    let path = daemon.member_path(&device);
-                    reply(daemon.array.fail_member(&path, force).await)
-                }
-                Ok(ControlRequest::Remove { device }) => {
-                    let path = daemon.member_path(&device);
-                    let r = daemon.array.remove_member(&path).await;
-                    if r.is_ok() {
-                        daemon.faults.borrow_mut().remove(&path);
-                    }
-                    reply(r)
-                }
-                Ok(ControlRequest::Add { device, force }) => {
-                    reply(daemon.add(&device, force).await)
-                }
-                Ok(ControlRequest::Check { repair }) => reply(daemon.array.start_scrub(repair)),
-                Ok(ControlRequest::Replace {
-                    device,
-                    with,
-                    force,
-                }) => reply(daemon.replace(&device, &with, force).await),
-                Ok(ControlRequest::Rebuild {
-                    speed_min_kib,
-                    speed_max_kib,
-                }) => {
-                    daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
-                    if speed_min_kib.is_some() || speed_max_kib.is_some() {
-                        if let Err(e) = daemon.array.save_settings().await {
-                            tracing::warn!(array = %daemon.config.name, "speed limits not saved: {e}");
-                        }
-                    }
-                    daemon.array.needs_attention();
-                    daemon.array.start_resync_if_needed();
-                    ControlResponse {
-                        ok: true,
-                        status: Some(daemon.status()),
-                        ..Default::default()
-                    }
-                }
-                Ok(ControlRequest::Cache {
-                    mode,
-                    battery,
-                    battery_file,
-                }) => match daemon.set_cache_policy(mode, battery, battery_file).await {
-                    Ok(()) => ControlResponse {
-                        ok: true,
-                        status: Some(daemon.status()),
-                        ..Default::default()
-                    },
-                    Err(e) => ControlResponse::error(e.to_string()),
-                },
-                Ok(ControlRequest::Inject {
-                    device,
-                    fault,
-                    delay_ms,
-                    offset,
-                    length,
-                    count,
-                }) => match daemon.inject(&device, &fault, delay_ms, offset.zip(length), count) {
-                    Ok(()) => ControlResponse {
-                        ok: true,
-                        ..Default::default()
-                    },
-                    Err(e) => ControlResponse::error(e.to_string()),
-                },
-                Ok(ControlRequest::Detach) => match daemon.check_not_in_use() {
-                    Err(e) => ControlResponse::error(e.to_string()),
-                    Ok(()) => match daemon.detach().await {
-                        Ok(()) => ControlResponse {
-                            ok: true,
-                            ..Default::default()
-                        },
-                        Err(e) => ControlResponse::error(e.to_string()),
-                    },
-                },
+                Ok(request) => answer(&daemon, request).await,
                 Err(e) => ControlResponse::error(format!("bad request: {e}")),
             };
             if send_line(fd, &answer).await.is_err() {
@@ -222,15 +102,140 @@ async fn control_connection(daemon: Rc<Daemon>, fd: RawFd) {
             sock::close(fd);
             return;
         }
-        let entry =
-            opcode::Recv::new(types::Fd(fd), chunk.as_mut_ptr(), chunk.len() as u32).build();
-        let n = submit(entry, Some(Box::new(chunk.clone()))).await;
-        if n <= 0 {
+        if !receive_more(fd, &chunk, &mut pending).await {
             sock::close(fd);
             return;
         }
-        pending.extend_from_slice(&chunk.bytes()[..n as usize]);
     }
+}
+
+/// Reads what the peer sent next onto `pending`; false once the peer is gone (or on error).
+async fn receive_more(fd: RawFd, chunk: &BufSlice, pending: &mut Vec<u8>) -> bool {
+    let entry = opcode::Recv::new(types::Fd(fd), chunk.as_mut_ptr(), chunk.len() as u32).build();
+    let n = submit(entry, Some(Box::new(chunk.clone()))).await;
+    if n <= 0 {
+        return false;
+    }
+    pending.extend_from_slice(&chunk.bytes()[..n as usize]);
+    true
+}
+
+/// Detaches, then hands the connection to the stop waiters and asks the daemon to stop.
+/// Detach comes first: a mounted or held-open device refuses the stop.
+async fn stop(daemon: &Daemon, fd: RawFd) -> Result<()> {
+    daemon.check_not_in_use()?;
+    daemon.detach().await?;
+    daemon.stop_waiters.borrow_mut().push(fd);
+    daemon.stop.release();
+    Ok(())
+}
+
+/// The answer to every request that leaves the connection as it is.
+async fn answer(daemon: &Daemon, request: ControlRequest) -> ControlResponse {
+    match request {
+        ControlRequest::Monitor | ControlRequest::Stop => {
+            unreachable!("handled by control_connection")
+        }
+        ControlRequest::Status => status_response(daemon),
+        ControlRequest::GiveSpare { group } => give_spare(daemon, &group).await,
+        ControlRequest::Attach { device } => match daemon.attach(device).await {
+            Ok(report) => ControlResponse {
+                ok: true,
+                attach: Some(report),
+                ..Default::default()
+            },
+            Err(e) => ControlResponse::error(e.to_string()),
+        },
+        ControlRequest::Fail { device, force } => {
+            let path = daemon.member_path(&device);
+            reply(daemon.array.fail_member(&path, force).await)
+        }
+        ControlRequest::Remove { device } => reply(remove(daemon, &device).await),
+        ControlRequest::Add { device, force } => reply(daemon.add(&device, force).await),
+        ControlRequest::Check { repair } => reply(daemon.array.start_scrub(repair)),
+        ControlRequest::Replace {
+            device,
+            with,
+            force,
+        } => reply(daemon.replace(&device, &with, force).await),
+        ControlRequest::Rebuild {
+            speed_min_kib,
+            speed_max_kib,
+        } => rebuild(daemon, speed_min_kib, speed_max_kib).await,
+        ControlRequest::Cache {
+            mode,
+            battery,
+            battery_file,
+        } => match daemon.set_cache_policy(mode, battery, battery_file).await {
+            Ok(()) => status_response(daemon),
+            Err(e) => ControlResponse::error(e.to_string()),
+        },
+        ControlRequest::Inject {
+            device,
+            fault,
+            delay_ms,
+            offset,
+            length,
+            count,
+        } => reply(daemon.inject(&device, &fault, delay_ms, offset.zip(length), count)),
+        ControlRequest::Detach => reply(detach(daemon).await),
+    }
+}
+
+/// A success carrying the current status.
+fn status_response(daemon: &Daemon) -> ControlResponse {
+    ControlResponse {
+        ok: true,
+        status: Some(daemon.status()),
+        ..Default::default()
+    }
+}
+
+/// Another array of `group` asked for a spare: give one up if we can, and stop drilling it.
+async fn give_spare(daemon: &Daemon, group: &str) -> ControlResponse {
+    let device = daemon.array.give_spare(group).await;
+    if let Some(d) = &device {
+        daemon.faults.borrow_mut().remove(d);
+        tracing::info!(array = %daemon.config.name, "gave spare {d} to another array of group {group}");
+    }
+    ControlResponse {
+        ok: device.is_some(),
+        device,
+        ..Default::default()
+    }
+}
+
+/// Removes a faulty member or a spare, and forgets its fault handle.
+async fn remove(daemon: &Daemon, device: &str) -> Result<()> {
+    let path = daemon.member_path(device);
+    let r = daemon.array.remove_member(&path).await;
+    if r.is_ok() {
+        daemon.faults.borrow_mut().remove(&path);
+    }
+    r
+}
+
+/// Sets (and saves) the rebuild throttle, then starts any recovery or resync now.
+async fn rebuild(
+    daemon: &Daemon,
+    speed_min_kib: Option<u64>,
+    speed_max_kib: Option<u64>,
+) -> ControlResponse {
+    daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
+    if speed_min_kib.is_some() || speed_max_kib.is_some() {
+        if let Err(e) = daemon.array.save_settings().await {
+            tracing::warn!(array = %daemon.config.name, "speed limits not saved: {e}");
+        }
+    }
+    daemon.array.needs_attention();
+    daemon.array.start_resync_if_needed();
+    status_response(daemon)
+}
+
+/// Detaches the block device, unless something still holds it.
+async fn detach(daemon: &Daemon) -> Result<()> {
+    daemon.check_not_in_use()?;
+    daemon.detach().await
 }
 
 /// Streams every later event of the array to `fd` as JSON lines ({"event":"...", "array":

@@ -115,6 +115,9 @@ pub struct Ready {
     pub notes: Vec<String>,
 }
 
+/// Fault handles by member path.
+type FaultHandles = HashMap<String, FaultHandle>;
+
 struct Daemon {
     config: DaemonConfig,
     array: Rc<Array>,
@@ -126,7 +129,7 @@ struct Daemon {
     inbox: InboxSender,
     attachment: RefCell<Option<Attachment>>,
     /// Fault handles by member path (for drills; `inject` drives them).
-    faults: RefCell<HashMap<String, FaultHandle>>,
+    faults: RefCell<FaultHandles>,
 }
 
 /// Runs the daemon on this thread until it is stopped. `ready` is called once it serves.
@@ -143,30 +146,12 @@ pub fn run(config: DaemonConfig, ready: impl FnOnce(&Ready) + 'static) -> Result
 }
 
 async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready)) -> Result<()> {
-    let opts = if config.assemble.read_only {
-        OpenOptions {
-            read_only: true,
-            no_claim: false,
-        }
-    } else {
-        OpenOptions::default()
-    };
-    let mut faults = HashMap::new();
-    let mut members: Vec<Rc<dyn Member>> = Vec::new();
-    for path in &config.devices {
-        let handle = FaultHandle::default();
-        let file: Rc<dyn Member> = Rc::new(FileMember::open(path, opts)?);
-        members.push(Rc::new(FaultMember::new(file, handle.clone())));
-        faults.insert(path.clone(), handle);
-    }
+    let (members, faults) = open_members(&config)?;
     let assembled = assemble(members, &config.assemble).await?;
     let array = assembled.array;
     let (inbox, inbox_sender) = Inbox::new().map_err(|e| Error::io("eventfd", e))?;
     spawn(inbox.serve());
-    let cache = Cache::new(array.clone(), config.cache.clone());
-    spawn(cache.clone().run_destager());
-    spawn(cache.clone().watch_battery_file());
-    install_engine(cache.clone());
+    let cache = start_cache(&array, &config);
     if array.name() != config.name {
         tracing::info!(
             "the members call their array {:?}; serving it as {:?}",
@@ -177,19 +162,8 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     let mut export = Export::new(cache.info(), config.assemble.read_only);
     export.name = config.name.clone();
     let server = Server::new(cache.clone(), export);
-
-    let mut listens = vec![Listen::Unix(config.run_dir.sock(&config.name))];
-    listens.extend(config.listen.iter().cloned());
-    let mut uris = Vec::new();
-    for l in &listens {
-        server.listen(bind(l)?);
-        uris.push(l.uri(&config.name));
-    }
-    rundir::chmod(&config.run_dir.sock(&config.name), 0o660)?;
-    let ctl_path = config.run_dir.ctl(&config.name);
-    let ctl = std::os::unix::net::UnixListener::bind(&ctl_path)
-        .map_err(|e| Error::io(ctl_path.display(), e))?;
-    rundir::chmod(&ctl_path, 0o600)?;
+    let uris = listen_all(&server, &config)?;
+    let ctl = bind_control(&config)?;
 
     let daemon = Rc::new(Daemon {
         config,
@@ -217,19 +191,80 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     });
 
     daemon.stop.acquire().await;
+    shut_down(&daemon).await
+}
+
+/// Opens and claims every member (read-only for a read-only assemble), each behind a fault
+/// handle that drills can arm; the handles are keyed by the path as given.
+fn open_members(config: &DaemonConfig) -> Result<(Vec<Rc<dyn Member>>, FaultHandles)> {
+    let opts = if config.assemble.read_only {
+        OpenOptions {
+            read_only: true,
+            no_claim: false,
+        }
+    } else {
+        OpenOptions::default()
+    };
+    let mut faults = HashMap::new();
+    let mut members: Vec<Rc<dyn Member>> = Vec::new();
+    for path in &config.devices {
+        let handle = FaultHandle::default();
+        let file: Rc<dyn Member> = Rc::new(FileMember::open(path, opts)?);
+        members.push(Rc::new(FaultMember::new(file, handle.clone())));
+        faults.insert(path.clone(), handle);
+    }
+    Ok((members, faults))
+}
+
+/// Puts the write-back cache in front of the array, with its destager and battery watcher
+/// running, and makes it the process's cache engine.
+fn start_cache(array: &Rc<Array>, config: &DaemonConfig) -> Rc<Cache> {
+    let cache = Cache::new(array.clone(), config.cache.clone());
+    spawn(cache.clone().run_destager());
+    spawn(cache.clone().watch_battery_file());
+    install_engine(cache.clone());
+    cache
+}
+
+/// Serves the export on the run-dir socket (group-accessible) and every `--listen` address;
+/// returns their URIs.
+fn listen_all(server: &Rc<Server<Cache>>, config: &DaemonConfig) -> Result<Vec<String>> {
+    let mut listens = vec![Listen::Unix(config.run_dir.sock(&config.name))];
+    listens.extend(config.listen.iter().cloned());
+    let mut uris = Vec::new();
+    for l in &listens {
+        server.listen(bind(l)?);
+        uris.push(l.uri(&config.name));
+    }
+    rundir::chmod(&config.run_dir.sock(&config.name), 0o660)?;
+    Ok(uris)
+}
+
+/// Binds the control socket, readable by its owner only.
+fn bind_control(config: &DaemonConfig) -> Result<std::os::unix::net::UnixListener> {
+    let ctl_path = config.run_dir.ctl(&config.name);
+    let ctl = std::os::unix::net::UnixListener::bind(&ctl_path)
+        .map_err(|e| Error::io(ctl_path.display(), e))?;
+    rundir::chmod(&ctl_path, 0o600)?;
+    Ok(ctl)
+}
+
+/// The orderly stop: detach, drain NBD connections, write the cache out and mark the array
+/// clean, then answer everyone who asked for the stop with how it went.
+async fn shut_down(daemon: &Daemon) -> Result<()> {
     tracing::info!(array = %daemon.config.name, "stopping: finishing requests in flight");
     if let Err(e) = daemon.detach().await {
         tracing::error!(array = %daemon.config.name, "detach at stop: {e}");
     }
-    server.shutdown(Duration::from_secs(30)).await;
+    daemon.server.shutdown(Duration::from_secs(30)).await;
     // The cache writes everything out first; a failure there leaves the array dirty.
-    let closed = match cache.close().await {
-        Ok(()) => array.close().await,
+    let closed = match daemon.cache.close().await {
+        Ok(()) => daemon.array.close().await,
         Err(e) => Err(e),
     };
     match &closed {
         Ok(()) => {
-            tracing::info!(array = %daemon.config.name, "stopped cleanly (events {})", array.events())
+            tracing::info!(array = %daemon.config.name, "stopped cleanly (events {})", daemon.array.events())
         }
         Err(e) => tracing::error!(array = %daemon.config.name, "stop: {e}"),
     }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::Geometry;
 use crate::nbd::Server;
 use crate::raid::{Array, IoCounters, SlotState};
 
@@ -112,70 +113,7 @@ impl StatusReport {
         export_uris: Vec<String>,
     ) -> StatusReport {
         let geo = array.geometry();
-        let mut members: Vec<MemberReport> = array
-            .slots()
-            .iter()
-            .enumerate()
-            .map(|(slot, s)| {
-                let (path, state) = match s {
-                    SlotState::Active(d) => (Some(d.member.path().to_string()), "in_sync"),
-                    SlotState::Faulty(d) => (Some(d.member.path().to_string()), "faulty"),
-                    SlotState::Missing => (None, "missing"),
-                    SlotState::Recovering(d, _) => {
-                        (Some(d.member.path().to_string()), "recovering")
-                    }
-                };
-                MemberReport {
-                    slot: Some(slot),
-                    path,
-                    role: "active".into(),
-                    state: state.into(),
-                    recovered_bytes: s.recovered_bytes(),
-                    recovery_total_bytes: s.recovered_bytes().map(|_| geo.slot_used_bytes(slot)),
-                    ..Default::default()
-                }
-            })
-            .collect();
-        if let Some((slot, path, done, total)) = array.replacement_state() {
-            members.push(MemberReport {
-                slot: Some(slot),
-                path: Some(path),
-                role: "replacement".into(),
-                state: "recovering".into(),
-                recovered_bytes: Some(done),
-                recovery_total_bytes: Some(total),
-                ..Default::default()
-            });
-        }
-        for d in array.replaced_faulty() {
-            members.push(MemberReport {
-                slot: None,
-                path: Some(d.member.path().to_string()),
-                role: "faulty".into(),
-                state: "faulty".into(),
-                ..Default::default()
-            });
-        }
-        for d in array.spares() {
-            members.push(MemberReport {
-                slot: None,
-                path: Some(d.member.path().to_string()),
-                role: "spare".into(),
-                state: "spare".into(),
-                ..Default::default()
-            });
-        }
-        for (path, ranges) in array.bad_blocks() {
-            if let Some(m) = members
-                .iter_mut()
-                .find(|m| m.path.as_deref() == Some(path.as_str()))
-            {
-                m.bad_blocks = ranges
-                    .into_iter()
-                    .map(|(offset, bytes)| BadRange { offset, bytes })
-                    .collect();
-            }
-        }
+        let members = member_reports(array);
         let sb = array.superblock();
         StatusReport {
             name: array.name().to_string(),
@@ -207,6 +145,82 @@ impl StatusReport {
             speed_min_kib: array.speed_limits().0,
             speed_max_kib: array.speed_limits().1,
             attachments: Vec::new(),
+        }
+    }
+}
+
+/// Every device the array knows of, in display order: the raid slots, a replacement being
+/// copied, members replaced out as faulty, then spares; each with its bad ranges.
+fn member_reports(array: &Array) -> Vec<MemberReport> {
+    let geo = array.geometry();
+    let mut members: Vec<MemberReport> = array
+        .slots()
+        .iter()
+        .enumerate()
+        .map(|(slot, s)| slot_report(geo, slot, s))
+        .collect();
+    if let Some((slot, path, done, total)) = array.replacement_state() {
+        members.push(MemberReport {
+            slot: Some(slot),
+            path: Some(path),
+            role: "replacement".into(),
+            state: "recovering".into(),
+            recovered_bytes: Some(done),
+            recovery_total_bytes: Some(total),
+            ..Default::default()
+        });
+    }
+    for d in array.replaced_faulty() {
+        members.push(unslotted_report(d.member.path(), "faulty"));
+    }
+    for d in array.spares() {
+        members.push(unslotted_report(d.member.path(), "spare"));
+    }
+    attach_bad_blocks(array, &mut members);
+    members
+}
+
+/// One raid slot: its device (if any) and state, and how far a rebuild of it has got.
+fn slot_report(geo: &Geometry, slot: usize, s: &SlotState) -> MemberReport {
+    let (path, state) = match s {
+        SlotState::Active(d) => (Some(d.member.path().to_string()), "in_sync"),
+        SlotState::Faulty(d) => (Some(d.member.path().to_string()), "faulty"),
+        SlotState::Missing => (None, "missing"),
+        SlotState::Recovering(d, _) => (Some(d.member.path().to_string()), "recovering"),
+    };
+    MemberReport {
+        slot: Some(slot),
+        path,
+        role: "active".into(),
+        state: state.into(),
+        recovered_bytes: s.recovered_bytes(),
+        recovery_total_bytes: s.recovered_bytes().map(|_| geo.slot_used_bytes(slot)),
+        ..Default::default()
+    }
+}
+
+/// A device outside the raid slots, whose role and state are the same word.
+fn unslotted_report(path: &str, role: &str) -> MemberReport {
+    MemberReport {
+        slot: None,
+        path: Some(path.to_string()),
+        role: role.into(),
+        state: role.into(),
+        ..Default::default()
+    }
+}
+
+/// Fills in each listed member's bad-block log.
+fn attach_bad_blocks(array: &Array, members: &mut [MemberReport]) {
+    for (path, ranges) in array.bad_blocks() {
+        if let Some(m) = members
+            .iter_mut()
+            .find(|m| m.path.as_deref() == Some(path.as_str()))
+        {
+            m.bad_blocks = ranges
+                .into_iter()
+                .map(|(offset, bytes)| BadRange { offset, bytes })
+                .collect();
         }
     }
 }

@@ -190,12 +190,14 @@ impl<V: Volume + 'static> Conn<V> {
 
     /// The NBD spec's error for a request, checked before anything is done.
     fn validate(&self, req: &Request) -> Result<(), (u32, String)> {
-        let e = &self.export;
-        let size = e.size_bytes();
-        let end = req.offset.checked_add(req.length as u64);
-        let in_range = end.is_some_and(|end| end <= size);
-        let aligned = req.offset.is_multiple_of(e.min_block as u64)
-            && (req.length as u64).is_multiple_of(e.min_block as u64);
+        self.check_flags(req)?;
+        self.check_command(req)?;
+        check_range(&self.export, req)
+    }
+
+    /// Refuses unknown commands, and flags the command does not take (DF only with
+    /// structured replies).
+    fn check_flags(&self, req: &Request) -> Result<(), (u32, String)> {
         let allowed = match req.kind {
             CMD_READ => {
                 CMD_FLAG_FUA
@@ -216,59 +218,37 @@ impl<V: Volume + 'static> Conn<V> {
                 format!("flags {:#x} are not valid for this command", req.flags),
             ));
         }
+        Ok(())
+    }
+
+    /// Each command's own rules: no writes to a read-only export, FLUSH without a range,
+    /// BLOCK_STATUS only when negotiated and non-empty, payloads within the maximum.
+    fn check_command(&self, req: &Request) -> Result<(), (u32, String)> {
+        let e = &self.export;
         let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
         if writes && e.read_only {
             return Err((EPERM, "the export is read-only".into()));
         }
         match req.kind {
             CMD_FLUSH if (req.offset != 0 || req.length != 0) => {
-                return Err((EINVAL, "FLUSH must have offset and length 0".into()));
+                Err((EINVAL, "FLUSH must have offset and length 0".into()))
             }
-            CMD_BLOCK_STATUS if !self.negotiated.base_allocation => {
-                return Err((
-                    EINVAL,
-                    "BLOCK_STATUS needs a negotiated base:allocation context".into(),
-                ));
-            }
+            CMD_BLOCK_STATUS if !self.negotiated.base_allocation => Err((
+                EINVAL,
+                "BLOCK_STATUS needs a negotiated base:allocation context".into(),
+            )),
             CMD_BLOCK_STATUS if req.length == 0 => {
-                return Err((EINVAL, "BLOCK_STATUS of zero bytes".into()));
+                Err((EINVAL, "BLOCK_STATUS of zero bytes".into()))
             }
-            CMD_READ | CMD_WRITE if req.length > e.max_payload => {
-                return Err((
-                    EINVAL,
-                    format!(
-                        "request of {} bytes exceeds the maximum {}",
-                        req.length, e.max_payload
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        if !in_range {
-            // Writes past the end are "no space"; everything else is an invalid range.
-            let errno = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
-                ENOSPC
-            } else {
-                EINVAL
-            };
-            return Err((
-                errno,
-                format!(
-                    "range {}+{} is beyond the export size {size}",
-                    req.offset, req.length
-                ),
-            ));
-        }
-        if !aligned && req.kind != CMD_FLUSH {
-            return Err((
+            CMD_READ | CMD_WRITE if req.length > e.max_payload => Err((
                 EINVAL,
                 format!(
-                    "range {}+{} is not aligned to {} bytes",
-                    req.offset, req.length, e.min_block
+                    "request of {} bytes exceeds the maximum {}",
+                    req.length, e.max_payload
                 ),
-            ));
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn execute(&self, req: Request, data: Option<BufSlice>) {
@@ -392,6 +372,41 @@ impl<V: Volume + 'static> Conn<V> {
             super::sock::shutdown(self.fd);
         }
     }
+}
+
+/// The request's range must lie inside the export and (except for FLUSH) be aligned to its
+/// minimum block size.
+fn check_range(e: &Export, req: &Request) -> Result<(), (u32, String)> {
+    let size = e.size_bytes();
+    let end = req.offset.checked_add(req.length as u64);
+    let in_range = end.is_some_and(|end| end <= size);
+    let aligned = req.offset.is_multiple_of(e.min_block as u64)
+        && (req.length as u64).is_multiple_of(e.min_block as u64);
+    if !in_range {
+        // Writes past the end are "no space"; everything else is an invalid range.
+        let errno = if matches!(req.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
+            ENOSPC
+        } else {
+            EINVAL
+        };
+        return Err((
+            errno,
+            format!(
+                "range {}+{} is beyond the export size {size}",
+                req.offset, req.length
+            ),
+        ));
+    }
+    if !aligned && req.kind != CMD_FLUSH {
+        return Err((
+            EINVAL,
+            format!(
+                "range {}+{} is not aligned to {} bytes",
+                req.offset, req.length, e.min_block
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn with_fua(r: crate::Result<()>, fua: bool, array: &impl Volume) -> crate::Result<()> {

@@ -25,6 +25,33 @@ const MAX_OPTION_BYTES: u32 = 64 << 10;
 
 /// Runs the handshake. Ok(Some) enters transmission, Ok(None) is a polite end (ABORT).
 pub async fn handshake(fd: RawFd, export: &Export) -> io::Result<Option<Negotiated>> {
+    let client_flags = greet(fd).await?;
+    let fixed = client_flags & CLIENT_FIXED_NEWSTYLE != 0;
+    let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+    let mut negotiated = Negotiated::default();
+
+    for _ in 0..MAX_OPTIONS {
+        let (option, data) = read_option(fd).await?;
+        if option == OPT_EXPORT_NAME {
+            return export_name(fd, export, &data, no_zeroes).await.map(Some);
+        }
+        if !fixed {
+            // Plain newstyle clients may only use EXPORT_NAME.
+            return Err(protocol_error(
+                "non-fixed newstyle client sent an option".into(),
+            ));
+        }
+        match answer_option(fd, export, option, &data, &mut negotiated).await? {
+            Haggle::Next => {}
+            Haggle::Abort => return Ok(None),
+            Haggle::Transmit => return Ok(Some(negotiated)),
+        }
+    }
+    Err(protocol_error(format!("more than {MAX_OPTIONS} options")))
+}
+
+/// Sends the fixed-newstyle greeting and returns the client's flags (refusing unknown ones).
+async fn greet(fd: RawFd) -> io::Result<u32> {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -36,99 +63,123 @@ pub async fn handshake(fd: RawFd, export: &Export) -> io::Result<Option<Negotiat
             "client sent unknown handshake flags {client_flags:#x}"
         )));
     }
-    let fixed = client_flags & CLIENT_FIXED_NEWSTYLE != 0;
-    let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
-    let mut negotiated = Negotiated::default();
+    Ok(client_flags)
+}
 
-    for _ in 0..MAX_OPTIONS {
-        let header = recv(fd, 16).await?;
-        if u64::from_be_bytes(header[0..8].try_into().expect("8 bytes")) != IHAVEOPT {
-            return Err(protocol_error("bad option magic".into()));
+/// Reads one option: its number and data (bounded by MAX_OPTION_BYTES).
+async fn read_option(fd: RawFd) -> io::Result<(u32, Vec<u8>)> {
+    let header = recv(fd, 16).await?;
+    if u64::from_be_bytes(header[0..8].try_into().expect("8 bytes")) != IHAVEOPT {
+        return Err(protocol_error("bad option magic".into()));
+    }
+    let option = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
+    let length = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
+    if length > MAX_OPTION_BYTES {
+        return Err(protocol_error(format!(
+            "option {option} is {length} bytes long"
+        )));
+    }
+    let data = recv(fd, length as usize).await?;
+    Ok((option, data))
+}
+
+/// The old way in: EXPORT_NAME has no error reply, so an unknown name ends the connection;
+/// otherwise the export is described and transmission starts with simple replies.
+async fn export_name(
+    fd: RawFd,
+    export: &Export,
+    data: &[u8],
+    no_zeroes: bool,
+) -> io::Result<Negotiated> {
+    if !export.matches(&String::from_utf8_lossy(data)) {
+        return Err(protocol_error(
+            "unknown export requested with EXPORT_NAME".into(),
+        ));
+    }
+    let mut reply = Vec::with_capacity(134);
+    reply.extend_from_slice(&export.size_bytes().to_be_bytes());
+    reply.extend_from_slice(&export.transmission_flags(false).to_be_bytes());
+    if !no_zeroes {
+        reply.extend_from_slice(&[0u8; 124]);
+    }
+    send(fd, &reply).await?;
+    Ok(Negotiated {
+        structured: false,
+        base_allocation: false,
+    })
+}
+
+/// Where the haggle goes after one option.
+enum Haggle {
+    /// Read the next option.
+    Next,
+    /// The client aborted (and was acknowledged).
+    Abort,
+    /// GO was accepted: enter transmission.
+    Transmit,
+}
+
+/// Answers one fixed-newstyle option other than EXPORT_NAME.
+async fn answer_option(
+    fd: RawFd,
+    export: &Export,
+    option: u32,
+    data: &[u8],
+    negotiated: &mut Negotiated,
+) -> io::Result<Haggle> {
+    match option {
+        OPT_ABORT => {
+            let _ = send(fd, &option_reply(option, REP_ACK, &[])).await;
+            return Ok(Haggle::Abort);
         }
-        let option = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
-        let length = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
-        if length > MAX_OPTION_BYTES {
-            return Err(protocol_error(format!(
-                "option {option} is {length} bytes long"
-            )));
-        }
-        let data = recv(fd, length as usize).await?;
-        if option == OPT_EXPORT_NAME {
-            if !export.matches(&String::from_utf8_lossy(&data)) {
-                return Err(protocol_error(
-                    "unknown export requested with EXPORT_NAME".into(),
-                ));
-            }
-            let mut reply = Vec::with_capacity(134);
-            reply.extend_from_slice(&export.size_bytes().to_be_bytes());
-            reply.extend_from_slice(&export.transmission_flags(false).to_be_bytes());
-            if !no_zeroes {
-                reply.extend_from_slice(&[0u8; 124]);
-            }
-            send(fd, &reply).await?;
-            return Ok(Some(Negotiated {
-                structured: false,
-                base_allocation: false,
-            }));
-        }
-        if !fixed {
-            // Plain newstyle clients may only use EXPORT_NAME.
-            return Err(protocol_error(
-                "non-fixed newstyle client sent an option".into(),
-            ));
-        }
-        match option {
-            OPT_ABORT => {
-                let _ = send(fd, &option_reply(option, REP_ACK, &[])).await;
-                return Ok(None);
-            }
-            OPT_LIST => {
-                if !data.is_empty() {
-                    send(
-                        fd,
-                        &option_reply(option, REP_ERR_INVALID, b"LIST takes no data"),
-                    )
-                    .await?;
-                    continue;
-                }
-                let mut server = (export.name.len() as u32).to_be_bytes().to_vec();
-                server.extend_from_slice(export.name.as_bytes());
-                server.extend_from_slice(export.description.as_bytes());
-                send(fd, &option_reply(option, REP_SERVER, &server)).await?;
-                send(fd, &option_reply(option, REP_ACK, &[])).await?;
-            }
-            OPT_STRUCTURED_REPLY => {
-                if !data.is_empty() {
-                    send(
-                        fd,
-                        &option_reply(option, REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data"),
-                    )
-                    .await?;
-                    continue;
-                }
-                negotiated.structured = true;
-                send(fd, &option_reply(option, REP_ACK, &[])).await?;
-            }
-            OPT_INFO | OPT_GO => {
-                if info_or_go(fd, export, option, &data, negotiated.structured).await?
-                    && option == OPT_GO
-                {
-                    return Ok(Some(negotiated));
-                }
-            }
-            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
-                meta_context(fd, export, option, &data, &mut negotiated).await?;
-            }
-            _ => {
+        OPT_LIST => list(fd, export, option, data).await?,
+        OPT_STRUCTURED_REPLY => {
+            if !data.is_empty() {
                 send(
                     fd,
-                    &option_reply(option, REP_ERR_UNSUP, b"option not supported"),
+                    &option_reply(option, REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data"),
                 )
-                .await?
+                .await?;
+                return Ok(Haggle::Next);
+            }
+            negotiated.structured = true;
+            send(fd, &option_reply(option, REP_ACK, &[])).await?;
+        }
+        OPT_INFO | OPT_GO => {
+            if info_or_go(fd, export, option, data, negotiated.structured).await?
+                && option == OPT_GO
+            {
+                return Ok(Haggle::Transmit);
             }
         }
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+            meta_context(fd, export, option, data, negotiated).await?;
+        }
+        _ => {
+            send(
+                fd,
+                &option_reply(option, REP_ERR_UNSUP, b"option not supported"),
+            )
+            .await?
+        }
     }
-    Err(protocol_error(format!("more than {MAX_OPTIONS} options")))
+    Ok(Haggle::Next)
+}
+
+/// Answers LIST with our one export.
+async fn list(fd: RawFd, export: &Export, option: u32, data: &[u8]) -> io::Result<()> {
+    if !data.is_empty() {
+        return send(
+            fd,
+            &option_reply(option, REP_ERR_INVALID, b"LIST takes no data"),
+        )
+        .await;
+    }
+    let mut server = (export.name.len() as u32).to_be_bytes().to_vec();
+    server.extend_from_slice(export.name.as_bytes());
+    server.extend_from_slice(export.description.as_bytes());
+    send(fd, &option_reply(option, REP_SERVER, &server)).await?;
+    send(fd, &option_reply(option, REP_ACK, &[])).await
 }
 
 /// Answers INFO or GO. Returns true when the export was described (and, for GO, accepted).
