@@ -9,7 +9,16 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use serde_json::Value;
+
+mod common;
+use common::array::{Array, Spec};
+use common::examine::{mdadm_examine, Examined};
+use common::files::read_full;
+use common::process::{cmd, raidctl_command, run, Ran};
+use common::s;
+use common::tools::require;
 
 const MIB: u64 = 1 << 20;
 /// Size of the member files the tests make themselves.
@@ -24,179 +33,35 @@ const MD_MAGIC: u32 = 0xa92b_4efc;
 // Running things
 // ---------------------------------------------------------------------------------------------
 
-fn s(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
-}
-
 /// Runs raidctl with `args` (logging at its default level, whatever the caller's environment).
-fn raidctl(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raidctl"))
-        .args(args)
-        .env_remove("RAIDCTL_LOG")
-        .output()
-        .expect("cannot run the raidctl binary")
+fn raidctl(args: &[String]) -> Ran {
+    run(raidctl_command(args))
 }
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|a| a.to_string()).collect()
 }
 
-fn describe(args: &[String], out: &Output) -> String {
-    format!(
-        "raidctl {}\n  status: {:?}\n  stdout: {}\n  stderr: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Runs raidctl and requires exit code 0.
-fn raidctl_ok(args: &[String]) -> Output {
-    let out = raidctl(args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "expected success:\n{}",
-        describe(args, &out)
-    );
-    out
-}
-
-/// Where mdadm is; panics (never skips) when it is not installed.
-fn mdadm_bin() -> PathBuf {
-    let mut candidates: Vec<PathBuf> = ["/usr/sbin/mdadm", "/sbin/mdadm"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("mdadm")));
-    }
-    candidates
-        .into_iter()
-        .find(|c| c.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "mdadm is not installed (looked in /usr/sbin, /sbin and $PATH): these tests compare \
-                 raidctl's metadata with `mdadm --examine`; install it (apt-get install mdadm)"
-            )
-        })
-}
-
-/// "label : value" lines, as mdadm (and `raidctl examine`) print them: labels right-aligned
-/// with leading spaces, a " : " separator. The first occurrence of a label wins.
-fn parse_fields(text: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    for line in text.lines() {
-        if let Some((label, value)) = line.split_once(" : ") {
-            map.entry(label.trim().to_string())
-                .or_insert_with(|| value.trim().to_string());
-        }
-    }
-    map
-}
-
-/// One device's examine output, text and fields.
-struct Examined {
-    what: String,
-    text: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Examined {
-    fn new(what: String, text: String) -> Examined {
-        let fields = parse_fields(&text);
-        Examined { what, text, fields }
-    }
-
-    fn get(&self, label: &str) -> &str {
-        self.fields
-            .get(label)
-            .map(String::as_str)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: no {label:?} line in the output:\n{}",
-                    self.what, self.text
-                )
-            })
-    }
-
-    fn has(&self, label: &str) -> bool {
-        self.fields.contains_key(label)
-    }
-
-    /// The "Array State" slots, without mdadm's legend.
-    fn array_state(&self) -> &str {
-        self.get("Array State")
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-    }
-
-    /// The whole line carrying `label`, leading spaces included.
-    fn line(&self, label: &str) -> &str {
-        self.text
-            .lines()
-            .find(|l| {
-                l.split_once(" : ")
-                    .is_some_and(|(left, _)| left.trim() == label)
-            })
-            .unwrap_or_else(|| panic!("{}: no {label:?} line:\n{}", self.what, self.text))
-    }
-
-    /// Asserts "Checksum : <hex> - correct".
-    fn assert_checksum_correct(&self) {
-        let value = self.get("Checksum");
-        let (hex, verdict) = value
-            .split_once(" - ")
-            .unwrap_or_else(|| panic!("{}: odd Checksum value {value:?}", self.what));
-        assert!(
-            !hex.is_empty() && u32::from_str_radix(hex, 16).is_ok(),
-            "{}: checksum {hex:?} is not hex",
-            self.what
-        );
-        assert_eq!(
-            verdict, "correct",
-            "{}: checksum not correct:\n{}",
-            self.what, self.text
-        );
-    }
-}
-
-fn mdadm_examine(dev: &Path) -> Examined {
-    let out = Command::new(mdadm_bin())
-        .arg("--examine")
-        .arg(dev)
-        .output()
-        .expect("cannot run mdadm");
-    assert!(
-        out.status.success(),
-        "mdadm --examine {} failed ({:?}):\n{}{}",
-        dev.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Examined::new(
-        format!("mdadm --examine {}", dev.display()),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+fn raidctl_ok(args: &[String]) -> Ran {
+    let ran = raidctl(args);
+    assert_eq!(ran.code(), Some(0), "expected success:\n{}", ran.describe());
+    ran
 }
 
 fn raidctl_examine_text(dev: &Path) -> Examined {
-    let out = raidctl_ok(&args(&["examine", &s(dev)]));
-    Examined::new(
-        format!("raidctl examine {}", dev.display()),
-        String::from_utf8(out.stdout).expect("UTF-8 output"),
-    )
+    let ran = raidctl_ok(&args(&["examine", &s(dev)]));
+    Examined {
+        what: format!("raidctl examine {}", dev.display()),
+        text: ran.stdout,
+    }
 }
 
 /// The one report of `raidctl examine --json DEV`.
-fn raidctl_examine_json(dev: &Path) -> serde_json::Value {
-    let a = args(&["examine", "--json", &s(dev)]);
-    let out = raidctl_ok(&a);
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", describe(&a, &out)));
+fn raidctl_examine_json(dev: &Path) -> Value {
+    let ran = raidctl_ok(&args(&["examine", "--json", &s(dev)]));
+    let value: Value = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", ran.describe()));
     let reports = value
         .as_array()
         .unwrap_or_else(|| panic!("expected a JSON array of reports:\n{value:#}"));
@@ -351,17 +216,6 @@ fn file_entry(path: &Path) -> Entry {
     }
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..]).expect("read") {
-            0 => break,
-            n => done += n,
-        }
-    }
-    done
-}
-
 /// Fails with a description of every file that appeared, vanished or changed.
 fn assert_unchanged(before: &Snapshot, after: &Snapshot, context: &str) {
     let mut problems = Vec::new();
@@ -420,33 +274,32 @@ fn diff(old: &Entry, new: &Entry) -> String {
 
 /// Runs a command that must be refused: exit code non-zero, exactly one line on stderr that
 /// contains every string of `expect`, nothing on stdout, and no file in the fixture touched.
-/// Returns the stderr line.
-fn assert_refused(fx: &Fixture, a: &[String], expect: &[&str]) -> String {
+/// Every failure message names the `case`. Returns the stderr line.
+fn assert_refused(case: &str, fx: &Fixture, a: &[String], expect: &[&str]) -> String {
     let before = snapshot(fx.dir());
-    let out = raidctl(a);
+    let ran = raidctl(a);
     let after = snapshot(fx.dir());
-    let what = describe(a, &out);
+    let what = ran.describe();
     assert!(
-        out.status.code().is_some_and(|c| c != 0),
-        "expected a refusal (non-zero exit):\n{what}"
+        ran.code().is_some_and(|c| c != 0),
+        "{case}: expected a refusal (non-zero exit):\n{what}"
     );
-    let stderr = String::from_utf8(out.stderr.clone()).expect("UTF-8 stderr");
-    let line = stderr.trim();
+    let line = ran.stderr.trim();
     assert!(
         !line.is_empty() && !line.contains('\n'),
-        "expected exactly one line on stderr:\n{what}"
+        "{case}: expected exactly one line on stderr:\n{what}"
     );
     for e in expect {
         assert!(
             line.contains(e),
-            "the error line should contain {e:?}:\n{what}"
+            "{case}: the error line should contain {e:?}:\n{what}"
         );
     }
     assert!(
-        out.stdout.is_empty(),
-        "a refused command prints nothing on stdout:\n{what}"
+        ran.stdout.is_empty(),
+        "{case}: a refused command prints nothing on stdout:\n{what}"
     );
-    assert_unchanged(&before, &after, &format!("raidctl {}", a.join(" ")));
+    assert_unchanged(&before, &after, &format!("{case}: raidctl {}", a.join(" ")));
     line.to_string()
 }
 
@@ -497,8 +350,7 @@ fn create_and_check(case: &Case) -> (Fixture, Vec<PathBuf>) {
         a.push(sp.clone());
     }
     a.extend(members.iter().map(|d| s(d)));
-    let out = raidctl_ok(&a);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = raidctl_ok(&a).stdout;
     let printed_uuid = stdout
         .lines()
         .next()
@@ -706,63 +558,45 @@ fn create_raid10_offset2_three_members() {
 // 2. The internal bitmap
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn raid5_has_internal_bitmap_by_default() {
+/// Creates RAID5 `name` on three new 64M files with `flags`, then hands every member's
+/// `mdadm --examine` (its checksum correct) and `raidctl examine --json` to `check`.
+fn create_raid5_and_examine(name: &str, flags: &[&str], check: impl Fn(&Examined, &Value)) {
     let fx = Fixture::new();
     let devs: Vec<PathBuf> = (0..3).map(|i| fx.path(&format!("b{i}.img"))).collect();
-    raidctl_ok(&create_args(
-        "bm",
-        &["--level", "5", "--chunk", "64K", "--size", "64M"],
-        &devs,
-    ));
+    let mut rest = vec!["--level", "5", "--chunk", "64K", "--size", "64M"];
+    rest.extend_from_slice(flags);
+    raidctl_ok(&create_args(name, &rest, &devs));
     for d in &devs {
         let md = mdadm_examine(d);
         md.assert_checksum_correct();
+        check(&md, &raidctl_examine_json(d));
+    }
+}
+
+#[test]
+fn raid5_has_internal_bitmap_by_default() {
+    create_raid5_and_examine("bm", &[], |md, j| {
         assert_eq!(
             md.get("Internal Bitmap"),
             "8 sectors from superblock",
             "{}",
             md.what
         );
-        let j = raidctl_examine_json(d);
         assert_eq!(j["internal_bitmap_offset_sectors"], 8, "{j:#}");
-    }
+    });
 }
 
 #[test]
 fn raid5_with_bitmap_none_has_no_bitmap() {
-    let fx = Fixture::new();
-    let devs: Vec<PathBuf> = (0..3).map(|i| fx.path(&format!("b{i}.img"))).collect();
-    raidctl_ok(&create_args(
-        "nobm",
-        &[
-            "--level", "5", "--chunk", "64K", "--size", "64M", "--bitmap", "none",
-        ],
-        &devs,
-    ));
-    for d in &devs {
-        let md = mdadm_examine(d);
-        md.assert_checksum_correct();
+    create_raid5_and_examine("nobm", &["--bitmap", "none"], |md, j| {
         assert!(
             !md.has("Internal Bitmap"),
             "{}: --bitmap none, yet:\n{}",
             md.what,
             md.text
         );
-        let j = raidctl_examine_json(d);
         assert!(j["internal_bitmap_offset_sectors"].is_null(), "{j:#}");
-    }
-}
-
-#[test]
-fn raid0_with_internal_bitmap_is_refused() {
-    let fx = Fixture::new();
-    let devs = fx.members(&["a", "b"]);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "0", "--bitmap", "internal"], &devs),
-        &["RAID0", "--bitmap internal"],
-    );
+    });
 }
 
 #[test]
@@ -777,68 +611,32 @@ fn bitmap_chunk_is_honoured_and_mdadm_reads_it() {
     let ex = raidctl_examine_json(&devs[0]);
     assert_eq!(ex["bitmap"]["chunk_bytes"], 1 << 20, "{ex:#}");
     // mdadm reads the bitmap of a block device: put the member on a loop device.
-    let out = Command::new("losetup")
-        .args(["--find", "--show", "--read-only"])
-        .arg(&devs[0])
-        .output()
-        .expect("losetup");
-    assert!(out.status.success(), "losetup: {out:?}");
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let x = Command::new(mdadm_bin())
-        .args(["-X", &dev])
-        .output()
-        .expect("mdadm -X");
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
-    let text = String::from_utf8_lossy(&x.stdout).to_string();
+    let member = s(&devs[0]);
+    let ran = run(cmd(
+        "losetup",
+        &["--find", "--show", "--read-only", &member],
+    ));
+    assert!(ran.success(), "losetup: {}", ran.describe());
+    let dev = ran.stdout.trim().to_string();
+    let text = run(cmd(require("mdadm", "mdadm"), &["-X", &dev])).stdout;
+    let _ = run(cmd("losetup", &["-d", &dev]));
     assert!(text.contains("Chunksize : 1 MB"), "mdadm -X:\n{text}");
-}
-
-#[test]
-fn refuses_bad_bitmap_chunks() {
-    let (fx, devs) = pattern_members(3);
-    for chunk in ["3K", "1K", "4G", "lots"] {
-        assert_refused(
-            &fx,
-            &create_args("x", &["--level", "5", "--bitmap-chunk", chunk], &devs),
-            &["--bitmap-chunk", chunk],
-        );
-    }
-    assert_refused(
-        &fx,
-        &create_args(
-            "x",
-            &["--level", "5", "--bitmap", "none", "--bitmap-chunk", "1M"],
-            &devs,
-        ),
-        &["--bitmap-chunk needs a bitmap"],
-    );
 }
 
 #[test]
 fn refuses_a_cache_larger_than_half_the_memory() {
     let (fx, devs) = pattern_members(3);
     raidctl_ok(&create_args("x", &["--level", "5"], &devs));
-    let run = fx.dir().join("run");
-    let mut a = args(&[
-        "--run-dir",
-        &s(&run),
-        "assemble",
-        "x",
-        "--cache-size",
-        "64T",
-    ]);
-    a.extend(devs.iter().map(|d| s(d)));
-    assert_refused(&fx, &a, &["--cache-size 64T", "memory"]);
-    let mut a = args(&[
-        "--run-dir",
-        &s(&run),
-        "assemble",
-        "x",
-        "--cache-size",
-        "12Q",
-    ]);
-    a.extend(devs.iter().map(|d| s(d)));
-    assert_refused(&fx, &a, &["--cache-size 12Q"]);
+    let run = s(&fx.dir().join("run"));
+    let assemble_with_cache = |size: &str| {
+        let mut a = args(&["--run-dir", &run, "assemble", "x", "--cache-size", size]);
+        a.extend(devs.iter().map(|d| s(d)));
+        a
+    };
+    let a = assemble_with_cache("64T");
+    assert_refused("--cache-size 64T", &fx, &a, &["--cache-size 64T", "memory"]);
+    let a = assemble_with_cache("12Q");
+    assert_refused("--cache-size 12Q", &fx, &a, &["--cache-size 12Q"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -854,129 +652,84 @@ fn pattern_members(n: usize) -> (Fixture, Vec<PathBuf>) {
     (fx, devs)
 }
 
-#[test]
-fn refuses_level_7() {
-    let (fx, devs) = pattern_members(3);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "7"], &devs),
-        &["unknown RAID level", "7"],
-    );
-}
+/// One `raidctl create` that must be refused (see [`assert_refused`]), on a fresh fixture of
+/// 64 MiB pattern members (DIR/m0.img, DIR/m1.img, ...). In the arguments, "{members}" stands
+/// for every member's path and "{dir}" for the fixture's directory (in what the error line
+/// must contain too).
+struct Refusal(
+    /// The case: the test this row was before the table, named in every failure message.
+    &'static str,
+    /// How many pattern members the fixture holds.
+    usize,
+    /// The arguments after `create`.
+    &'static [&'static str],
+    /// What the error line must contain.
+    &'static [&'static str],
+);
 
-#[test]
-fn refuses_level_6_as_not_supported_yet() {
-    let (fx, devs) = pattern_members(4);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "6"], &devs),
-        &["RAID6 is not supported yet"],
-    );
-}
-
-#[test]
-fn refuses_bad_chunk_sizes() {
-    let (fx, devs) = pattern_members(3);
-    for chunk in ["3K", "1000", "0"] {
-        assert_refused(
-            &fx,
-            &create_args("x", &["--level", "5", "--chunk", chunk], &devs),
-            &["chunk size", chunk],
-        );
+impl Refusal {
+    fn check(&self) {
+        let Refusal(case, members, arguments, expect) = *self;
+        let (fx, devs) = pattern_members(members);
+        let dir = s(fx.dir());
+        let mut a = args(&["create"]);
+        for arg in arguments {
+            match *arg {
+                "{members}" => a.extend(devs.iter().map(|d| s(d))),
+                arg => a.push(arg.replace("{dir}", &dir)),
+            }
+        }
+        let expect: Vec<String> = expect.iter().map(|e| e.replace("{dir}", &dir)).collect();
+        let expect: Vec<&str> = expect.iter().map(String::as_str).collect();
+        assert_refused(case, &fx, &a, &expect);
     }
 }
 
-#[test]
-fn refuses_raid5_with_two_members() {
-    let (fx, devs) = pattern_members(2);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5"], &devs),
-        &["RAID5", "at least 3"],
-    );
-}
+/// An array name of 40 characters, longer than md's 32.
+const LONG_NAME: &str = "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn";
 
-#[test]
-fn refuses_raid1_with_one_member() {
-    let (fx, devs) = pattern_members(1);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "1"], &devs),
-        &["RAID1", "at least 2"],
-    );
-}
-
-#[test]
-fn refuses_raid10_f3_with_two_members() {
-    let (fx, devs) = pattern_members(2);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "10", "--layout", "f3"], &devs),
-        &["RAID10", "3 copies"],
-    );
-}
-
-#[test]
-fn refuses_unknown_raid5_layout() {
-    let (fx, devs) = pattern_members(3);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5", "--layout", "diagonal"], &devs),
-        &["layout", "diagonal"],
-    );
-}
-
-#[test]
-fn refuses_layout_for_raid1() {
-    let (fx, devs) = pattern_members(2);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "1", "--layout", "n2"], &devs),
-        &["--layout", "RAID5 and RAID10"],
-    );
-}
-
-#[test]
-fn refuses_member_given_twice() {
-    let (fx, devs) = pattern_members(3);
-    let twice = vec![
-        devs[0].clone(),
-        devs[1].clone(),
-        devs[2].clone(),
-        devs[1].clone(),
-    ];
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5"], &twice),
-        &[&s(&devs[1]), "twice"],
-    );
+/// Refusals of `create`, one a line: (case, members, arguments, what the error line contains).
+#[rustfmt::skip]
+const CREATE_REFUSALS: &[Refusal] = &[
+    Refusal("raid0_with_internal_bitmap_is_refused", 2, &["x", "--level", "0", "--bitmap", "internal", "{members}"], &["RAID0", "--bitmap internal"]),
+    Refusal("refuses_bad_bitmap_chunks (3K)", 3, &["x", "--level", "5", "--bitmap-chunk", "3K", "{members}"], &["--bitmap-chunk", "3K"]),
+    Refusal("refuses_bad_bitmap_chunks (1K)", 3, &["x", "--level", "5", "--bitmap-chunk", "1K", "{members}"], &["--bitmap-chunk", "1K"]),
+    Refusal("refuses_bad_bitmap_chunks (4G)", 3, &["x", "--level", "5", "--bitmap-chunk", "4G", "{members}"], &["--bitmap-chunk", "4G"]),
+    Refusal("refuses_bad_bitmap_chunks (lots)", 3, &["x", "--level", "5", "--bitmap-chunk", "lots", "{members}"], &["--bitmap-chunk", "lots"]),
+    Refusal("refuses_bad_bitmap_chunks (no bitmap)", 3, &["x", "--level", "5", "--bitmap", "none", "--bitmap-chunk", "1M", "{members}"], &["--bitmap-chunk needs a bitmap"]),
+    Refusal("refuses_level_7", 3, &["x", "--level", "7", "{members}"], &["unknown RAID level", "7"]),
+    Refusal("refuses_level_6_as_not_supported_yet", 4, &["x", "--level", "6", "{members}"], &["RAID6 is not supported yet"]),
+    Refusal("refuses_bad_chunk_sizes (3K)", 3, &["x", "--level", "5", "--chunk", "3K", "{members}"], &["chunk size", "3K"]),
+    Refusal("refuses_bad_chunk_sizes (1000)", 3, &["x", "--level", "5", "--chunk", "1000", "{members}"], &["chunk size", "1000"]),
+    Refusal("refuses_bad_chunk_sizes (0)", 3, &["x", "--level", "5", "--chunk", "0", "{members}"], &["chunk size", "0"]),
+    Refusal("refuses_raid5_with_two_members", 2, &["x", "--level", "5", "{members}"], &["RAID5", "at least 3"]),
+    Refusal("refuses_raid1_with_one_member", 1, &["x", "--level", "1", "{members}"], &["RAID1", "at least 2"]),
+    Refusal("refuses_raid10_f3_with_two_members", 2, &["x", "--level", "10", "--layout", "f3", "{members}"], &["RAID10", "3 copies"]),
+    Refusal("refuses_unknown_raid5_layout", 3, &["x", "--level", "5", "--layout", "diagonal", "{members}"], &["layout", "diagonal"]),
+    Refusal("refuses_layout_for_raid1", 2, &["x", "--level", "1", "--layout", "n2", "{members}"], &["--layout", "RAID5 and RAID10"]),
+    Refusal("refuses_member_given_twice", 3, &["x", "--level", "5", "{members}", "{dir}/m1.img"], &["{dir}/m1.img", "twice"]),
     // The same file under another spelling, and a member repeated as a spare.
-    let dotted = fx.dir().join(".").join("m0.img");
-    let again = vec![devs[0].clone(), devs[1].clone(), devs[2].clone(), dotted];
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5"], &again),
-        &["twice"],
-    );
-    let spare = s(&devs[2]);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5", "--spare", &spare], &devs),
-        &["twice"],
-    );
-}
+    Refusal("refuses_member_given_twice (spelt otherwise)", 3, &["x", "--level", "5", "{members}", "{dir}/./m0.img"], &["twice"]),
+    Refusal("refuses_member_given_twice (as a spare)", 3, &["x", "--level", "5", "--spare", "{dir}/m2.img", "{members}"], &["twice"]),
+    // Bad input with `--size` larger than the existing members: the refusal must not grow them
+    // (cmd_create.rs promises "Bad input touches nothing").
+    Refusal("refused_create_with_size_does_not_grow_members", 3, &["x", "--level", "5", "--size", "128M", "{dir}/m0.img", "{dir}/m1.img", "{dir}/m0.img"], &["twice"]),
+    // Without --size a missing member is named and not created (no file of the fixture changes).
+    Refusal("refuses_missing_member_without_size_and_does_not_create_it", 2, &["x", "--level", "5", "{members}", "{dir}/missing.img"], &["{dir}/missing.img", "does not exist"]),
+    Refusal("refuses_nonsense_size", 2, &["x", "--level", "5", "--size", "12Q", "{members}", "{dir}/new.img"], &["size", "12Q"]),
+    Refusal("refuses_invalid_array_names (bad/name)", 3, &["bad/name", "--level", "5", "{members}"], &["invalid array name"]),
+    Refusal("refuses_invalid_array_names (empty)", 3, &["", "--level", "5", "{members}"], &["invalid array name"]),
+    Refusal("refuses_invalid_array_names (40 characters)", 3, &[LONG_NAME, "--level", "5", "{members}"], &["invalid array name"]),
+    Refusal("refuses_raid0_with_spare", 3, &["x", "--level", "0", "--spare", "{dir}/m2.img", "{dir}/m0.img", "{dir}/m1.img"], &["RAID0", "spare"]),
+];
 
+/// Each of [`CREATE_REFUSALS`] is refused with one line, touching no file.
 #[test]
-fn refuses_missing_member_without_size_and_does_not_create_it() {
-    let (fx, mut devs) = pattern_members(2);
-    let missing = fx.path("missing.img");
-    devs.push(missing.clone());
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5"], &devs),
-        &[&s(&missing), "does not exist"],
-    );
-    assert!(!missing.exists(), "{} was created", missing.display());
+fn create_refuses_bad_input_and_touches_nothing() {
+    assert_eq!(LONG_NAME.len(), 40);
+    for refusal in CREATE_REFUSALS {
+        refusal.check();
+    }
 }
 
 #[test]
@@ -986,40 +739,18 @@ fn refuses_directory_as_member() {
     fs::create_dir(&dir).expect("mkdir");
     devs.push(dir.clone());
     assert_refused(
+        "a directory",
         &fx,
         &create_args("x", &["--level", "5"], &devs),
         &[&s(&dir), "not a regular file"],
     );
     // With --size too: it only creates or extends regular files.
     assert_refused(
+        "a directory with --size",
         &fx,
         &create_args("x", &["--level", "5", "--size", "64M"], &devs),
         &[&s(&dir)],
     );
-}
-
-#[test]
-fn refuses_nonsense_size() {
-    let (fx, mut devs) = pattern_members(2);
-    devs.push(fx.path("new.img"));
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5", "--size", "12Q"], &devs),
-        &["size", "12Q"],
-    );
-}
-
-#[test]
-fn refuses_invalid_array_names() {
-    let (fx, devs) = pattern_members(3);
-    let long = "n".repeat(40);
-    for name in ["bad/name", "", long.as_str()] {
-        assert_refused(
-            &fx,
-            &create_args(name, &["--level", "5"], &devs),
-            &["invalid array name"],
-        );
-    }
 }
 
 #[test]
@@ -1028,6 +759,7 @@ fn refuses_members_that_are_too_small() {
     let fx = Fixture::new();
     let new: Vec<PathBuf> = (0..3).map(|i| fx.path(&format!("n{i}.img"))).collect();
     assert_refused(
+        "new 1M files",
         &fx,
         &create_args("x", &["--level", "5", "--size", "1M"], &new),
         &["too small"],
@@ -1040,40 +772,38 @@ fn refuses_members_that_are_too_small() {
         .map(|i| fx.member_of_size(&format!("o{i}.img"), MIB))
         .collect();
     assert_refused(
+        "1 MiB files with data",
         &fx,
         &create_args("x", &["--level", "5", "--size", "1M"], &old),
         &["too small"],
     );
     assert_refused(
+        "1 MiB files as RAID1",
         &fx,
         &create_args("x", &["--level", "1"], &old[..2]),
         &["too small"],
     );
 }
 
-#[test]
-fn refuses_raid0_with_spare() {
-    let (fx, devs) = pattern_members(3);
-    let spare = s(&devs[2]);
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "0", "--spare", &spare], &devs[..2]),
-        &["RAID0", "spare"],
-    );
-}
-
-#[test]
-fn refuses_member_of_another_array_without_force() {
+/// Three 64 MiB pattern members of an array "first" (RAID5), in a fresh fixture.
+fn members_of_first() -> (Fixture, Vec<PathBuf>) {
     let (fx, devs) = pattern_members(3);
     raidctl_ok(&create_args(
         "first",
         &["--level", "5", "--chunk", "64K"],
         &devs,
     ));
+    (fx, devs)
+}
+
+#[test]
+fn refuses_member_of_another_array_without_force() {
+    let (fx, devs) = members_of_first();
     let first_uuid = mdadm_examine(&devs[0]).get("Array UUID").to_string();
 
     // Every spelling of the refusal keeps the first array's members byte for byte.
     let line = assert_refused(
+        "members of another array",
         &fx,
         &create_args("second", &["--level", "5"], &devs),
         &["already belongs", "--force"],
@@ -1085,6 +815,7 @@ fn refuses_member_of_another_array_without_force() {
     let mut reordered = devs.clone();
     reordered.reverse();
     assert_refused(
+        "reordered, as RAID1",
         &fx,
         &create_args("second", &["--level", "1"], &reordered[..2]),
         &["already belongs", "--force"],
@@ -1114,29 +845,14 @@ fn refuses_member_of_another_array_without_force() {
     assert!(second.iter().all(|u| *u == second[0]), "{second:?}");
 }
 
-/// Bad input with `--size` larger than the existing members: the refusal must not grow them
-/// (cmd_create.rs promises "Bad input touches nothing").
-#[test]
-fn refused_create_with_size_does_not_grow_members() {
-    let (fx, devs) = pattern_members(3);
-    let twice = vec![devs[0].clone(), devs[1].clone(), devs[0].clone()];
-    assert_refused(
-        &fx,
-        &create_args("x", &["--level", "5", "--size", "128M"], &twice),
-        &["twice"],
-    );
-}
-
-/// Same, when the refusal is "already belongs to another array".
+/// A refusal with `--size` larger than the existing members must not grow them (see
+/// refused_create_with_size_does_not_grow_members), also when it is "already belongs to
+/// another array".
 #[test]
 fn refused_create_on_foreign_members_with_size_does_not_grow_them() {
-    let (fx, devs) = pattern_members(3);
-    raidctl_ok(&create_args(
-        "first",
-        &["--level", "5", "--chunk", "64K"],
-        &devs,
-    ));
+    let (fx, devs) = members_of_first();
     assert_refused(
+        "foreign members with --size",
         &fx,
         &create_args("second", &["--level", "5", "--size", "128M"], &devs),
         &["already belongs", "--force"],
@@ -1156,16 +872,15 @@ fn examine_zeroed_file_says_no_superblock() {
         .expect("zero file");
     let a = args(&["examine", &s(&zero)]);
     let before = snapshot(fx.dir());
-    let out = raidctl(&a);
+    let ran = raidctl(&a);
     assert_unchanged(&before, &snapshot(fx.dir()), "raidctl examine");
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&a, &out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.trim();
-    assert!(!line.contains('\n'), "one line:\n{}", describe(&a, &out));
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    let line = ran.stderr.trim();
+    assert!(!line.contains('\n'), "one line:\n{}", ran.describe());
     assert!(
         line.contains("no md superblock on") && line.contains(&s(&zero)),
         "{}",
-        describe(&a, &out)
+        ran.describe()
     );
     assert_eq!(line, format!("raidctl: no md superblock on {}", s(&zero)));
 }
@@ -1175,20 +890,15 @@ fn examine_nonexistent_path_names_it() {
     let fx = Fixture::new();
     let missing = fx.path("nothing-here.img");
     let a = args(&["examine", &s(&missing)]);
-    let out = raidctl(&a);
-    assert!(
-        out.status.code().is_some_and(|c| c != 0),
-        "{}",
-        describe(&a, &out)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.trim();
+    let ran = raidctl(&a);
+    assert!(ran.code().is_some_and(|c| c != 0), "{}", ran.describe());
+    let line = ran.stderr.trim();
     assert!(
         !line.is_empty() && !line.contains('\n'),
         "one line:\n{}",
-        describe(&a, &out)
+        ran.describe()
     );
-    assert!(line.contains(&s(&missing)), "{}", describe(&a, &out));
+    assert!(line.contains(&s(&missing)), "{}", ran.describe());
     assert!(!missing.exists(), "examine must not create the path");
 }
 
@@ -1208,6 +918,7 @@ fn create_refuses_member_locked_by_another_process() {
         .expect("the test takes an exclusive flock on the member");
     let pid = format!("pid {}", std::process::id());
     assert_refused(
+        "a member locked by another process",
         &fx,
         &create_args("x", &["--level", "5"], &devs),
         &[&s(&devs[1]), "is in use by", &pid],
@@ -1228,11 +939,10 @@ fn demo_leaves_md_readable_members() {
     let fx = Fixture::new();
     let dir = fx.path("demo");
     let a = args(&["demo", "--dir", &s(&dir)]);
-    let out = raidctl_ok(&a);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("verified"), "{}", describe(&a, &out));
+    let ran = raidctl_ok(&a);
+    assert!(ran.stdout.contains("verified"), "{}", ran.describe());
 
-    let m0 = mdadm_examine(&dir.join("m0.img"));
+    let m0 = mdadm_examine(dir.join("m0.img"));
     m0.assert_checksum_correct();
     assert_eq!(m0.get("State"), "clean", "{}", m0.text);
     assert_eq!(m0.get("Raid Level"), "raid5");
@@ -1243,13 +953,13 @@ fn demo_leaves_md_readable_members() {
 
     // The surviving members and the former spare agree with m0; the spare now holds slot 2.
     for other in ["m1.img", "m3.img", "spare.img"] {
-        let md = mdadm_examine(&dir.join(other));
+        let md = mdadm_examine(dir.join(other));
         md.assert_checksum_correct();
         assert_eq!(md.get("Array UUID"), m0.get("Array UUID"), "{}", md.what);
         assert_eq!(md.get("Events"), m0.get("Events"), "{}", md.what);
         assert_eq!(md.array_state(), "AAAA", "{}", md.text);
     }
-    let spare = mdadm_examine(&dir.join("spare.img"));
+    let spare = mdadm_examine(dir.join("spare.img"));
     assert_eq!(
         spare.get("Device Role"),
         "Active device 2",
@@ -1263,7 +973,7 @@ fn demo_leaves_md_readable_members() {
     );
 
     // The failed member is still examinable: its own (older) superblock is left as it was.
-    let m2 = mdadm_examine(&dir.join("m2.img"));
+    let m2 = mdadm_examine(dir.join("m2.img"));
     m2.assert_checksum_correct();
     assert_eq!(m2.get("Array UUID"), m0.get("Array UUID"));
     assert_eq!(m2.get("Device Role"), "Active device 2", "{}", m2.text);
@@ -1317,17 +1027,24 @@ fn assemble_refuses_bad_input_and_touches_no_member() {
         a
     };
     let dev = |p: &PathBuf| s(p);
-    assert_refused(&fx, &assemble(&[]), &["no member devices given"]);
+    assert_refused(
+        "no members",
+        &fx,
+        &assemble(&[]),
+        &["no member devices given"],
+    );
     let all: Vec<String> = devs.iter().map(dev).collect();
     let mut bad_listen = all.clone();
     bad_listen.extend(args(&["--listen", "tcp:nonsense"]));
     assert_refused(
+        "a bad --listen",
         &fx,
         &assemble(&bad_listen),
         &["invalid --listen", "tcp:nonsense"],
     );
     let missing = s(&fx.path("missing.img"));
     assert_refused(
+        "a missing member",
         &fx,
         &assemble(&[all[0].clone(), all[1].clone(), missing.clone()]),
         &[&missing],
@@ -1335,24 +1052,22 @@ fn assemble_refuses_bad_input_and_touches_no_member() {
     // Members of two arrays: the foreign one is named.
     let foreign = dev(&other[0]);
     assert_refused(
+        "a foreign member",
         &fx,
         &assemble(&[all[0].clone(), all[1].clone(), foreign.clone()]),
         &["belongs to array", &foreign],
     );
     // Degraded without --run is refused and says how to insist.
     assert_refused(
+        "degraded without --run",
         &fx,
         &assemble(&[all[0].clone(), all[1].clone()]),
         &["degraded", "--run"],
     );
     // No daemon was left behind by any of these.
-    let out = raidctl(&args(&["--run-dir", &run_arg, "status", "--json"]));
-    assert!(
-        out.status.success(),
-        "{}",
-        describe(&args(&["status"]), &out)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let ran = raidctl(&args(&["--run-dir", &run_arg, "status", "--json"]));
+    assert!(ran.success(), "{}", ran.describe());
+    assert_eq!(ran.stdout.trim(), "[]");
 }
 
 #[test]
@@ -1378,7 +1093,13 @@ fn management_verbs_refuse_bad_input_in_one_line() {
     ] {
         let mut a = args(&["--run-dir", &r]);
         a.extend(args(&verb));
-        assert_refused(&fx, &a, &["ghost", "not running", "raidctl assemble ghost"]);
+        let case = format!("{} while not running", verb[0]);
+        assert_refused(
+            &case,
+            &fx,
+            &a,
+            &["ghost", "not running", "raidctl assemble ghost"],
+        );
     }
     // Bad arguments are reported before the daemon is asked anything.
     let a = args(&[
@@ -1393,31 +1114,15 @@ fn management_verbs_refuse_bad_input_in_one_line() {
         "--length",
         "4K",
     ]);
-    assert_refused(&fx, &a, &["invalid size", "12Q"]);
+    assert_refused("inject with a bad size", &fx, &a, &["invalid size", "12Q"]);
 }
 
 #[test]
 fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
     use std::io::{BufRead, BufReader, Write as _};
-    let (fx, devs) = pattern_members(3);
-    raidctl_ok(&create_args(
-        "cs",
-        &["--level", "5", "--chunk", "64K"],
-        &devs,
-    ));
-    let run = run_dir();
-    let r = s(run.path());
-    let mut a = args(&["--run-dir", &r, "assemble", "cs"]);
-    a.extend(devs.iter().map(|d| s(d)));
-    raidctl_ok(&a);
-    struct Stop(String);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = raidctl(&args(&["--run-dir", &self.0, "stop", "cs"]));
-        }
-    }
-    let _stop = Stop(r.clone());
-    let ctl = run.path().join("cs.ctl");
+    let mut h = Array::create(Spec::new("cs", "5", 3));
+    h.assemble();
+    let ctl = h.run_dir.join("cs.ctl");
     let stream = std::os::unix::net::UnixStream::connect(&ctl).expect("control socket");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -1432,8 +1137,7 @@ fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
         (&stream).write_all(format!("{bad}\n").as_bytes()).unwrap();
         let mut line = String::new();
         reader.read_line(&mut line).expect("an answer");
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{bad}: {e}: {line}"));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{bad}: {e}: {line}"));
         assert_eq!(v["ok"], false, "{bad}: {line}");
         assert!(
             v["error"]
@@ -1451,20 +1155,13 @@ fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
         "{line}"
     );
     // A drill on something that is not a member names the members.
-    let ghost = s(&fx.path("not-a-member.img"));
-    let out = raidctl(&args(&[
-        "--run-dir",
-        &r,
-        "inject",
-        "cs",
-        &ghost,
-        "--vanish",
-    ]));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let ghost = s(&h.path("not-a-member.img"));
+    let ran = h.raidctl(&["inject", "cs", &ghost, "--vanish"]);
+    let err = &ran.stderr;
     assert!(
-        !out.status.success() && err.contains("not a member") && err.trim().lines().count() == 1,
+        !ran.success() && err.contains("not a member") && err.trim().lines().count() == 1,
         "{err}"
     );
-    let out = raidctl(&args(&["--run-dir", &r, "status", "cs", "--json"]));
-    assert!(out.status.success(), "the daemon is still up");
+    let ran = h.raidctl(&["status", "cs", "--json"]);
+    assert!(ran.success(), "the daemon is still up");
 }

@@ -2,10 +2,8 @@
 //! qemu-io, nbdcopy, fio (`ioengine=nbd`), nbdsh (libnbd's Python shell, strict mode off to send
 //! bad requests), ext4 through nbdfuse + a loop device, and a flood of garbage connections.
 //!
-//! Every test makes its own member files in a temporary directory under cargo's target tmp dir
-//! (a real filesystem, so members get O_DIRECT) and its own run directory (`RAIDCTL_RUN_DIR`), so
-//! tests never touch /run/raidctl and can run in parallel. A [`Fixture`] guard undoes everything
-//! it set up (mounts, loop devices, nbdfuse, daemons) when it is dropped, also on failure.
+//! Every test works on its own [`Array`] fixture, whose cleanup undoes everything the test set
+//! up (mounts, loop devices, nbdfuse, daemons), also on failure.
 //!
 //! The client tools are required: a missing one fails the test with the Debian package to
 //! install (CI installs them). Nothing here asserts a duration; timeouts only stop hangs.
@@ -16,7 +14,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
@@ -24,222 +22,42 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::array::{Array, Spec};
+use common::files::{assert_same_range, fill_random, sha256_of};
+use common::pids::{is_raidctl, process_alive};
+use common::process::{cmd, run, run_with_timeout};
+use common::rng::Rng;
+use common::s;
+use common::tools::require;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-/// What `raidctl create --size` makes each member file.
-const MEMBER_SIZE: &str = "64M";
 /// How much the copy tests move (or the export size, if smaller).
 const COPY_BYTES: u64 = 64 * MIB;
 /// The largest READ/WRITE payload the server advertises (and every client defaults to).
 const MAX_PAYLOAD: u64 = 32 * MIB;
-/// Hang guard for one external command (never a performance expectation).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
-// ---------------------------------------------------------------------------------------------
-// A tiny seeded RNG (xorshift64*): reproducible data and fuzz input without extra dependencies
-// ---------------------------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-    /// Uniform in 0..n (0 when n is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-    /// Uniform in lo..=hi.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-    fn bytes_below(&mut self, max: u64) -> Vec<u8> {
-        let n = self.below(max) as usize;
-        self.bytes(n)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.fill(&mut v);
-        v
-    }
+/// `raidctl create NAME --level L --chunk 64K --size 64M m0..m{n-1}` in a fresh directory.
+fn create(name: &str, level: &str, members: usize) -> Array {
+    require_root();
+    Array::create(Spec::new(name, level, members))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Running commands (bounded by a hang guard, output captured for failure messages)
-// ---------------------------------------------------------------------------------------------
-
-struct Ran {
-    what: String,
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn success(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-    fn describe(&self) -> String {
-        format!(
-            "$ {}\n  status: {}\n  stdout: {}\n  stderr: {}",
-            self.what,
-            match self.status {
-                Some(s) => format!("{s}"),
-                None => "killed by the test's hang guard".into(),
-            },
-            tail(&self.stdout, 6000),
-            tail(&self.stderr, 6000)
-        )
-    }
-    /// Panics unless the command exited 0.
-    fn ok(self) -> Ran {
-        assert!(self.success(), "command failed:\n{}", self.describe());
-        self
-    }
-}
-
-fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-fn describe_command(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| {
-        let a = a.to_string_lossy();
-        if a.contains(char::is_whitespace) || a.is_empty() {
-            format!("'{a}'")
-        } else {
-            a.into_owned()
-        }
-    }));
-    parts.join(" ")
-}
-
-/// Runs `cmd` to completion with captured output, killing it after `timeout` (a hang guard).
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Ran {
-    let what = describe_command(&cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let tx2 = tx.clone();
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        let _ = tx.send((true, v));
-    });
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        let _ = tx2.send((false, v));
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((true, v)) => stdout = v,
-            Ok((false, v)) => stderr = v,
-            Err(_) => break,
-        }
-    }
-    Ran {
-        what,
-        status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-fn run(cmd: Command) -> Ran {
-    run_with_timeout(cmd, COMMAND_TIMEOUT)
-}
-
-fn cmd(program: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(program);
-    c.args(args);
-    c
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("temporary paths are UTF-8").to_string()
-}
-
-/// Where a tool is on $PATH (plus the sbin directories root has).
-fn find_tool(tool: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
-}
-
-/// Panics (never skips) naming the Debian package when a tool is missing.
-fn require(tool: &str, package: &str) -> String {
-    match find_tool(tool) {
-        Some(p) => s(&p),
-        None => panic!(
-            "`{tool}` is not installed: these tests need it (Debian/Ubuntu: apt-get install -y {package})"
-        ),
-    }
+/// The array, created and assembled from all its members.
+fn assembled(name: &str, level: &str, members: usize) -> Array {
+    let mut fx = create(name, level, members);
+    fx.assemble();
+    fx
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests attach loop devices and mount filesystems: run them as root"
-    );
+    common::tools::require_root("attach loop devices and mount filesystems");
+}
+
+/// Asserts the first `len` bytes of `a` and `b` are equal.
+fn assert_same_prefix(a: &Path, b: &Path, len: u64, what: &str) {
+    assert_same_range(a, b, 0, len, what);
 }
 
 /// nbdsh runs `python3 -m nbd` with the first python3 on $PATH. A python3 from pyenv and the
@@ -266,434 +84,14 @@ fn nbdsh() -> Command {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fixture: member files, a run directory, daemons, and everything layered on top
-// ---------------------------------------------------------------------------------------------
-
-/// One array under test. Dropping it undoes everything it set up, in reverse order: filesystem
-/// mounts (`umount -l`), loop devices (`losetup -d`), nbdfuse mounts (`fusermount3 -u -z`) and
-/// processes, then the daemons (`raidctl stop`, and `kill -9` if one is still alive).
-struct Fixture {
-    dir: PathBuf,
-    run_dir: PathBuf,
-    name: String,
-    members: Vec<String>,
-    /// Daemon pids we started (from RUN_DIR/NAME.pid), for the kill -9 fallback.
-    daemon_pids: Vec<u32>,
-    running: bool,
-    mounts: Vec<PathBuf>,
-    loops: Vec<String>,
-    fuse_mounts: Vec<PathBuf>,
-    children: Vec<Child>,
-    // Last: removed after Drop::drop has cleaned up what lives inside it.
-    _tmp: tempfile::TempDir,
-}
-
-impl Fixture {
-    /// `raidctl create NAME --level L --chunk 64K --size 64M m0..m{n-1}` in a fresh directory.
-    fn create(name: &str, level: &str, members: usize) -> Fixture {
-        let tmp = tempfile::Builder::new()
-            .prefix("nbd")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("cannot create a temporary directory");
-        let dir = tmp.path().to_path_buf();
-        let run_dir = dir.join("run");
-        let members: Vec<String> = (0..members)
-            .map(|i| s(&dir.join(format!("m{i}"))))
-            .collect();
-        let fx = Fixture {
-            dir,
-            run_dir,
-            name: name.to_string(),
-            members,
-            daemon_pids: Vec::new(),
-            running: false,
-            mounts: Vec::new(),
-            loops: Vec::new(),
-            fuse_mounts: Vec::new(),
-            children: Vec::new(),
-            _tmp: tmp,
-        };
-        let mut args = vec![
-            "create",
-            name,
-            "--level",
-            level,
-            "--chunk",
-            "64K",
-            "--size",
-            MEMBER_SIZE,
-        ];
-        args.extend(fx.members.iter().map(String::as_str));
-        fx.raidctl(&args).ok();
-        fx
-    }
-
-    fn raidctl_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_raidctl"));
-        c.args(args)
-            .env("RAIDCTL_RUN_DIR", &self.run_dir)
-            .env_remove("RAIDCTL_LOG")
-            .current_dir(&self.dir);
-        c
-    }
-
-    fn raidctl(&self, args: &[&str]) -> Ran {
-        run(self.raidctl_command(args))
-    }
-
-    /// `raidctl assemble NAME <members> <extra>`; returns when the export is served.
-    fn assemble(&mut self, members: &[String], extra: &[&str]) {
-        let mut args = vec!["assemble", self.name.as_str()];
-        args.extend(members.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let ran = self.raidctl(&args);
-        self.running = true; // even on failure: Drop then makes sure nothing is left behind
-        if let Some(pid) = self.pid_from_file() {
-            self.daemon_pids.push(pid);
-        }
-        assert!(
-            ran.success(),
-            "assemble failed:\n{}\n  daemon log: {}",
-            ran.describe(),
-            self.log_tail()
-        );
-        assert!(
-            self.pid_from_file().is_some(),
-            "assemble succeeded but {} holds no pid",
-            self.pid_file().display()
-        );
-    }
-
-    fn assemble_all(&mut self, extra: &[&str]) {
-        let members = self.members.clone();
-        self.assemble(&members, extra);
-    }
-
-    fn stop(&mut self) {
-        let name = self.name.clone();
-        let ran = self.raidctl(&["stop", &name]);
-        self.running = !ran.success();
-        assert!(
-            ran.success(),
-            "stop failed:\n{}\n  daemon log: {}",
-            ran.describe(),
-            self.log_tail()
-        );
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.pid", self.name))
-    }
-
-    fn pid_from_file(&self) -> Option<u32> {
-        fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// The pid of the running daemon.
-    fn pid(&self) -> u32 {
-        self.pid_from_file()
-            .unwrap_or_else(|| panic!("no pid in {}", self.pid_file().display()))
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.sock", self.name))
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.run_dir.join(format!("{}.log", self.name)))
-            .unwrap_or_else(|e| format!("(no log: {e})"));
-        tail(&text, 4000).to_string()
-    }
-
-    /// The daemon log's panic messages ("panicked at ..." and the line after), if any.
-    fn log_panics(&self) -> String {
-        let text =
-            fs::read_to_string(self.run_dir.join(format!("{}.log", self.name))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let mut out = String::new();
-        for (i, l) in lines.iter().enumerate() {
-            if l.contains("panicked at") {
-                out.push_str(l);
-                out.push('\n');
-                if let Some(next) = lines.get(i + 1) {
-                    out.push_str(next);
-                    out.push('\n');
-                }
-            }
-        }
-        out
-    }
-
-    fn status(&self) -> Value {
-        let ran = self.raidctl(&["status", &self.name, "--json"]);
-        assert!(
-            ran.success(),
-            "status failed:\n{}\n  daemon log: {}",
-            ran.describe(),
-            self.log_tail()
-        );
-        serde_json::from_str(&ran.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.stdout))
-    }
-
-    fn size(&self) -> u64 {
-        self.status()["size_bytes"]
-            .as_u64()
-            .expect("status has size_bytes")
-    }
-
-    /// The daemon's own unix-socket URI, as `status` reports it.
-    fn uri(&self) -> String {
-        let st = self.status();
-        let uri = st["export_uris"][0]
-            .as_str()
-            .expect("status lists export URIs")
-            .to_string();
-        assert!(
-            uri.starts_with("nbd+unix:///") && uri.contains(&s(&self.sock())),
-            "unexpected first export URI {uri} (socket {})",
-            self.sock().display()
-        );
-        uri
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// A command run in the fixture's directory (fio and friends drop state files in the cwd).
-    fn tool(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = cmd(program, args);
-        c.current_dir(&self.dir);
-        c
-    }
-
-    // --- nbdfuse + loop device --------------------------------------------------------------
-
-    /// Starts `nbdfuse DIR/ URI` and returns DIR/nbd once it is served.
-    fn nbdfuse(&mut self, tag: &str) -> (PathBuf, PathBuf) {
-        let nbdfuse = require("nbdfuse", "nbdfuse");
-        require("fusermount3", "fuse3");
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "/dev/fuse is missing: nbdfuse needs FUSE"
-        );
-        let mnt = self.path(&format!("fuse-{tag}"));
-        fs::create_dir_all(&mnt).expect("mkdir fuse mount point");
-        let pidfile = self.path(&format!("nbdfuse-{tag}.pid"));
-        let errfile = self.path(&format!("nbdfuse-{tag}.err"));
-        let _ = fs::remove_file(&pidfile);
-        let uri = self.uri();
-        let mut c = Command::new(nbdfuse);
-        c.arg("-P")
-            .arg(&pidfile)
-            .arg(format!("{}/", s(&mnt)))
-            .arg(&uri)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&errfile).expect("nbdfuse stderr file"));
-        let child = c.spawn().expect("cannot start nbdfuse");
-        self.children.push(child);
-        self.fuse_mounts.push(mnt.clone());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let file = mnt.join("nbd");
-        loop {
-            if pidfile.exists() && file.exists() {
-                break;
-            }
-            let exited = self
-                .children
-                .last_mut()
-                .expect("nbdfuse child")
-                .try_wait()
-                .ok()
-                .flatten();
-            if exited.is_some() || Instant::now() > deadline {
-                panic!(
-                    "nbdfuse {} {uri} did not come up ({exited:?}): {}",
-                    mnt.display(),
-                    fs::read_to_string(&errfile).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        (mnt, file)
-    }
-
-    /// Unmounts an nbdfuse mount and waits for its process to exit.
-    fn nbdfuse_stop(&mut self, mnt: &Path) {
-        let mut unmounted = false;
-        for _ in 0..50 {
-            if run(cmd("fusermount3", &["-u", &s(mnt)])).success() {
-                unmounted = true;
-                break;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        if !unmounted {
-            run(cmd("fusermount3", &["-u", "-z", &s(mnt)])).ok();
-        }
-        self.fuse_mounts.retain(|m| m != mnt);
-        // nbdfuse exits once unmounted.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut children = std::mem::take(&mut self.children);
-        for child in children.iter_mut() {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        panic!(
-                            "nbdfuse did not exit after fusermount3 -u {}",
-                            mnt.display()
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    fn losetup(&mut self, file: &Path) -> String {
-        let losetup = require("losetup", "mount");
-        let ran = run(cmd(&losetup, &["-f", "--show", &s(file)])).ok();
-        let dev = ran.stdout.trim().to_string();
-        assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
-        self.loops.push(dev.clone());
-        dev
-    }
-
-    fn losetup_detach(&mut self, dev: &str) {
-        run(cmd("losetup", &["-d", dev])).ok();
-        self.loops.retain(|l| l != dev);
-    }
-
-    fn mount(&mut self, dev: &str, dir: &Path) {
-        fs::create_dir_all(dir).expect("mkdir mount point");
-        run(cmd("mount", &[dev, &s(dir)])).ok();
-        self.mounts.push(dir.to_path_buf());
-    }
-
-    fn umount(&mut self, dir: &Path) {
-        run(cmd("umount", &[&s(dir)])).ok();
-        self.mounts.retain(|m| m != dir);
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Nothing here may panic: this also runs while a failed test unwinds.
-        let quiet = |program: &str, args: &[&str]| {
-            let mut c = Command::new(program);
-            c.args(args);
-            let _ = run_with_timeout(c, Duration::from_secs(60));
-        };
-        for m in self.mounts.drain(..).rev() {
-            quiet("umount", &["-l", &s(&m)]);
-        }
-        for l in self.loops.drain(..).rev() {
-            quiet("losetup", &["-d", &l]);
-        }
-        for f in self.fuse_mounts.drain(..).rev() {
-            quiet("fusermount3", &["-u", "-z", &s(&f)]);
-        }
-        for mut c in self.children.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.running {
-            let mut c = self.raidctl_command(&["stop", &self.name]);
-            c.stdin(Stdio::null());
-            let _ = run_with_timeout(c, Duration::from_secs(90));
-        }
-        if let Some(pid) = self.pid_from_file() {
-            self.daemon_pids.push(pid);
-        }
-        for &pid in &self.daemon_pids {
-            // The pid file is gone after a clean stop; a pid still alive here is our daemon
-            // (it is its own session leader, so it is not reaped by anyone but init).
-            if process_alive(pid) && is_raidctl(pid) {
-                // SAFETY: plain syscall on a pid we started.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
-}
-
-fn is_raidctl(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "raidctl")
-        .unwrap_or(false)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Data helpers
-// ---------------------------------------------------------------------------------------------
-
-/// Writes `len` seeded random bytes to `path`, with `zeroes` ranges (offset, len) zeroed.
-fn write_random_file(path: &Path, len: u64, seed: u64, zeroes: &[(u64, u64)]) {
-    let mut rng = Rng::new(seed);
-    let mut data = rng.bytes(len as usize);
-    for &(off, n) in zeroes {
-        data[off as usize..(off + n) as usize].fill(0);
-    }
-    fs::write(path, &data).expect("write source file");
-}
-
-/// Asserts the first `len` bytes of `a` and `b` are equal, naming the first difference.
-fn assert_same_prefix(a: &Path, b: &Path, len: u64, what: &str) {
-    let x = fs::read(a).unwrap_or_else(|e| panic!("read {}: {e}", a.display()));
-    let y = fs::read(b).unwrap_or_else(|e| panic!("read {}: {e}", b.display()));
-    assert!(
-        x.len() as u64 >= len && y.len() as u64 >= len,
-        "{what}: {} has {} bytes and {} has {} bytes, expected at least {len}",
-        a.display(),
-        x.len(),
-        b.display(),
-        y.len()
-    );
-    let len = len as usize;
-    if x[..len] != y[..len] {
-        let first = (0..len).find(|&i| x[i] != y[i]).expect("a difference");
-        let last = (0..len)
-            .rev()
-            .find(|&i| x[i] != y[i])
-            .expect("a difference");
-        let count = (0..len).filter(|&i| x[i] != y[i]).count();
-        panic!(
-            "{what}: {} and {} differ: {count} bytes between offsets {first} and {last} \
-             (first: {:#04x} vs {:#04x})",
-            a.display(),
-            b.display(),
-            x[first],
-            y[first]
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The client suite: nbdinfo, qemu-img, qemu-io, nbdcopy, fio, nbdsh
 // ---------------------------------------------------------------------------------------------
 
 /// nbdinfo --json / --list / --map agree with `raidctl status`.
-fn check_nbdinfo(fx: &Fixture, uri: &str, read_only: bool) {
+fn check_nbdinfo(fx: &Array, uri: &str, read_only: bool) {
     let nbdinfo = require("nbdinfo", "libnbd-bin");
     let size = fx.size();
-    let ran = run(fx.tool(&nbdinfo, &["--json", uri])).ok();
+    let ran = run(fx.command(&nbdinfo, &["--json", uri])).ok();
     let info: Value = serde_json::from_str(&ran.stdout)
         .unwrap_or_else(|e| panic!("nbdinfo --json is not JSON ({e}):\n{}", ran.describe()));
     let exports = info["exports"].as_array().expect("nbdinfo lists exports");
@@ -745,7 +143,7 @@ fn check_nbdinfo(fx: &Fixture, uri: &str, read_only: bool) {
         "the export size must be a multiple of the minimum block size"
     );
 
-    let ran = run(fx.tool(&nbdinfo, &["--list", uri])).ok();
+    let ran = run(fx.command(&nbdinfo, &["--list", uri])).ok();
     assert!(
         ran.stdout.contains(&format!("export=\"{}\"", fx.name)),
         "nbdinfo --list does not list export {:?}:\n{}",
@@ -754,7 +152,7 @@ fn check_nbdinfo(fx: &Fixture, uri: &str, read_only: bool) {
     );
 
     // --map: contiguous extents from 0 covering the whole export.
-    let ran = run(fx.tool(&nbdinfo, &["--map", uri])).ok();
+    let ran = run(fx.command(&nbdinfo, &["--map", uri])).ok();
     let mut next = 0u64;
     for line in ran.stdout.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -779,18 +177,18 @@ fn check_nbdinfo(fx: &Fixture, uri: &str, read_only: bool) {
 }
 
 /// qemu-img convert a file into the export and back out.
-fn check_qemu_img(fx: &Fixture, uri: &str, n: u64, seed: u64) {
+fn check_qemu_img(fx: &Array, uri: &str, n: u64, seed: u64) {
     let qemu_img = require("qemu-img", "qemu-utils");
     let src = fx.path("qemu-src.img");
     let out = fx.path("qemu-out.img");
     // Some zeroes too: qemu-img writes those as WRITE_ZEROES or skips them.
-    write_random_file(&src, n, seed, &[(n / 3, 2 * MIB)]);
-    run(fx.tool(
+    fill_random(&src, n, seed, &[(n / 3, 2 * MIB)]);
+    run(fx.command(
         &qemu_img,
         &["convert", "-n", "-f", "raw", "-O", "raw", &s(&src), uri],
     ))
     .ok();
-    run(fx.tool(
+    run(fx.command(
         &qemu_img,
         &["convert", "-f", "raw", "-O", "raw", uri, &s(&out)],
     ))
@@ -798,7 +196,7 @@ fn check_qemu_img(fx: &Fixture, uri: &str, n: u64, seed: u64) {
     assert_same_prefix(&src, &out, n, "qemu-img convert in and out");
     let _ = fs::remove_file(&out);
     // qemu-img map: base:allocation block status (qemu always sets REQ_ONE).
-    let ran = run(fx.tool(&qemu_img, &["map", "--output=json", "-f", "raw", uri])).ok();
+    let ran = run(fx.command(&qemu_img, &["map", "--output=json", "-f", "raw", uri])).ok();
     let map: Value = serde_json::from_str(&ran.stdout)
         .unwrap_or_else(|e| panic!("qemu-img map is not JSON ({e}):\n{}", ran.describe()));
     let mut next = 0;
@@ -820,11 +218,11 @@ fn check_qemu_img(fx: &Fixture, uri: &str, n: u64, seed: u64) {
 }
 
 /// One qemu-io command list on one connection; fails on a bad status or pattern.
-fn qemu_io(fx: &Fixture, uri: &str, commands: &[String]) {
+fn qemu_io(fx: &Array, uri: &str, commands: &[String]) {
     qemu_io_opts(fx, uri, &[], commands)
 }
 
-fn qemu_io_opts(fx: &Fixture, uri: &str, opts: &[&str], commands: &[String]) {
+fn qemu_io_opts(fx: &Array, uri: &str, opts: &[&str], commands: &[String]) {
     let qemu_io = require("qemu-io", "qemu-utils");
     let mut args: Vec<String> = opts.iter().map(|o| o.to_string()).collect();
     args.extend(["-f".into(), "raw".into(), uri.into()]);
@@ -833,7 +231,7 @@ fn qemu_io_opts(fx: &Fixture, uri: &str, opts: &[&str], commands: &[String]) {
         args.push(c.clone());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let ran = run(fx.tool(&qemu_io, &args));
+    let ran = run(fx.command(&qemu_io, &args));
     let out = format!("{}{}", ran.stdout, ran.stderr);
     assert!(
         ran.success()
@@ -846,7 +244,7 @@ fn qemu_io_opts(fx: &Fixture, uri: &str, opts: &[&str], commands: &[String]) {
 
 /// Unaligned (512- but not 4K-aligned) pattern writes, including across chunk and stripe
 /// boundaries and at the very end, with the bytes around them checked untouched.
-fn check_qemu_io(fx: &Fixture, uri: &str, size: u64) {
+fn check_qemu_io(fx: &Array, uri: &str, size: u64) {
     let head_bg = 0x11u8;
     let tail_bg = 0x22u8;
     let tail_start = size - 64 * KIB;
@@ -893,21 +291,21 @@ fn check_qemu_io(fx: &Fixture, uri: &str, size: u64) {
 }
 
 /// nbdcopy with 4 connections: file -> export -> file.
-fn check_nbdcopy(fx: &Fixture, uri: &str, n: u64, seed: u64) {
+fn check_nbdcopy(fx: &Array, uri: &str, n: u64, seed: u64) {
     let nbdcopy = require("nbdcopy", "libnbd-bin");
     let src = fx.path("nbdcopy-src.img");
     let out = fx.path("nbdcopy-out.img");
     // Zero ranges make nbdcopy send zero requests over what qemu-img left there.
-    write_random_file(&src, n, seed, &[(0, MIB), (n / 2, 3 * MIB + 512 * 3)]);
-    run(fx.tool(&nbdcopy, &["-C", "4", &s(&src), uri])).ok();
-    run(fx.tool(&nbdcopy, &["-C", "4", uri, &s(&out)])).ok();
+    fill_random(&src, n, seed, &[(0, MIB), (n / 2, 3 * MIB + 512 * 3)]);
+    run(fx.command(&nbdcopy, &["-C", "4", &s(&src), uri])).ok();
+    run(fx.command(&nbdcopy, &["-C", "4", uri, &s(&out)])).ok();
     assert_same_prefix(&src, &out, n, "nbdcopy -C 4 in and out");
     let _ = fs::remove_file(&out);
     let _ = fs::remove_file(&src);
 }
 
 /// fio ioengine=nbd: random 4k writes with crc32c verification, then a verify-only pass.
-fn check_fio(fx: &Fixture, uri: &str) {
+fn check_fio(fx: &Array, uri: &str) {
     let fio = require("fio", "fio");
     let uri_arg = format!("--uri={uri}");
     let common = [
@@ -925,7 +323,7 @@ fn check_fio(fx: &Fixture, uri: &str) {
     for extra in ["--do_verify=1", "--verify_only=1"] {
         let mut args = common.to_vec();
         args.push(extra);
-        let ran = run(fx.tool(&fio, &args));
+        let ran = run(fx.command(&fio, &args));
         let out = format!("{}{}", ran.stdout, ran.stderr);
         assert!(
             ran.success()
@@ -941,23 +339,12 @@ fn check_fio(fx: &Fixture, uri: &str) {
 /// Protocol errors with libnbd, strict mode off: every bad request gets the spec's errno and
 /// the connection stays usable.
 const NBDSH_ERRORS: &str = r#"
-import errno, os, nbd
 uri = os.environ["NBD_URI"]
 size = int(os.environ["NBD_SIZE"])
 h = nbd.NBD()
 h.set_strict_mode(0)
 h.connect_uri(uri)
 assert h.get_size() == size, ("size", h.get_size(), size)
-
-def expect(what, want, f):
-    try:
-        f()
-    except nbd.Error as e:
-        if e.errnum != want:
-            raise AssertionError("%s: got errno %s (%s), expected %d" % (what, e.errnum, e.string, want))
-        print("%s -> errno %d" % (what, e.errnum))
-        return
-    raise AssertionError("%s: succeeded, expected errno %d" % (what, want))
 
 def tolerated(what, f):
     try:
@@ -1028,28 +415,46 @@ g.shutdown()
 print("ALL OK")
 "#;
 
-fn run_nbdsh(fx: &Fixture, uri: &str, script: &str) -> Ran {
+/// What every nbdsh script starts with: the modules, and `expect(what, errno, f)`, which
+/// asserts that `f()` fails with `errno`.
+const NBDSH_PRELUDE: &str = r#"
+import errno, os, nbd
+
+def expect(what, want, f):
+    try:
+        f()
+    except nbd.Error as e:
+        if e.errnum != want:
+            raise AssertionError("%s: got errno %s (%s), expected %d" % (what, e.errnum, e.string, want))
+        print("%s -> errno %d" % (what, e.errnum))
+        return
+    raise AssertionError("%s: succeeded, expected errno %d" % (what, want))
+"#;
+
+/// Runs `script` (after [`NBDSH_PRELUDE`]) in nbdsh, with NBD_URI and NBD_SIZE set; it must
+/// succeed and print "ALL OK" (`what` names it in the failure message).
+fn run_nbdsh_all_ok(fx: &Array, uri: &str, script: &str, what: &str) {
     let mut c = nbdsh();
-    c.args(["-c", script])
+    c.args(["-c", &format!("{NBDSH_PRELUDE}{script}")])
         .env("NBD_URI", uri)
         .env("NBD_SIZE", fx.size().to_string())
         .current_dir(&fx.dir);
-    run(c)
-}
-
-fn check_nbdsh_errors(fx: &Fixture, uri: &str) {
-    let ran = run_nbdsh(fx, uri, NBDSH_ERRORS);
+    let ran = run(c);
     assert!(
         ran.success() && ran.stdout.contains("ALL OK"),
-        "nbdsh protocol-error script failed:\n{}\n  daemon log: {}",
+        "{what} failed:\n{}\n  daemon log: {}",
         ran.describe(),
         fx.log_tail()
     );
 }
 
+fn check_nbdsh_errors(fx: &Array, uri: &str) {
+    run_nbdsh_all_ok(fx, uri, NBDSH_ERRORS, "the nbdsh protocol-error script");
+}
+
 /// The whole client suite on one array.
-fn client_suite(fx: &mut Fixture, extra_uris: &[String]) {
-    let uri = fx.uri();
+fn client_suite(fx: &mut Array, extra_uris: &[String]) {
+    let uri = fx.export_uri();
     let size = fx.size();
     let n = COPY_BYTES.min(size);
     check_nbdinfo(fx, &uri, false);
@@ -1074,22 +479,22 @@ fn client_suite(fx: &mut Fixture, extra_uris: &[String]) {
 /// read the same with a member missing: copies and parity are consistent. Stops the array.
 /// The degraded assemblies are read-only: a writable degraded start records the absent member
 /// as faulty (as md does), which would make it stale for the next comparison.
-fn check_redundancy(fx: &mut Fixture, missing_slots: &[usize]) {
+fn check_redundancy(fx: &mut Array, missing_slots: &[usize]) {
     let nbdcopy = require("nbdcopy", "libnbd-bin");
     let size = fx.size();
     let reference = fx.path("full.img");
-    run(fx.tool(&nbdcopy, &[&fx.uri(), &s(&reference)])).ok();
+    run(fx.command(&nbdcopy, &[&fx.export_uri(), &s(&reference)])).ok();
     fx.stop();
     for &k in missing_slots {
         let subset: Vec<String> = (0..fx.members.len())
             .filter(|&i| i != k)
             .map(|i| fx.members[i].clone())
             .collect();
-        fx.assemble(&subset, &["--run", "--read-only"]);
+        fx.assemble_devices(&subset, &["--run", "--read-only"]);
         let st = fx.status();
         assert_eq!(st["state"], "degraded", "without slot {k}: {st:#}");
         let out = fx.path(&format!("without-{k}.img"));
-        run(fx.tool(&nbdcopy, &[&fx.uri(), &s(&out)])).ok();
+        run(fx.command(&nbdcopy, &[&fx.export_uri(), &s(&out)])).ok();
         fx.stop();
         assert_same_prefix(
             &reference,
@@ -1102,7 +507,7 @@ fn check_redundancy(fx: &mut Fixture, missing_slots: &[usize]) {
     let _ = fs::remove_file(&reference);
 }
 
-fn wait_for_no_connections(fx: &Fixture) {
+fn wait_for_no_connections(fx: &Array) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st = fx.status();
@@ -1127,20 +532,17 @@ fn free_tcp_port() -> u16 {
 
 #[test]
 fn raid0_with_real_clients() {
-    require_root();
-    let mut fx = Fixture::create("r0", "0", 4);
+    let mut fx = create("r0", "0", 4);
     // An extra unix listener: the same export at a second path.
     let extra = fx.path("extra.sock");
-    fx.assemble_all(&[&format!("--listen=unix:{}", s(&extra))]);
+    fx.assemble_with(&[&format!("--listen=unix:{}", s(&extra))]);
     let extra_uri = format!("nbd+unix:///r0?socket={}", s(&extra));
     client_suite(&mut fx, &[extra_uri]);
 }
 
 #[test]
 fn raid1_with_real_clients() {
-    require_root();
-    let mut fx = Fixture::create("r1", "1", 2);
-    fx.assemble_all(&[]);
+    let mut fx = assembled("r1", "1", 2);
     assert!(
         fx.size() < COPY_BYTES,
         "RAID1 of 64M members is smaller than 64 MiB"
@@ -1151,19 +553,16 @@ fn raid1_with_real_clients() {
 
 #[test]
 fn raid5_with_real_clients() {
-    require_root();
-    let mut fx = Fixture::create("r5", "5", 4);
-    fx.assemble_all(&[]);
+    let mut fx = assembled("r5", "5", 4);
     client_suite(&mut fx, &[]);
     check_redundancy(&mut fx, &[1, 3]);
 }
 
 #[test]
 fn raid10_with_real_clients_also_over_tcp() {
-    require_root();
-    let mut fx = Fixture::create("r10", "10", 4);
+    let mut fx = create("r10", "10", 4);
     let port = free_tcp_port();
-    fx.assemble_all(&[&format!("--listen=tcp::{port}")]);
+    fx.assemble_with(&[&format!("--listen=tcp::{port}")]);
     let tcp_uri = format!("nbd://127.0.0.1:{port}/r10");
     let listed = fx.status()["export_uris"].to_string();
     assert!(
@@ -1177,11 +576,10 @@ fn raid10_with_real_clients_also_over_tcp() {
 
 #[test]
 fn degraded_raid5_with_real_clients() {
-    require_root();
-    let mut fx = Fixture::create("r5deg", "5", 4);
+    let mut fx = create("r5deg", "5", 4);
     // Slot 2 missing: reads of its chunks are reconstructed, writes to it are parity-only.
     let three: Vec<String> = [0, 1, 3].iter().map(|&i| fx.members[i].clone()).collect();
-    fx.assemble(&three, &["--run"]);
+    fx.assemble_devices(&three, &["--run"]);
     let st = fx.status();
     assert_eq!(st["state"], "degraded", "status: {st:#}");
     client_suite(&mut fx, &[]);
@@ -1194,31 +592,19 @@ fn degraded_raid5_with_real_clients() {
 
 #[test]
 fn read_only_assembly_refuses_writes_with_eperm() {
-    require_root();
-    let mut fx = Fixture::create("r1ro", "1", 2);
-    fx.assemble_all(&[]);
-    let uri = fx.uri();
+    let mut fx = assembled("r1ro", "1", 2);
+    let uri = fx.export_uri();
     qemu_io(&fx, &uri, &["write -P 0x6b 0 64k".to_string()]);
     fx.stop();
-    fx.assemble_all(&["--read-only"]);
-    let uri = fx.uri();
+    fx.assemble_with(&["--read-only"]);
+    let uri = fx.export_uri();
     assert_eq!(fx.status()["read_only"], true);
     check_nbdinfo(&fx, &uri, true);
     let script = r#"
-import errno, os, nbd
 h = nbd.NBD()
 h.set_strict_mode(0)
 h.connect_uri(os.environ["NBD_URI"])
 assert h.is_read_only(), "the export must say read-only"
-def expect(what, want, f):
-    try:
-        f()
-    except nbd.Error as e:
-        if e.errnum != want:
-            raise AssertionError("%s: got errno %s (%s), expected %d" % (what, e.errnum, e.string, want))
-        print("%s -> errno %d" % (what, e.errnum))
-        return
-    raise AssertionError("%s: succeeded, expected errno %d" % (what, want))
 expect("write", errno.EPERM, lambda: h.pwrite(b"w" * 4096, 0))
 expect("FUA write", errno.EPERM, lambda: h.pwrite(b"w" * 512, 4096, nbd.CMD_FLAG_FUA))
 expect("trim", errno.EPERM, lambda: h.trim(4096, 0))
@@ -1228,12 +614,7 @@ h.flush()
 h.shutdown()
 print("ALL OK")
 "#;
-    let ran = run_nbdsh(&fx, &uri, script);
-    assert!(
-        ran.success() && ran.stdout.contains("ALL OK"),
-        "read-only nbdsh script failed:\n{}",
-        ran.describe()
-    );
+    run_nbdsh_all_ok(&fx, &uri, script, "the read-only nbdsh script");
     // qemu-io over the read-only export: reads fine, the data is unchanged.
     qemu_io_opts(&fx, &uri, &["-r"], &["read -P 0x6b 0 64k".to_string()]);
 }
@@ -1241,42 +622,26 @@ print("ALL OK")
 /// What FLUSH and FUA acknowledged survives a `kill -9` of the daemon (crash-only design).
 #[test]
 fn flushed_and_fua_writes_survive_kill_9() {
-    require_root();
     let nbdcopy = require("nbdcopy", "libnbd-bin");
-    let mut fx = Fixture::create("crash", "5", 4);
-    fx.assemble_all(&[]);
-    let uri = fx.uri();
+    let mut fx = assembled("crash", "5", 4);
+    let uri = fx.export_uri();
     let flushed = fx.path("flushed.img");
-    write_random_file(&flushed, 8 * MIB, 0xc0ffee, &[]);
-    run(fx.tool(&nbdcopy, &["--flush", "-C", "4", &s(&flushed), &uri])).ok();
+    fill_random(&flushed, 8 * MIB, 0xc0ffee, &[]);
+    run(fx.command(&nbdcopy, &["--flush", "-C", "4", &s(&flushed), &uri])).ok();
     let script = r#"
-import os, nbd
 h = nbd.NBD()
 h.connect_uri(os.environ["NBD_URI"])
 data = bytes((i * 13 + 7) & 0xff for i in range(1048576))
 h.pwrite(data, 16 * 1048576 + 512, nbd.CMD_FLAG_FUA)
 print("ALL OK")
 "#;
-    let ran = run_nbdsh(&fx, &uri, script);
-    assert!(
-        ran.success() && ran.stdout.contains("ALL OK"),
-        "{}",
-        ran.describe()
-    );
-    let pid = fx.pid();
-    // SAFETY: plain syscall on the daemon this test started.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while process_alive(pid) && is_raidctl(pid) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
+    run_nbdsh_all_ok(&fx, &uri, script, "the FUA write");
+    fx.kill9();
     // The stale pid file and sockets are replaced; the array was not stopped cleanly.
-    fx.assemble_all(&[]);
-    let uri = fx.uri();
+    fx.assemble();
+    let uri = fx.export_uri();
     let out = fx.path("after-crash.img");
-    run(fx.tool(&nbdcopy, &[&uri, &s(&out)])).ok();
+    run(fx.command(&nbdcopy, &[&uri, &s(&out)])).ok();
     assert_same_prefix(&flushed, &out, 8 * MIB, "flushed data after kill -9");
     let got = fs::read(&out).expect("read the copy");
     let want: Vec<u8> = (0..MIB as usize)
@@ -1293,41 +658,18 @@ print("ALL OK")
 // ext4 on top: nbdfuse -> loop device -> mkfs.ext4 -> files -> e2fsck -> remount, verify
 // ---------------------------------------------------------------------------------------------
 
-fn sha256_of(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cannot run sha256sum (coreutils)");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(data)
-        .expect("feed sha256sum");
-    let out = child.wait_with_output().expect("sha256sum");
-    assert!(out.status.success(), "sha256sum failed");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a digest")
-        .to_string()
-}
-
 fn ext4_roundtrip(name: &str, level: &str, members: usize) {
-    require_root();
     require("mkfs.ext4", "e2fsprogs");
     require("e2fsck", "e2fsprogs");
     require("sha256sum", "coreutils");
-    let mut fx = Fixture::create(name, level, members);
-    fx.assemble_all(&[]);
-    let fsdir = fx.path("fs");
+    let mut fx = assembled(name, level, members);
+    let fsdir = fx.mnt.clone();
 
     // Phase 1: make the filesystem and a tree of files.
     let (mnt, file) = fx.nbdfuse("1");
     let dev = fx.losetup(&file);
-    run(cmd("mkfs.ext4", &["-q", &dev])).ok();
-    fx.mount(&dev, &fsdir);
+    fx.mkfs(&dev);
+    fx.mount(&dev);
     let mut rng = Rng::new(0xe47 ^ members as u64);
     let mut sums: BTreeMap<String, String> = BTreeMap::new();
     let dirs = ["a", "b/c", "d", "e/f/g"];
@@ -1352,29 +694,19 @@ fn ext4_roundtrip(name: &str, level: &str, members: usize) {
     }
     assert!(total > 10 * MIB, "the tree is too small to mean much");
     run(cmd("sync", &[])).ok();
-    fx.umount(&fsdir);
-    let ran = run(cmd("e2fsck", &["-fn", &dev]));
-    assert!(
-        ran.status.and_then(|s| s.code()) == Some(0),
-        "e2fsck -fn found problems after writing the tree:\n{}",
-        ran.describe()
-    );
+    fx.umount();
+    fx.fsck(&dev, "after writing the tree");
     fx.losetup_detach(&dev);
     fx.nbdfuse_stop(&mnt);
 
     // Phase 2: stop and reassemble the array (data must be on the members), reattach through
     // a new nbdfuse and loop device (no page cache survives), check and verify every file.
     fx.stop();
-    fx.assemble_all(&[]);
+    fx.assemble();
     let (mnt, file) = fx.nbdfuse("2");
     let dev = fx.losetup(&file);
-    let ran = run(cmd("e2fsck", &["-fn", &dev]));
-    assert!(
-        ran.status.and_then(|s| s.code()) == Some(0),
-        "e2fsck -fn found problems after reassembly:\n{}",
-        ran.describe()
-    );
-    fx.mount(&dev, &fsdir);
+    fx.fsck(&dev, "after reassembly");
+    fx.mount(&dev);
     let list: String = sums
         .iter()
         .map(|(path, sum)| format!("{sum}  {path}\n"))
@@ -1389,7 +721,7 @@ fn ext4_roundtrip(name: &str, level: &str, members: usize) {
         "files changed on the array:\n{}",
         ran.describe()
     );
-    fx.umount(&fsdir);
+    fx.umount();
     fx.losetup_detach(&dev);
     fx.nbdfuse_stop(&mnt);
     assert!(
@@ -1495,6 +827,9 @@ struct OptReply {
     data: Vec<u8>,
 }
 
+/// A simple reply: its error (0 for success) and the data of a successful READ.
+type Reply = io::Result<(u32, Vec<u8>)>;
+
 struct RawClient {
     s: UnixStream,
     size: u64,
@@ -1563,23 +898,24 @@ impl RawClient {
         Ok(RawClient { s, size, cookie: 1 })
     }
 
+    /// Sends one request (and its payload); returns its cookie.
     fn send(
         &mut self,
         flags: u16,
         kind: u16,
         offset: u64,
         length: u32,
-        payload: &[u8],
+        data: &[u8],
     ) -> io::Result<u64> {
         self.cookie += 1;
         let mut msg = request_bytes(flags, kind, self.cookie, offset, length);
-        msg.extend_from_slice(payload);
+        msg.extend_from_slice(data);
         self.s.write_all(&msg)?;
         Ok(self.cookie)
     }
 
     /// Reads one simple reply; `data_len` bytes follow a successful READ.
-    fn reply(&mut self, cookie: u64, data_len: usize) -> io::Result<(u32, Vec<u8>)> {
+    fn reply(&mut self, cookie: u64, data_len: usize) -> Reply {
         let mut h = [0u8; 16];
         self.s.read_exact(&mut h)?;
         if be32(&h) != SIMPLE_REPLY_MAGIC {
@@ -1599,15 +935,9 @@ impl RawClient {
         Ok((err, data))
     }
 
-    fn call(
-        &mut self,
-        flags: u16,
-        kind: u16,
-        offset: u64,
-        length: u32,
-        payload: &[u8],
-    ) -> io::Result<(u32, Vec<u8>)> {
-        let cookie = self.send(flags, kind, offset, length, payload)?;
+    /// Sends one request and reads its reply.
+    fn call(&mut self, flags: u16, kind: u16, offset: u64, length: u32, data: &[u8]) -> Reply {
+        let cookie = self.send(flags, kind, offset, length, data)?;
         let data_len = if kind == CMD_READ { length as usize } else { 0 };
         self.reply(cookie, data_len)
     }
@@ -1664,9 +994,7 @@ fn drain(s: &mut UnixStream) -> bool {
 
 #[test]
 fn raw_protocol_errors_keep_the_stream_in_sync() {
-    require_root();
-    let mut fx = Fixture::create("raw", "0", 4);
-    fx.assemble_all(&[]);
+    let fx = assembled("raw", "0", 4);
     let sock = fx.sock();
     let size = fx.size();
     let t = Duration::from_secs(30);
@@ -2049,6 +1377,15 @@ fn garbage_requests(rng: &mut Rng, size: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// No bytes with probability num/den, else what `make` draws.
+fn empty_or(rng: &mut Rng, num: u64, den: u64, make: impl FnOnce(&mut Rng) -> Vec<u8>) -> Vec<u8> {
+    if rng.chance(num, den) {
+        Vec::new()
+    } else {
+        make(rng)
+    }
+}
+
 /// A random option (name, payload) for the handshake fuzzing.
 fn garbage_option(rng: &mut Rng) -> Vec<u8> {
     let names: [&[u8]; 4] = [b"", b"fuzz", b"nosuch", b"\xff\xfe\x00bad"];
@@ -2059,22 +1396,8 @@ fn garbage_option(rng: &mut Rng) -> Vec<u8> {
             let n = rng.below(6) as usize;
             (rng.pick(&[OPT_INFO, OPT_GO]), go_data(name, &infos[..n]))
         }
-        1 => (
-            OPT_LIST,
-            if rng.chance(1, 2) {
-                Vec::new()
-            } else {
-                rng.bytes_below(16)
-            },
-        ),
-        2 => (
-            OPT_STRUCTURED_REPLY,
-            if rng.chance(3, 4) {
-                Vec::new()
-            } else {
-                rng.bytes(4)
-            },
-        ),
+        1 => (OPT_LIST, empty_or(rng, 1, 2, |r| r.bytes_below(16))),
+        2 => (OPT_STRUCTURED_REPLY, empty_or(rng, 3, 4, |r| r.bytes(4))),
         3 => (rng.pick(&[OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT]), {
             let queries: [&[u8]; 4] = [b"base:allocation", b"base:", b"qemu:dirty-bitmap:x", b""];
             meta_data(name, &queries[..rng.below(5) as usize])
@@ -2251,11 +1574,9 @@ fn garbage_connection(
 
 #[test]
 fn garbage_clients_do_not_disturb_a_well_behaved_client() {
-    require_root();
     const THREADS: u64 = 4;
     const PER_THREAD: u64 = 750;
-    let mut fx = Fixture::create("fuzz", "5", 4);
-    fx.assemble_all(&[]);
+    let mut fx = assembled("fuzz", "5", 4);
     let sock = fx.sock();
     let size = fx.size();
     let pid = fx.pid();
@@ -2343,7 +1664,7 @@ fn garbage_clients_do_not_disturb_a_well_behaved_client() {
         .expect("read the good region again");
     assert!(a == b, "two reads of the same region differ");
     drop(c);
-    check_nbdinfo(&fx, &fx.uri(), false);
+    check_nbdinfo(&fx, &fx.export_uri(), false);
     let panics = fx.log_panics();
     assert!(panics.is_empty(), "the daemon logged a panic:\n{panics}");
     fx.stop();
@@ -2364,10 +1685,8 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 /// never pushes the machine further than that.
 #[test]
 fn pipelined_max_size_reads_do_not_pin_unbounded_memory() {
-    require_root();
     const LIMIT: u64 = 1 << 30;
-    let mut fx = Fixture::create("mem", "0", 4);
-    fx.assemble_all(&[]);
+    let fx = assembled("mem", "0", 4);
     let pid = fx.pid();
     let base = rss_bytes(pid).expect("daemon RSS");
     let mut c = RawClient::connect(&fx.sock(), Duration::from_secs(30)).expect("connect");
@@ -2414,9 +1733,7 @@ fn pipelined_max_size_reads_do_not_pin_unbounded_memory() {
 /// 24 such clients took the whole server-wide budget and the polite READ never came back.
 #[test]
 fn clients_that_never_read_replies_do_not_starve_a_polite_one() {
-    require_root();
-    let mut fx = Fixture::create("hostile", "0", 4);
-    fx.assemble_all(&[]);
+    let fx = assembled("hostile", "0", 4);
     let pid = fx.pid();
     let mut hostile = Vec::new();
     for _ in 0..24 {
@@ -2455,10 +1772,8 @@ fn clients_that_never_read_replies_do_not_starve_a_polite_one() {
 #[test]
 fn stop_requests_during_shutdown_do_not_crash_the_daemon() {
     use std::io::BufRead;
-    require_root();
     const CLIENTS: usize = 48;
-    let mut fx = Fixture::create("stops", "1", 2);
-    fx.assemble_all(&[]);
+    let mut fx = assembled("stops", "1", 2);
     let pid = fx.pid();
     let ctl = fx.run_dir.join("stops.ctl");
     let barrier = Arc::new(std::sync::Barrier::new(CLIENTS));
@@ -2498,7 +1813,6 @@ fn stop_requests_during_shutdown_do_not_crash_the_daemon() {
     while process_alive(pid) && is_raidctl(pid) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    fx.running = false;
     let log = fx.log_panics();
     assert!(
         log.is_empty(),
@@ -2514,6 +1828,6 @@ fn stop_requests_during_shutdown_do_not_crash_the_daemon() {
         fx.log_tail()
     );
     // Stopped cleanly: it assembles again as clean.
-    fx.assemble_all(&[]);
+    fx.assemble();
     assert_eq!(fx.status()["state"], "clean");
 }

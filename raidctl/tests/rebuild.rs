@@ -5,700 +5,116 @@
 //! a vanished disk), a second failure that fails a RAID5, `check` / `check --repair` of flipped
 //! bytes, and `monitor` (a `--program` hook and `--json`).
 //!
-//! Every test works in its own temporary directory under cargo's target tmp dir with its own
-//! run directory (`RAIDCTL_RUN_DIR`). A [`Harness`] guard undoes everything when dropped, also
-//! when the test fails: background children (fio, monitors) are killed, `raidctl stop` is
-//! asked, and a daemon still alive is killed (SIGKILL of the pid in RUN/NAME.pid).
+//! Every test works on its own [`Array`] fixture, whose cleanup kills background children
+//! (fio, monitors), asks `raidctl stop`, and kills a daemon still alive (SIGKILL of the pid in
+//! RUN/NAME.pid).
 //!
 //! Needs root, mdadm, nbdcopy, fio (nbd engine) and qemu-io: a missing one fails the test
 //! saying what to install. Nothing here asserts a duration; timeouts only stop hangs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::{is_raidctl, process_alive, s, tail, wait_until_dead};
+use common::array::{Array, Spec};
+use common::examine::mdadm_examine;
+use common::files::{assert_same_range, fill_random};
+use common::process::{run, Ran, COMMAND_TIMEOUT};
+use common::status::{find_member, member, members_of, slot_entry};
+use common::tools::{require, require_root, require_tools};
+use common::wait::wait_for;
+use common::{s, tail};
 
 const MIB: u64 = 1 << 20;
-/// Hang guard for one external command (never a performance expectation).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Hang guard for waiting on a state the array must reach.
 const STATE_TIMEOUT: Duration = Duration::from_secs(180);
-/// Hang guard for the commands of the cleanup.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The region fio writes (and verifies) at the end of the export.
 const FIO_BYTES: u64 = 16 * MIB;
 
-// ---------------------------------------------------------------------------------------------
-// A tiny seeded RNG (xorshift64*): reproducible contents
-// ---------------------------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let x = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&x[..chunk.len()]);
-        }
-    }
+/// `raidctl create NAME --level L --chunk 64K --size 96M --spare S... M...`, assembled.
+fn assembled(name: &str, level: &str, members: usize, spares: usize) -> Array {
+    assembled_spec(Spec::new(name, level, members).spares(spares))
 }
 
-/// Writes `len` bytes of seeded random data to `path` (created or truncated).
-fn fill_random(path: &Path, len: u64, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    let mut buf = vec![0u8; MIB as usize];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        rng.fill(&mut buf[..n]);
-        f.write_all(&buf[..n])
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        left -= n as u64;
-    }
-    f.sync_all().expect("sync the data file");
-}
-
-/// The first offset in `start..end` where the two files differ (a short file differs where it
-/// ends).
-fn first_difference(a: &Path, b: &Path, start: u64, end: u64) -> Option<u64> {
-    let open = |p: &Path| File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
-    let (mut fa, mut fb) = (open(a), open(b));
-    fa.seek(SeekFrom::Start(start)).expect("seek");
-    fb.seek(SeekFrom::Start(start)).expect("seek");
-    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
-    let mut at = start;
-    while at < end {
-        let n = (end - at).min(MIB) as usize;
-        let ra = read_full(&mut fa, &mut ba[..n]);
-        let rb = read_full(&mut fb, &mut bb[..n]);
-        if let Some(i) = (0..ra.min(rb)).find(|&i| ba[i] != bb[i]) {
-            return Some(at + i as u64);
-        }
-        if ra < n || rb < n {
-            return Some(at + ra.min(rb) as u64);
-        }
-        at += n as u64;
-    }
-    None
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    done
-}
-
-/// Panics unless `actual` holds what `expected` holds in `start..end`.
-fn assert_same_range(expected: &Path, actual: &Path, start: u64, end: u64, context: &str) {
-    if let Some(at) = first_difference(expected, actual, start, end) {
-        panic!(
-            "{context}: {} differs from {} at byte {at} (compared {start}..{end})",
-            actual.display(),
-            expected.display()
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running commands (bounded by a hang guard, output captured for failure messages)
-// ---------------------------------------------------------------------------------------------
-
-struct Ran {
-    what: String,
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn success(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-    fn code(&self) -> Option<i32> {
-        self.status.and_then(|s| s.code())
-    }
-    fn describe(&self) -> String {
-        format!(
-            "$ {}\n  status: {}\n  stdout: {}\n  stderr: {}",
-            self.what,
-            match self.status {
-                Some(s) => format!("{s}"),
-                None => "killed by the test's hang guard".into(),
-            },
-            tail(&self.stdout, 4000),
-            tail(&self.stderr, 4000)
-        )
-    }
-    /// Panics unless the command exited 0.
-    fn ok(self) -> Ran {
-        assert!(self.success(), "command failed:\n{}", self.describe());
-        self
-    }
-}
-
-fn describe_command(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| {
-        let a = a.to_string_lossy();
-        if a.contains(char::is_whitespace) || a.is_empty() {
-            format!("'{a}'")
-        } else {
-            a.into_owned()
-        }
-    }));
-    parts.join(" ")
-}
-
-/// Runs `cmd` to completion with captured output, killing it after `timeout` (a hang guard).
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Ran {
-    let what = describe_command(&cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return Ran {
-                what,
-                status: None,
-                stdout: String::new(),
-                stderr: format!("cannot run it: {e}"),
-            }
-        }
-    };
-    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let tx2 = tx.clone();
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        let _ = tx.send((true, v));
-    });
-    thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        let _ = tx2.send((false, v));
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((true, v)) => stdout = v,
-            Ok((false, v)) => stderr = v,
-            Err(_) => break,
-        }
-    }
-    Ran {
-        what,
-        status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-fn run(cmd: Command) -> Ran {
-    run_with_timeout(cmd, COMMAND_TIMEOUT)
-}
-
-/// Where a tool is on $PATH (plus the sbin directories root has).
-fn find_tool(tool: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
-}
-
-/// The tool's path; panics (never skips) when it is not installed, saying what to install.
-fn require(tool: &str, package: &str) -> PathBuf {
-    find_tool(tool).unwrap_or_else(|| {
-        panic!("`{tool}` is not installed: these tests need it (Debian/Ubuntu: apt-get install -y {package})")
-    })
-}
-
-fn require_environment() {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests claim member files and run daemons: run them as root"
-    );
-    for (tool, package) in [
+/// The array of `spec` (with 96M members) once the environment is known to be fit, created
+/// and assembled from all its members and spares.
+fn assembled_spec(spec: Spec) -> Array {
+    require_root("claim member files and run daemons");
+    require_tools(&[
         ("mdadm", "mdadm"),
         ("nbdcopy", "libnbd-bin"),
         ("fio", "fio"),
         ("qemu-io", "qemu-utils"),
-    ] {
-        require(tool, package);
-    }
+    ]);
+    let mut h = Array::create(spec.size("96M"));
+    h.assemble();
+    h
 }
 
-/// Polls `ready` until it returns Some, panicking with `what` (and `context()`) after
-/// `timeout` (a hang guard).
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut ready: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = ready() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("gave up waiting for {what}\n{}", context());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+/// fio (nbd engine): random 4k writes over the last FIO_BYTES of the export, 16 in flight,
+/// crc32c-verified. `mode` is "--do_verify=1" (write, then read back and verify) or
+/// "--verify_only=1" (verify what an earlier run wrote).
+fn fio_command(h: &Array, offset: u64, mode: &str) -> Command {
+    let uri = format!("--uri={}", h.uri());
+    let offset = format!("--offset={offset}");
+    let size = format!("--size={FIO_BYTES}");
+    h.command(
+        require("fio", "fio"),
+        &[
+            "--name=rebuildjob",
+            "--ioengine=nbd",
+            &uri,
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            &size,
+            &offset,
+            "--verify=crc32c",
+            "--randrepeat=1",
+            mode,
+        ],
+    )
 }
 
-// ---------------------------------------------------------------------------------------------
-// mdadm --examine
-// ---------------------------------------------------------------------------------------------
-
-/// One device's `mdadm --examine` output, with its "label : value" fields.
-struct Examined {
-    what: String,
-    text: String,
+/// Writes `len` bytes of seeded random data into the export from its start; returns the file
+/// that keeps them (DIR/expected.img).
+fn write_random_data(h: &Array, len: u64, seed: u64) -> PathBuf {
+    let expected = h.path("expected.img");
+    fill_random(&expected, len, seed, &[]);
+    h.nbdcopy(&[&s(&expected), &h.uri()]);
+    expected
 }
 
-impl Examined {
-    fn field(&self, label: &str) -> Option<&str> {
-        self.text.lines().find_map(|line| {
-            let (l, v) = line.split_once(" : ")?;
-            (l.trim() == label).then(|| v.trim())
-        })
-    }
-    fn get(&self, label: &str) -> &str {
-        self.field(label).unwrap_or_else(|| {
-            panic!(
-                "{}: no {label:?} line in the output:\n{}",
-                self.what, self.text
-            )
-        })
-    }
-    fn events(&self) -> u64 {
-        self.get("Events")
-            .parse()
-            .unwrap_or_else(|_| panic!("{}: odd Events line:\n{}", self.what, self.text))
-    }
-    /// The "Array State" slots, without mdadm's legend.
-    fn array_state(&self) -> &str {
-        self.get("Array State")
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-    }
+/// Writes seeded random data over the whole export; returns its size and the file that
+/// keeps the data.
+fn fill_export(h: &Array, seed: u64) -> (u64, PathBuf) {
+    let size = h.size();
+    (size, write_random_data(h, size, seed))
 }
 
-fn mdadm_examine(dev: &str) -> Examined {
-    let mut c = Command::new(require("mdadm", "mdadm"));
-    c.args(["--examine", dev]);
-    let ran = run(c);
-    assert!(ran.success(), "mdadm --examine failed:\n{}", ran.describe());
-    Examined {
-        what: format!("mdadm --examine {dev}"),
-        text: ran.stdout,
-    }
+/// The export reads what `expected` holds in its first `len` bytes.
+fn assert_export_holds(h: &Array, expected: &Path, len: u64, context: &str) {
+    let out = h.read_export("readback.img");
+    assert_same_range(expected, &out, 0, len, context);
 }
 
-// ---------------------------------------------------------------------------------------------
-// The harness: one array, its run directory, its daemon and background children
-// ---------------------------------------------------------------------------------------------
-
-struct Harness {
-    /// The test's directory (canonical: the daemon reports canonical member paths).
-    dir: PathBuf,
-    run_dir: PathBuf,
-    name: String,
-    /// Active members in slot order, then spares: absolute paths.
-    members: Vec<String>,
-    spares: Vec<String>,
-    /// Daemon pids seen (for the kill -9 fallback).
-    pids: Vec<u32>,
-    /// Background children (fio, monitors), killed by the cleanup if still running.
-    children: Vec<(String, Child)>,
-    // Last: removed after Drop::drop has cleaned up what lives inside it.
-    _tmp: tempfile::TempDir,
+/// `raidctl rebuild NAME --speed-min MIN --speed-max MAX` (KiB/s).
+fn set_rebuild_speed(h: &Array, min: u32, max: u32) {
+    let (min, max) = (min.to_string(), max.to_string());
+    h.ok(&["rebuild", &h.name, "--speed-min", &min, "--speed-max", &max]);
 }
 
-impl Harness {
-    /// `raidctl create NAME --level L --chunk 64K --size 96M --spare S... M...`.
-    fn create(name: &str, level: &str, members: usize, spares: usize) -> Harness {
-        Harness::create_with(name, level, members, spares, &[])
-    }
-
-    /// `create` with extra flags (e.g. `--bitmap-chunk 1M`).
-    fn create_with(
-        name: &str,
-        level: &str,
-        members: usize,
-        spares: usize,
-        extra: &[&str],
-    ) -> Harness {
-        require_environment();
-        let tmp = tempfile::Builder::new()
-            .prefix("rebuild-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("cannot create a temporary directory");
-        let dir = fs::canonicalize(tmp.path()).expect("canonicalize the temporary directory");
-        let h = Harness {
-            run_dir: dir.join("run"),
-            name: name.to_string(),
-            members: (0..members)
-                .map(|i| s(&dir.join(format!("m{i}"))))
-                .collect(),
-            spares: (0..spares).map(|i| s(&dir.join(format!("s{i}")))).collect(),
-            dir,
-            pids: Vec::new(),
-            children: Vec::new(),
-            _tmp: tmp,
-        };
-        let mut args = vec![
-            "create", name, "--level", level, "--chunk", "64K", "--size", "96M",
-        ];
-        for sp in &h.spares {
-            args.extend(["--spare", sp.as_str()]);
-        }
-        args.extend(extra);
-        args.extend(h.members.iter().map(String::as_str));
-        h.raidctl(&args).ok();
-        h
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(program);
-        c.args(args)
-            .env("RAIDCTL_RUN_DIR", &self.run_dir)
-            .env_remove("RAIDCTL_LOG")
-            .current_dir(&self.dir);
-        c
-    }
-
-    fn raidctl_command(&self, args: &[&str]) -> Command {
-        self.command(Path::new(env!("CARGO_BIN_EXE_raidctl")), args)
-    }
-
-    fn raidctl(&self, args: &[&str]) -> Ran {
-        run(self.raidctl_command(args))
-    }
-
-    /// raidctl with `args`, which must exit 0 (the daemon log is shown if not).
-    fn ok(&self, args: &[&str]) -> Ran {
-        let ran = self.raidctl(args);
-        assert!(
-            ran.success(),
-            "expected success:\n{}\n  daemon log: {}",
-            ran.describe(),
-            tail(&self.log(), 4000)
-        );
-        ran
-    }
-
-    fn all_members(&self) -> Vec<String> {
-        self.members.iter().chain(&self.spares).cloned().collect()
-    }
-
-    /// `raidctl assemble NAME DEV... FLAGS...`, whatever its outcome.
-    fn try_assemble(&mut self, devices: &[String], flags: &[&str]) -> Ran {
-        let mut args = vec!["assemble", self.name.as_str()];
-        args.extend(devices.iter().map(String::as_str));
-        args.extend_from_slice(flags);
-        let ran = self.raidctl(&args);
-        if let Some(pid) = self.pid_from_file() {
-            self.pids.push(pid);
-        }
-        ran
-    }
-
-    /// Assembles every member and spare; returns once the array is served.
-    fn assemble(&mut self) {
-        let devices = self.all_members();
-        self.assemble_devices(&devices, &[]);
-    }
-
-    fn assemble_devices(&mut self, devices: &[String], flags: &[&str]) {
-        let ran = self.try_assemble(devices, flags);
-        assert!(
-            ran.success(),
-            "assemble failed:\n{}\n  daemon log: {}",
-            ran.describe(),
-            tail(&self.log(), 4000)
-        );
-        assert!(
-            self.running_pid().is_some_and(process_alive),
-            "assemble succeeded but no daemon holds {}",
-            self.pid_file().display()
-        );
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.pid", self.name))
-    }
-
-    fn pid_from_file(&self) -> Option<u32> {
-        fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// The daemon's pid while one holds the lock on NAME.pid (as raidctl itself decides).
-    fn running_pid(&self) -> Option<u32> {
-        let file = File::open(self.pid_file()).ok()?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-        if free {
-            return None;
-        }
-        Some(self.pid_from_file().unwrap_or(0))
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.run_dir.join(format!("{}.log", self.name)))
-            .unwrap_or_else(|e| format!("(no log: {e})"))
-    }
-
-    fn uri(&self) -> String {
-        format!(
-            "nbd+unix:///{}?socket={}",
-            self.name,
-            s(&self.run_dir.join(format!("{}.sock", self.name)))
-        )
-    }
-
-    fn status(&self) -> Value {
-        let ran = self.raidctl(&["status", &self.name, "--json"]);
-        assert!(
-            ran.success(),
-            "status failed:\n{}\n  daemon log: {}",
-            ran.describe(),
-            tail(&self.log(), 4000)
-        );
-        serde_json::from_str(&ran.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.stdout))
-    }
-
-    fn size(&self) -> u64 {
-        let st = self.status();
-        st["size_bytes"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("status has no size_bytes:\n{st:#}"))
-    }
-
-    /// `raidctl stop NAME`, which must succeed; the daemon must be gone afterwards.
-    fn stop(&mut self) {
-        let pid = self.running_pid();
-        self.ok(&["stop", &self.name]);
-        self.assert_daemon_gone(pid);
-    }
-
-    fn assert_daemon_gone(&self, pid: Option<u32>) {
-        if let Some(pid) = pid.filter(|&p| p > 0) {
-            assert!(
-                wait_until_dead(pid, Duration::from_secs(60)),
-                "the daemon (pid {pid}) is still running after stop"
-            );
-        }
-        assert_eq!(
-            self.running_pid(),
-            None,
-            "a daemon still holds the pid file"
-        );
-    }
-
-    /// `nbdcopy SRC DST` (either may be the export's URI).
-    fn nbdcopy(&self, src: &str, dst: &str) {
-        let ran = run(self.command(&require("nbdcopy", "libnbd-bin"), &[src, dst]));
-        assert!(
-            ran.success(),
-            "nbdcopy failed:\n{}\n  daemon log: {}",
-            ran.describe(),
-            tail(&self.log(), 4000)
-        );
-    }
-
-    /// Reads the whole export into `file`.
-    fn read_export(&self, file: &str) -> PathBuf {
-        let out = self.path(file);
-        let _ = fs::remove_file(&out);
-        self.nbdcopy(&self.uri(), &s(&out));
-        out
-    }
-
-    /// Starts a background child whose stdout and stderr go to DIR/LABEL.out and .err.
-    fn spawn(&mut self, label: &str, mut cmd: Command) -> usize {
-        let out = File::create(self.path(&format!("{label}.out"))).expect("create .out");
-        let err = File::create(self.path(&format!("{label}.err"))).expect("create .err");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", describe_command(&cmd)));
-        self.children.push((label.to_string(), child));
-        self.children.len() - 1
-    }
-
-    fn child_output(&self, label: &str) -> (String, String) {
-        let read = |ext: &str| {
-            fs::read_to_string(self.path(&format!("{label}.{ext}"))).unwrap_or_default()
-        };
-        (read("out"), read("err"))
-    }
-
-    /// Waits for a background child (hang guard: killed after `timeout`); returns its status
-    /// (None when the guard killed it) and its output.
-    fn wait_child(&mut self, index: usize, timeout: Duration) -> (Option<ExitStatus>, String) {
-        let deadline = Instant::now() + timeout;
-        let label = self.children[index].0.clone();
-        let status = loop {
-            let child = &mut self.children[index].1;
-            match child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        let (out, err) = self.child_output(&label);
-        (status, format!("{out}{err}"))
-    }
-
-    /// fio (nbd engine): random 4k writes over the last FIO_BYTES of the export, 16 in flight,
-    /// crc32c-verified. `mode` is "--do_verify=1" (write, then read back and verify) or
-    /// "--verify_only=1" (verify what an earlier run wrote).
-    fn fio_command(&self, offset: u64, mode: &str) -> Command {
-        let uri = format!("--uri={}", self.uri());
-        let offset = format!("--offset={offset}");
-        let size = format!("--size={FIO_BYTES}");
-        self.command(
-            &require("fio", "fio"),
-            &[
-                "--name=rebuildjob",
-                "--ioengine=nbd",
-                &uri,
-                "--rw=randwrite",
-                "--bs=4k",
-                "--iodepth=16",
-                &size,
-                &offset,
-                "--verify=crc32c",
-                "--randrepeat=1",
-                mode,
-            ],
-        )
-    }
-
-    /// Undoes everything; never panics (it also runs while a failed test unwinds).
-    fn cleanup(&mut self) {
-        for (_, child) in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-        if self.running_pid().is_some() {
-            let mut c = self.raidctl_command(&["stop", &self.name]);
-            c.stdin(Stdio::null());
-            let _ = run_with_timeout(c, CLEANUP_TIMEOUT);
-        }
-        if let Some(pid) = self.pid_from_file() {
-            self.pids.push(pid);
-        }
-        for &pid in &self.pids {
-            if pid > 0 && process_alive(pid) && is_raidctl(pid) {
-                // SAFETY: plain syscall on the pid of a daemon this test started.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-                wait_until_dead(pid, Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Status helpers
-// ---------------------------------------------------------------------------------------------
-
-fn members_of(status: &Value) -> &Vec<Value> {
-    status["members"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no \"members\" array:\n{status:#}"))
-}
-
-/// The member entry of `path` in a status report, if listed.
-fn find_member<'v>(status: &'v Value, path: &str) -> Option<&'v Value> {
-    members_of(status)
-        .iter()
-        .find(|m| m["path"].as_str() == Some(path))
-}
-
-fn member<'v>(status: &'v Value, path: &str) -> &'v Value {
-    find_member(status, path)
-        .unwrap_or_else(|| panic!("status does not list member {path}:\n{status:#}"))
-}
-
-/// The entry of slot `slot`.
-fn slot_entry(status: &Value, slot: u64) -> &Value {
-    members_of(status)
-        .iter()
-        .find(|m| m["slot"].as_u64() == Some(slot))
-        .unwrap_or_else(|| panic!("status has no slot {slot}:\n{status:#}"))
+/// `raidctl rebuild NAME --wait`, then RebuildFinished in the log (it is logged once the
+/// finished rebuild is on disk, which may trail what `--wait` and status see).
+fn wait_for_rebuild(h: &Array) -> Ran {
+    let ran = h.ok(&["rebuild", &h.name, "--wait"]);
+    h.wait_for_log("RebuildFinished", 1);
+    ran
 }
 
 /// Every slot holds an in-sync member, nothing is missing, and `spare_in` (slot, path) holds.
@@ -746,22 +162,8 @@ fn recovery_progress(status: &Value) -> Option<(u64, u64)> {
         })
 }
 
-/// Waits until the daemon log holds a line with `needle` (events are logged after the state
-/// change that `rebuild --wait` and status see, so they may trail it a little).
-fn wait_for_log(h: &Harness, needle: &str) -> String {
-    wait_for(
-        &format!("{needle:?} in the daemon log"),
-        STATE_TIMEOUT,
-        || {
-            let log = h.log();
-            log.contains(needle).then_some(log)
-        },
-        || tail(&h.log(), 4000).to_string(),
-    )
-}
-
 /// Waits until no check, repair or resync runs (a resync may follow an unclean stop).
-fn wait_scrub_idle(h: &Harness) {
+fn wait_scrub_idle(h: &Array) {
     wait_for(
         "no check or resync running",
         STATE_TIMEOUT,
@@ -775,7 +177,7 @@ fn wait_scrub_idle(h: &Harness) {
 
 /// `raidctl check NAME [--repair] --wait`, once no other scrub runs (a resync that the
 /// daemon starts by itself is waited for, and the check retried if it slipped in first).
-fn check(h: &Harness, repair: bool, expect_code: i32) -> Ran {
+fn check(h: &Array, repair: bool, expect_code: i32) -> Ran {
     let mut args = vec!["check", h.name.as_str()];
     if repair {
         args.push("--repair");
@@ -793,7 +195,7 @@ fn check(h: &Harness, repair: bool, expect_code: i32) -> Ran {
             Some(expect_code),
             "check should exit {expect_code}:\n{}\n  daemon log: {}",
             ran.describe(),
-            tail(&h.log(), 4000)
+            h.log_tail()
         );
         return ran;
     }
@@ -817,8 +219,7 @@ fn mismatches(ran: &Ran) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
-    let mut h = Harness::create(name, level, members, 1);
-    h.assemble();
+    let mut h = assembled(name, level, members, 1);
     let size = h.size();
     assert!(size > 2 * FIO_BYTES, "odd array size {size}");
     let fio_offset = size - FIO_BYTES;
@@ -826,23 +227,16 @@ fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
     let spare = h.spares[0].clone();
 
     // Random data everywhere but fio's region.
-    let expected = h.path("expected.img");
-    fill_random(&expected, fio_offset, seed);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let expected = write_random_data(&h, fio_offset, seed);
 
     // Held to 10 MB/s, the rebuild of these members outlasts fio's writes, so both run at
     // once (the default maximum speed is restored once fio is done).
-    h.ok(&[
-        "rebuild",
-        name,
-        "--speed-min",
-        "10000",
-        "--speed-max",
-        "10000",
-    ]);
+    set_rebuild_speed(&h, 10000, 10000);
     let before = h.status();
     let writes_before = before["io"]["writes"].as_u64().expect("io.writes");
-    let fio = h.spawn("fio-write", h.fio_command(fio_offset, "--do_verify=1"));
+    let fio = h
+        .children
+        .spawn("fio-write", fio_command(&h, fio_offset, "--do_verify=1"));
     wait_for(
         "fio to be writing",
         STATE_TIMEOUT,
@@ -850,7 +244,7 @@ fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
             let st = h.status();
             (st["io"]["writes"].as_u64() > Some(writes_before)).then_some(())
         },
-        || format!("{:?}", h.child_output("fio-write")),
+        || format!("{:?}", h.children.output("fio-write")),
     );
     let ran = h.ok(&["fail", name, &victim]);
     assert!(
@@ -865,7 +259,7 @@ fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
         "right after fail:\n{st:#}"
     );
 
-    let (fio_status, fio_out) = h.wait_child(fio, COMMAND_TIMEOUT);
+    let (fio_status, fio_out) = h.children.wait(fio, COMMAND_TIMEOUT);
     eprintln!(
         "{name}: fio done; rebuild progress then: {:?}",
         recovery_progress(&h.status())
@@ -876,25 +270,16 @@ fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
             && fio_out.contains("err= 0"),
         "fio (writing while {victim} failed and the spare was rebuilt) failed or found bad data \
          (status {fio_status:?}):\n{fio_out}\n  daemon log: {}",
-        tail(&h.log(), 4000)
+        h.log_tail()
     );
 
-    h.ok(&[
-        "rebuild",
-        name,
-        "--speed-min",
-        "1000",
-        "--speed-max",
-        "200000",
-    ]);
-    let ran = h.ok(&["rebuild", name, "--wait"]);
+    set_rebuild_speed(&h, 1000, 200000);
+    let ran = wait_for_rebuild(&h);
     assert!(
         ran.stdout.contains("no rebuild running"),
         "rebuild --wait should end saying so:\n{}",
         ran.describe()
     );
-    // RebuildFinished is logged once the finished rebuild is on disk.
-    wait_for_log(&h, "RebuildFinished");
 
     let st = h.status();
     assert_all_in_sync(&st, &[(1, &spare)], "after rebuild --wait");
@@ -936,11 +321,11 @@ fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
     );
 
     // Every byte: the random data, and fio's region by fio itself.
-    let out = h.read_export("readback.img");
-    assert_same_range(&expected, &out, 0, fio_offset, "after the rebuild");
-    let _ = fs::remove_file(&out);
-    let verify = h.spawn("fio-verify", h.fio_command(fio_offset, "--verify_only=1"));
-    let (fio_status, fio_out) = h.wait_child(verify, COMMAND_TIMEOUT);
+    assert_export_holds(&h, &expected, fio_offset, "after the rebuild");
+    let verify = h
+        .children
+        .spawn("fio-verify", fio_command(&h, fio_offset, "--verify_only=1"));
+    let (fio_status, fio_out) = h.children.wait(verify, COMMAND_TIMEOUT);
     assert!(
         fio_status.is_some_and(|s| s.success())
             && !fio_out.contains("verify:")
@@ -975,8 +360,7 @@ fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, seed: u64) {
     let st = h.status();
     assert_all_in_sync(&st, &[(1, &spare)], "after stop and assemble");
     assert_eq!(st["state"].as_str(), Some("clean"), "{st:#}");
-    let out = h.read_export("readback2.img");
-    assert_same_range(&expected, &out, 0, fio_offset, "after stop and assemble");
+    assert_export_holds(&h, &expected, fio_offset, "after stop and assemble");
     h.stop();
 }
 
@@ -1014,24 +398,13 @@ fn last_rebuild_from(log: &str) -> Option<u64> {
 #[test]
 fn kill_9_mid_rebuild_resumes_from_checkpoint() {
     let name = "rb-kill";
-    let mut h = Harness::create(name, "5", 4, 1);
-    h.assemble();
-    let size = h.size();
-    let expected = h.path("expected.img");
-    fill_random(&expected, size, 21);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled(name, "5", 4, 1);
+    let (size, expected) = fill_export(&h, 21);
     let victim = h.members[1].clone();
     let spare = h.spares[0].clone();
 
     // Slow: 4000 KiB/s, so a checkpoint (every 64 MiB or 5 s) lands well before 40 %.
-    h.ok(&[
-        "rebuild",
-        name,
-        "--speed-min",
-        "4000",
-        "--speed-max",
-        "4000",
-    ]);
+    set_rebuild_speed(&h, 4000, 4000);
     h.ok(&["fail", name, &victim]);
     let (done, total) = wait_for(
         "the rebuild to reach 40 %",
@@ -1045,15 +418,7 @@ fn kill_9_mid_rebuild_resumes_from_checkpoint() {
     );
     assert!(done < total, "the rebuild must not be finished yet");
     eprintln!("{name}: kill -9 at {done} of {total} bytes rebuilt");
-    let pid = h.running_pid().expect("daemon running");
-    // SAFETY: plain syscall on the pid of the daemon this test started.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-    assert!(
-        wait_until_dead(pid, Duration::from_secs(30)),
-        "kill -9 did not kill {pid}"
-    );
+    h.kill9();
 
     // The spare's superblock records how far it got.
     let ex = h.raidctl(&["examine", "--json", &spare]).ok();
@@ -1100,7 +465,7 @@ fn kill_9_mid_rebuild_resumes_from_checkpoint() {
         Some("in_sync") => {}
         other => panic!("slot 1 should be recovering or in sync, not {other:?}:\n{st:#}"),
     }
-    let log = wait_for_log(&h, "RebuildStarted");
+    let log = h.wait_for_log("RebuildStarted", 1);
     let resumed = wait_for(
         "the resumed RebuildStarted",
         STATE_TIMEOUT,
@@ -1112,20 +477,11 @@ fn kill_9_mid_rebuild_resumes_from_checkpoint() {
         "the rebuild must resume from the checkpoint on disk"
     );
 
-    h.ok(&[
-        "rebuild",
-        name,
-        "--speed-min",
-        "1000",
-        "--speed-max",
-        "200000",
-    ]);
-    h.ok(&["rebuild", name, "--wait"]);
-    wait_for_log(&h, "RebuildFinished");
+    set_rebuild_speed(&h, 1000, 200000);
+    wait_for_rebuild(&h);
     let st = h.status();
     assert_all_in_sync(&st, &[(1, &spare)], "after the resumed rebuild");
-    let out = h.read_export("readback.img");
-    assert_same_range(&expected, &out, 0, size, "after the resumed rebuild");
+    assert_export_holds(&h, &expected, size, "after the resumed rebuild");
     let ran = check(&h, false, 0);
     assert_eq!(
         mismatches(&ran),
@@ -1143,12 +499,8 @@ fn kill_9_mid_rebuild_resumes_from_checkpoint() {
 #[test]
 fn injected_read_error_write_error_and_vanish() {
     let name = "rb-inject";
-    let mut h = Harness::create(name, "5", 4, 1);
-    h.assemble();
-    let size = h.size();
-    let expected = h.path("expected.img");
-    fill_random(&expected, size, 31);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled(name, "5", 4, 1);
+    let (size, expected) = fill_export(&h, 31);
     let (m0, m2, m3) = (
         h.members[0].clone(),
         h.members[2].clone(),
@@ -1158,8 +510,7 @@ fn injected_read_error_write_error_and_vanish() {
 
     // One read error: repaired from parity, the member stays.
     h.ok(&["inject", name, &m0, "--read-error", "--count", "1"]);
-    let out = h.read_export("read1.img");
-    assert_same_range(&expected, &out, 0, size, "reading through a read error");
+    assert_export_holds(&h, &expected, size, "reading through a read error");
     let st = h.status();
     assert_eq!(
         member(&st, &m0)["state"].as_str(),
@@ -1167,7 +518,7 @@ fn injected_read_error_write_error_and_vanish() {
         "a corrected read error must not fail the member:\n{st:#}"
     );
     assert_all_in_sync(&st, &[(0, &m0)], "after the read error");
-    let log = wait_for_log(&h, "ReadErrorCorrected");
+    let log = h.wait_for_log("ReadErrorCorrected", 1);
     assert!(
         log.lines()
             .any(|l| l.contains("ReadErrorCorrected") && l.contains(&m0)),
@@ -1178,8 +529,8 @@ fn injected_read_error_write_error_and_vanish() {
     // One write error: the write still succeeds, the member is failed, the spare rebuilds.
     h.ok(&["inject", name, &m2, "--write-error", "--count", "1"]);
     let small = h.path("small.img");
-    fill_random(&small, MIB, 32);
-    h.nbdcopy(&s(&small), &h.uri());
+    fill_random(&small, MIB, 32, &[]);
+    h.nbdcopy(&[&s(&small), &h.uri()]);
     {
         let data = fs::read(&small).expect("read small");
         let f = OpenOptions::new()
@@ -1194,24 +545,15 @@ fn injected_read_error_write_error_and_vanish() {
         Some("faulty"),
         "a member whose write failed must be faulty:\n{st:#}"
     );
-    h.ok(&["rebuild", name, "--wait"]);
-    wait_for_log(&h, "RebuildFinished");
+    wait_for_rebuild(&h);
     let st = h.status();
     assert_all_in_sync(&st, &[(2, &spare)], "after the write error and the rebuild");
     assert_eq!(member(&st, &m2)["role"].as_str(), Some("faulty"), "{st:#}");
-    let out = h.read_export("read2.img");
-    assert_same_range(
-        &expected,
-        &out,
-        0,
-        size,
-        "after the write error and the rebuild",
-    );
+    assert_export_holds(&h, &expected, size, "after the write error and the rebuild");
 
     // No spare left: a vanished disk leaves the array degraded and readable.
     h.ok(&["inject", name, &m3, "--vanish"]);
-    let out = h.read_export("read3.img");
-    assert_same_range(&expected, &out, 0, size, "with a vanished member");
+    assert_export_holds(&h, &expected, size, "with a vanished member");
     let st = h.status();
     assert_eq!(st["state"].as_str(), Some("degraded"), "{st:#}");
     assert_eq!(member(&st, &m3)["state"].as_str(), Some("faulty"), "{st:#}");
@@ -1234,8 +576,8 @@ fn injected_read_error_write_error_and_vanish() {
 // ---------------------------------------------------------------------------------------------
 
 /// The JSON events a `monitor --json` child printed so far.
-fn monitor_events(h: &Harness, label: &str) -> Vec<Value> {
-    let (out, _) = h.child_output(label);
+fn monitor_events(h: &Array, label: &str) -> Vec<Value> {
+    let (out, _) = h.children.output(label);
     out.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -1249,23 +591,23 @@ fn monitor_events(h: &Harness, label: &str) -> Vec<Value> {
 #[test]
 fn second_failure_fails_raid5() {
     let name = "rb-fail2";
-    let mut h = Harness::create(name, "5", 4, 0);
-    h.assemble();
-    let expected = h.path("expected.img");
-    fill_random(&expected, 8 * MIB, 41);
-    h.nbdcopy(&s(&expected), &h.uri());
-    let monitor = h.spawn("monitor", h.raidctl_command(&["monitor", name, "--json"]));
+    let mut h = assembled(name, "5", 4, 0);
+    let expected = write_random_data(&h, 8 * MIB, 41);
+    let monitor = h
+        .children
+        .spawn("monitor", h.raidctl_command(&["monitor", name, "--json"]));
     // Subscribed once it says so: events before that are not its to see.
     wait_for(
         "the monitor to subscribe",
         STATE_TIMEOUT,
         || {
-            h.child_output("monitor")
+            h.children
+                .output("monitor")
                 .1
                 .contains("monitoring")
                 .then_some(())
         },
-        || format!("{:?}", h.child_output("monitor")),
+        || format!("{:?}", h.children.output("monitor")),
     );
     let (m0, m1) = (h.members[0].clone(), h.members[1].clone());
 
@@ -1273,8 +615,7 @@ fn second_failure_fails_raid5() {
     let st = h.status();
     assert_eq!(st["state"].as_str(), Some("degraded"), "{st:#}");
     // Reads still work with one member gone.
-    let out = h.read_export("degraded.img");
-    assert_same_range(&expected, &out, 0, 8 * MIB, "degraded");
+    assert_export_holds(&h, &expected, 8 * MIB, "degraded");
 
     h.ok(&["fail", name, &m1, "--force"]);
     let st = h.status();
@@ -1306,7 +647,7 @@ fn second_failure_fails_raid5() {
                 .any(|e| e["event"] == "ArrayFailed")
                 .then_some(())
         },
-        || format!("{:?}", h.child_output("monitor")),
+        || format!("{:?}", h.children.output("monitor")),
     );
     let events = monitor_events(&h, "monitor");
     let failed = events
@@ -1324,8 +665,8 @@ fn second_failure_fails_raid5() {
     // The daemon still answers and goes away on stop (whose answer may report the failure).
     let pid = h.running_pid();
     let _ = h.raidctl(&["stop", name]);
-    h.assert_daemon_gone(pid);
-    let (status, out) = h.wait_child(monitor, Duration::from_secs(60));
+    h.assert_stopped(pid);
+    let (status, out) = h.children.wait(monitor, Duration::from_secs(60));
     assert!(
         status.is_some(),
         "the monitor did not end when its daemon stopped:\n{out}"
@@ -1333,7 +674,7 @@ fn second_failure_fails_raid5() {
 }
 
 /// Data offset of a member in bytes, as `raidctl examine --json` reports it.
-fn data_offset_bytes(h: &Harness, dev: &str) -> u64 {
+fn data_offset_bytes(h: &Array, dev: &str) -> u64 {
     let ran = h.ok(&["examine", dev, "--json"]);
     let v: Value = serde_json::from_str(&ran.stdout).expect("examine --json");
     let entry = if v.is_array() { &v[0] } else { &v };
@@ -1350,12 +691,8 @@ fn data_offset_bytes(h: &Harness, dev: &str) -> u64 {
 #[test]
 fn unreadable_sector_during_a_rebuild_is_recorded_not_fatal() {
     let name = "rb-bad";
-    let mut h = Harness::create(name, "5", 4, 1);
-    h.assemble();
-    let expected = h.path("expected.img");
-    let size = h.size();
-    fill_random(&expected, size, 77);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled(name, "5", 4, 1);
+    let (size, expected) = fill_export(&h, 77);
     let (m1, m2, s0) = (
         h.members[1].clone(),
         h.members[2].clone(),
@@ -1420,8 +757,7 @@ fn unreadable_sector_during_a_rebuild_is_recorded_not_fatal() {
     );
     // The sector reads again: a read of the lost block rebuilds it, the record goes.
     h.ok(&["inject", name, &m2, "--clear"]);
-    let out = h.read_export("after.img");
-    assert_same_range(&expected, &out, 0, size, "after the sector reads again");
+    assert_export_holds(&h, &expected, size, "after the sector reads again");
     let st = h.status();
     assert!(
         slot_entry(&st, 1).get("bad_blocks").is_none(),
@@ -1437,7 +773,7 @@ fn unreadable_sector_during_a_rebuild_is_recorded_not_fatal() {
 }
 
 /// Every member's superblock area (first 1 MiB: superblock, bitmap, settings block) as bytes.
-fn metadata_areas(h: &Harness) -> Vec<Vec<u8>> {
+fn metadata_areas(h: &Array) -> Vec<Vec<u8>> {
     h.members
         .iter()
         .map(|m| {
@@ -1453,8 +789,7 @@ fn metadata_areas(h: &Harness) -> Vec<Vec<u8>> {
 #[test]
 fn fail_refuses_to_take_the_last_copy_unless_forced() {
     let name = "rb-floor";
-    let mut h = Harness::create(name, "1", 2, 0);
-    h.assemble();
+    let h = assembled(name, "1", 2, 0);
     let (m0, m1) = (h.members[0].clone(), h.members[1].clone());
     h.ok(&["fail", name, &m1]);
     let before = metadata_areas(&h);
@@ -1480,7 +815,7 @@ fn fail_refuses_to_take_the_last_copy_unless_forced() {
     // Stopping a failed array reports the failure; the daemon goes away all the same.
     let pid = h.running_pid();
     let _ = h.raidctl(&["stop", name]);
-    h.assert_daemon_gone(pid);
+    h.assert_stopped(pid);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1488,7 +823,7 @@ fn fail_refuses_to_take_the_last_copy_unless_forced() {
 // ---------------------------------------------------------------------------------------------
 
 /// XORs `len` bytes with 0xff at `at` of the data area of `member` (offline).
-fn flip_bytes(h: &Harness, member: &str, at: u64, len: usize) -> u64 {
+fn flip_bytes(h: &Array, member: &str, at: u64, len: usize) -> u64 {
     let ex = h.raidctl(&["examine", "--json", member]).ok();
     let ex: Value = serde_json::from_str(&ex.stdout).expect("examine --json");
     let data_offset = ex[0]["data_offset_sectors"]
@@ -1512,12 +847,8 @@ fn flip_bytes(h: &Harness, member: &str, at: u64, len: usize) -> u64 {
 }
 
 fn check_and_repair(name: &str, level: &str, members: usize, seed: u64) {
-    let mut h = Harness::create(name, level, members, 0);
-    h.assemble();
-    let size = h.size();
-    let expected = h.path("expected.img");
-    fill_random(&expected, size, seed);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled(name, level, members, 0);
+    let (size, expected) = fill_export(&h, seed);
 
     let ran = check(&h, false, 0);
     assert_eq!(
@@ -1559,7 +890,7 @@ fn check_and_repair(name: &str, level: &str, members: usize, seed: u64) {
     );
     let ran = check(&h, false, 0);
     assert_eq!(mismatches(&ran), 0, "after repair:\n{}", ran.describe());
-    let log = wait_for_log(&h, "CheckFinished");
+    let log = h.wait_for_log("CheckFinished", 1);
     assert!(log.contains("repair: true"), "{}", tail(&log, 4000));
 
     if level == "1" {
@@ -1574,8 +905,7 @@ fn check_and_repair(name: &str, level: &str, members: usize, seed: u64) {
             "repair must restore the flipped copy from member 0"
         );
         h.assemble();
-        let out = h.read_export("readback.img");
-        assert_same_range(&expected, &out, 0, size, "after repair");
+        assert_export_holds(&h, &expected, size, "after repair");
     }
     h.stop();
 }
@@ -1597,11 +927,8 @@ fn raid1_check_finds_and_repairs_flipped_bytes() {
 #[test]
 fn monitor_program_and_json_see_the_rebuild() {
     let name = "rb-mon";
-    let mut h = Harness::create(name, "5", 4, 1);
-    h.assemble();
-    let expected = h.path("expected.img");
-    fill_random(&expected, 8 * MIB, 61);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled(name, "5", 4, 1);
+    write_random_data(&h, 8 * MIB, 61);
 
     let hook_log = h.path("hook.log");
     let hook = h.path("hook.sh");
@@ -1612,11 +939,11 @@ fn monitor_program_and_json_see_the_rebuild() {
     .expect("write hook");
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod hook");
 
-    let program = h.spawn(
+    let program = h.children.spawn(
         "monitor-program",
         h.raidctl_command(&["monitor", name, "--program", &s(&hook)]),
     );
-    let json = h.spawn(
+    let json = h.children.spawn(
         "monitor-json",
         h.raidctl_command(&["monitor", name, "--json"]),
     );
@@ -1637,8 +964,8 @@ fn monitor_program_and_json_see_the_rebuild() {
             format!(
                 "hook log: {:?}\nprogram monitor: {:?}\njson monitor: {:?}",
                 fs::read_to_string(&hook_log),
-                h.child_output("monitor-program"),
-                h.child_output("monitor-json")
+                h.children.output("monitor-program"),
+                h.children.output("monitor-json")
             )
         },
     );
@@ -1706,7 +1033,7 @@ fn monitor_program_and_json_see_the_rebuild() {
                 .any(|e| e["event"] == "RebuildFinished")
                 .then_some(ev)
         },
-        || format!("{:?}", h.child_output("monitor-json")),
+        || format!("{:?}", h.children.output("monitor-json")),
     );
     let kinds: Vec<&str> = events
         .iter()
@@ -1740,7 +1067,7 @@ fn monitor_program_and_json_see_the_rebuild() {
     // Both monitors end by themselves when the daemon stops.
     h.stop();
     for (index, label) in [(program, "monitor-program"), (json, "monitor-json")] {
-        let (status, out) = h.wait_child(index, Duration::from_secs(60));
+        let (status, out) = h.children.wait(index, Duration::from_secs(60));
         assert!(
             status.is_some_and(|s| s.success()),
             "{label} should exit 0 once its daemon stopped (status {status:?}):\n{out}"
@@ -1755,12 +1082,8 @@ fn monitor_program_and_json_see_the_rebuild() {
 #[test]
 fn add_rebuilds_degraded_raid5_and_refuses_foreign_or_small_devices() {
     let name = "rb-add";
-    let mut h = Harness::create(name, "5", 4, 0);
-    h.assemble();
-    let size = h.size();
-    let expected = h.path("expected.img");
-    fill_random(&expected, size, 71);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled(name, "5", 4, 0);
+    let (size, expected) = fill_export(&h, 71);
     let victim = h.members[1].clone();
     h.ok(&["fail", name, &victim]);
     let st = h.status();
@@ -1773,7 +1096,7 @@ fn add_rebuilds_degraded_raid5_and_refuses_foreign_or_small_devices() {
     ];
     args.extend(foreign.iter().map(String::as_str));
     h.ok(&args);
-    let foreign_uuid = |h: &Harness| {
+    let foreign_uuid = |h: &Array| {
         let ex = h.raidctl(&["examine", "--json", &foreign[0]]).ok();
         let ex: Value = serde_json::from_str(&ex.stdout).expect("examine --json");
         ex[0]["array_uuid"].as_str().unwrap_or_default().to_string()
@@ -1824,12 +1147,10 @@ fn add_rebuilds_degraded_raid5_and_refuses_foreign_or_small_devices() {
         .expect("create new member");
     let ran = h.ok(&["add", name, &new]);
     assert!(ran.stdout.contains(&new), "{}", ran.describe());
-    h.ok(&["rebuild", name, "--wait"]);
-    wait_for_log(&h, "RebuildFinished");
+    wait_for_rebuild(&h);
     let st = h.status();
     assert_all_in_sync(&st, &[(1, &new)], "after add and rebuild");
-    let out = h.read_export("readback.img");
-    assert_same_range(&expected, &out, 0, size, "after add and rebuild");
+    assert_export_holds(&h, &expected, size, "after add and rebuild");
     let md = mdadm_examine(&new);
     assert_eq!(md.get("Device Role"), "Active device 1", "{}", md.text);
 
@@ -1859,8 +1180,7 @@ fn add_rebuilds_degraded_raid5_and_refuses_foreign_or_small_devices() {
 #[test]
 fn rebuild_wait_returns_only_once_the_finished_rebuild_is_recorded() {
     let name = "rb-waitrec";
-    let mut h = Harness::create(name, "1", 2, 1);
-    h.assemble();
+    let mut h = assembled(name, "1", 2, 1);
     let victim = h.members[1].clone();
     let spare = h.spares[0].clone();
     // The md superblock is the 4 KiB at byte 4096 of every member.
@@ -1879,7 +1199,7 @@ fn rebuild_wait_returns_only_once_the_finished_rebuild_is_recorded() {
     let log = h.log();
     let st = h.status();
     h.ok(&["inject", name, &spare, "--clear"]);
-    wait_for_log(&h, "RebuildFinished");
+    h.wait_for_log("RebuildFinished", 1);
     assert!(
         md.field("Recovery Offset").is_none() && log.contains("RebuildFinished"),
         "`rebuild --wait` returned (and status showed slot 1 {:?}) while the rebuilt member's \
@@ -1899,16 +1219,8 @@ fn rebuild_wait_returns_only_once_the_finished_rebuild_is_recorded() {
 #[test]
 fn rebuild_speed_limits_survive_a_restart() {
     let name = "rb-speed";
-    let mut h = Harness::create(name, "1", 2, 0);
-    h.assemble();
-    h.ok(&[
-        "rebuild",
-        name,
-        "--speed-min",
-        "4000",
-        "--speed-max",
-        "8000",
-    ]);
+    let mut h = assembled(name, "1", 2, 0);
+    set_rebuild_speed(&h, 4000, 8000);
     let st = h.status();
     assert_eq!(st["speed_min_kib"].as_u64(), Some(4000), "{st:#}");
     assert_eq!(st["speed_max_kib"].as_u64(), Some(8000), "{st:#}");
@@ -1936,12 +1248,8 @@ fn rebuild_speed_limits_survive_a_restart() {
 #[test]
 fn readded_member_recovers_only_the_dirty_chunks() {
     let name = "rb-readd";
-    let mut h = Harness::create_with(name, "5", 4, 0, &["--bitmap-chunk", "1M"]);
-    h.assemble();
-    let size = h.size();
-    let expected = h.path("expected.img");
-    fill_random(&expected, size, 91);
-    h.nbdcopy(&s(&expected), &h.uri());
+    let mut h = assembled_spec(Spec::new(name, "5", 4).extra(&["--bitmap-chunk", "1M"]));
+    let (size, expected) = fill_export(&h, 91);
     // Quiet bits clear after two passes of the bitmap daemon (5 s each, md's default).
     wait_for(
         "the bitmap to be clean",
@@ -1974,7 +1282,7 @@ fn readded_member_recovers_only_the_dirty_chunks() {
     let ran = h.ok(&["add", name, &victim]);
     assert!(ran.stdout.contains(&victim), "{}", ran.describe());
     h.ok(&["rebuild", name, "--wait"]);
-    let log = wait_for_log(&h, "re-added member");
+    let log = h.wait_for_log("re-added member", 1);
     let line = log
         .lines()
         .find(|l| l.contains("finished:") && l.contains("re-added member"))
@@ -1993,8 +1301,7 @@ fn readded_member_recovers_only_the_dirty_chunks() {
     assert!(log.contains("MemberAdded"), "{}", tail(&log, 4000));
     let st = h.status();
     assert_all_in_sync(&st, &[(1, &victim)], "after the re-add");
-    let out = h.read_export("readback.img");
-    assert_same_range(&expected, &out, 0, size, "after the re-add");
+    assert_export_holds(&h, &expected, size, "after the re-add");
     h.stop();
     let md = mdadm_examine(&victim);
     assert_eq!(md.get("Device Role"), "Active device 1", "{}", md.text);

@@ -1,11 +1,30 @@
-//! Helpers the raidctl integration tests share (each test file is its own crate and uses
-//! some of them). Process checks read /proc: a zombie counts as gone, since it holds nothing.
+//! The harness of the raidctl integration tests: commands run under a hang guard, the tools
+//! they need, one array fixture ([`array::Array`]: member files, run directory, daemon, and
+//! what a test layers on top of it: attachments, nbdfuse, loop devices, mounts, background
+//! children) and readers of what the daemon and mdadm report.
+//!
+//! Each test file is its own crate and uses only part of this, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
-use std::fs;
+pub mod array;
+pub mod attach;
+pub mod children;
+pub mod cleanup;
+pub mod daemon;
+pub mod examine;
+pub mod export;
+pub mod files;
+pub mod filesystem;
+pub mod mounts;
+pub mod nbdfuse;
+pub mod pids;
+pub mod process;
+pub mod rng;
+pub mod status;
+pub mod tools;
+pub mod wait;
+
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
 
 /// A path as a string (test paths are UTF-8).
 pub fn s(p: &Path) -> String {
@@ -19,29 +38,4 @@ pub fn tail(s: &str, max: usize) -> &str {
         start += 1;
     }
     &s[start..]
-}
-
-/// Whether `pid` runs (a zombie, dead and not yet reaped, counts as gone).
-pub fn process_alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-pub fn is_raidctl(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "raidctl")
-}
-
-/// Waits until `pid` is gone; false if it still runs after `timeout`.
-pub fn wait_until_dead(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process_alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
