@@ -157,12 +157,30 @@ impl BufSlice {
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
     }
 
-    /// Mutable bytes. Caller guarantees nothing else reads or writes this window meanwhile.
+    /// Mutable bytes.
+    ///
+    /// # Safety
+    /// Nothing else may read or write this window while the returned slice lives: no I/O in
+    /// flight on it, and no other `bytes`/`bytes_mut` borrow of it through a clone. A buffer
+    /// that was never shared is safe to fill with [`BufSlice::filled`] instead.
     #[allow(clippy::mut_from_ref)]
-    pub fn bytes_mut(&self) -> &mut [u8] {
-        // SAFETY: the window lies within the allocation; exclusivity of the window is the
-        // caller's obligation under the module's aliasing rule.
+    pub unsafe fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: the window lies within the allocation; exclusivity is the caller's promise
+        // (this function's contract).
         unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
+    }
+
+    /// A new buffer of `len` bytes, zeroed and then given to `fill`.
+    pub fn filled(len: usize, fill: impl FnOnce(&mut [u8])) -> BufSlice {
+        let buf = BufSlice::zeroed(len);
+        // SAFETY: the buffer was just made and no clone of it exists yet.
+        fill(unsafe { buf.bytes_mut() });
+        buf
+    }
+
+    /// A new buffer holding a copy of `src`.
+    pub fn copy_of(src: &[u8]) -> BufSlice {
+        BufSlice::filled(src.len(), |b| b.copy_from_slice(src))
     }
 
     /// Copies the bytes out (tests and the control plane).
@@ -202,7 +220,8 @@ mod tests {
     #[test]
     fn slices_share_memory() {
         let s = BufSlice::zeroed(8192);
-        s.slice(4096, 4096).bytes_mut().fill(7);
+        // SAFETY: no I/O is in flight and no other borrow of the window exists.
+        (unsafe { s.slice(4096, 4096).bytes_mut() }).fill(7);
         assert_eq!(s.bytes()[4095], 0);
         assert_eq!(s.bytes()[4096], 7);
         assert_eq!(s.slice(4096, 4096).as_ptr() as usize % BUF_ALIGN, 0);

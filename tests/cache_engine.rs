@@ -71,15 +71,15 @@ fn cache_on(array: &Rc<Array>, config: CacheConfig) -> Rc<Cache> {
 }
 
 fn bytes(len: usize, seed: u64) -> BufSlice {
-    let b = BufSlice::zeroed(len);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for byte in b.bytes_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *byte = x as u8;
-    }
-    b
+    BufSlice::filled(len, |b| {
+        for byte in b {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+    })
 }
 
 async fn engine_read(array: &Array, at: u64, len: usize) -> Vec<u8> {
@@ -499,8 +499,7 @@ fn unaligned_writes_through_the_handle_do_not_lose_each_other() {
                         move |r| tx1.send(r.map_err(|e| e.to_string())).unwrap(),
                     );
                     let tx2 = tx.clone();
-                    let whole = raidcore::buf::BufSlice::zeroed(512);
-                    whole.bytes_mut().fill(0xee);
+                    let whole = raidcore::buf::BufSlice::filled(512, |b| b.fill(0xee));
                     handle.write(4 << 20 | (round * 512), whole, false, move |r| {
                         tx2.send(r.map_err(|e| e.to_string())).unwrap()
                     });

@@ -33,11 +33,11 @@ fn raid10() -> LayoutKind {
 }
 
 fn pattern(len: usize, seed: u64) -> BufSlice {
-    let b = BufSlice::zeroed(len);
-    for (i, w) in b.bytes_mut().chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
-    }
-    b
+    BufSlice::filled(len, |b| {
+        for (i, w) in b.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
+        }
+    })
 }
 
 fn wrap(sim: &Rc<MemMember>) -> Rc<dyn Member> {

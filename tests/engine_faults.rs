@@ -78,11 +78,11 @@ async fn rig_with(
 }
 
 fn filled(len: usize, seed: u8) -> BufSlice {
-    let b = BufSlice::zeroed(len);
-    for (i, x) in b.bytes_mut().iter_mut().enumerate() {
-        *x = (i as u8).wrapping_mul(13).wrapping_add(seed);
-    }
-    b
+    BufSlice::filled(len, |b| {
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(13).wrapping_add(seed);
+        }
+    })
 }
 
 async fn read(array: &Array, offset: u64, len: usize) -> raidcore::Result<Vec<u8>> {

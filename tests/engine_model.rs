@@ -188,8 +188,7 @@ async fn run_op(array: Rc<Array>, op: Op) -> Result<Option<(u64, Vec<u8>)>, Stri
                 .map(|_| Some((o, buf.to_vec())))
         }
         Op::Write(o, l, salt) => {
-            let buf = BufSlice::zeroed(l as usize);
-            buf.bytes_mut().copy_from_slice(&pattern(l, salt));
+            let buf = BufSlice::copy_of(&pattern(l, salt));
             array.write(o, buf, salt % 7 == 0).await.map(|_| None)
         }
         Op::Trim(o, l) => array.trim(o, l).await.map(|_| None),

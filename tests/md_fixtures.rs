@@ -264,8 +264,7 @@ async fn read_all(array: &Rc<Array>) -> Result<Vec<u8>, String> {
 }
 
 async fn write_range(array: &Array, offset: u64, data: &[u8], fua: bool) -> Result<(), String> {
-    let buf = BufSlice::zeroed(data.len());
-    buf.bytes_mut().copy_from_slice(data);
+    let buf = BufSlice::copy_of(data);
     array
         .write(offset, buf, fua)
         .await

@@ -403,14 +403,11 @@ async fn write_gen(
         }
         g
     };
-    let buf = BufSlice::zeroed(BLOCK as usize);
-    for (k, s) in sector_range(at, BLOCK).enumerate() {
-        sector_bytes(
-            s as u64,
-            gen,
-            &mut buf.bytes_mut()[k * SECTOR..(k + 1) * SECTOR],
-        );
-    }
+    let buf = BufSlice::filled(BLOCK as usize, |b| {
+        for (k, s) in sector_range(at, BLOCK).enumerate() {
+            sector_bytes(s as u64, gen, &mut b[k * SECTOR..(k + 1) * SECTOR]);
+        }
+    });
     let complete_before = complete(cache.array());
     match cache.write(at, buf, fua).await {
         Ok(()) => {

@@ -224,8 +224,7 @@ impl Filesystem for ArrayFs {
         let fua = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let written = len as u32;
         if offset % SECTOR == 0 && len % SECTOR == 0 {
-            let buf = BufSlice::zeroed(len as usize);
-            buf.bytes_mut().copy_from_slice(data);
+            let buf = BufSlice::copy_of(data);
             self.handle.write(offset, buf, fua, move |r| match r {
                 Ok(()) => reply.written(written),
                 Err(e) => reply.error(errno_of(&e)),

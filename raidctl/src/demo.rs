@@ -224,11 +224,11 @@ async fn run_lanes(array: &Rc<Array>, size: u64, write: bool) -> Result<()> {
             let mut offset = lane * IO_BYTES as u64;
             while offset < size {
                 let len = (size - offset).min(IO_BYTES as u64) as usize;
-                let buf = BufSlice::zeroed(len);
                 if write {
-                    fill_pattern(buf.bytes_mut(), offset);
+                    let buf = BufSlice::filled(len, |b| fill_pattern(b, offset));
                     array.write(offset, buf, false).await?;
                 } else {
+                    let buf = BufSlice::zeroed(len);
                     array.read(offset, buf.clone()).await?;
                     let mut expected = vec![0u8; len];
                     fill_pattern(&mut expected, offset);

@@ -204,7 +204,8 @@ impl Cache {
         self.array.read(start, row.clone()).await?;
         for &(b, slot) in live {
             let at = (b * BLOCK_SIZE - start) as usize;
-            row.bytes_mut()[at..at + BLOCK_SIZE as usize]
+            // SAFETY: our own buffer, its read completed; the slots are under the stripe lock.
+            (unsafe { row.bytes_mut() })[at..at + BLOCK_SIZE as usize]
                 .copy_from_slice(self.slot_buf(slot).bytes());
         }
         let written = self.array.write(start, row, false).await;
@@ -222,12 +223,13 @@ impl Cache {
         let mut written = 0u64;
         {
             for part in live.chunk_by(|a, b| b.0 == a.0 + 1) {
-                let buf = BufSlice::zeroed(part.len() * BLOCK_SIZE as usize);
-                for (i, &(_, slot)) in part.iter().enumerate() {
-                    let at = i * BLOCK_SIZE as usize;
-                    buf.bytes_mut()[at..at + BLOCK_SIZE as usize]
-                        .copy_from_slice(self.slot_buf(slot).bytes());
-                }
+                let buf = BufSlice::filled(part.len() * BLOCK_SIZE as usize, |buf| {
+                    for (i, &(_, slot)) in part.iter().enumerate() {
+                        let at = i * BLOCK_SIZE as usize;
+                        buf[at..at + BLOCK_SIZE as usize]
+                            .copy_from_slice(self.slot_buf(slot).bytes());
+                    }
+                });
                 let landed = self.array.write(part[0].0 * BLOCK_SIZE, buf, false).await;
                 self.bump_epoch();
                 if let Err(e) = landed {

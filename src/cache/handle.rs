@@ -220,7 +220,8 @@ impl EngineHandle {
                 let mut r = array.read(start, buf.clone()).await;
                 if r.is_ok() {
                     let at = (offset - start) as usize;
-                    buf.bytes_mut()[at..at + data.len()].copy_from_slice(&data);
+                    // SAFETY: our own buffer; its read has completed and nothing else has it.
+                    (unsafe { buf.bytes_mut() })[at..at + data.len()].copy_from_slice(&data);
                     r = array.write(start, buf, fua).await;
                 }
                 drop(guards);

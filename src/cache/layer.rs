@@ -228,9 +228,9 @@ impl Cache {
                 let at = b * BLOCK_SIZE;
                 if let Some(slot) = index.insert_clean(b) {
                     let from = (at - offset) as usize;
-                    self.slot_buf(slot)
-                        .bytes_mut()
-                        .copy_from_slice(&buf.bytes()[from..from + BLOCK_SIZE as usize]);
+                    let src = &buf.bytes()[from..from + BLOCK_SIZE as usize];
+                    // SAFETY: the slot was just given to this block; its stripe lock is held.
+                    (unsafe { self.slot_buf(slot).bytes_mut() }).copy_from_slice(src);
                 }
             }
         }
@@ -317,7 +317,8 @@ impl Cache {
             };
             let dst = self.slot_buf(slot);
             if let (true, Some(fill)) = (fresh, fill) {
-                dst.bytes_mut().copy_from_slice(fill.bytes());
+                // SAFETY: the slot is this block's, and its stripe lock is held.
+                (unsafe { dst.bytes_mut() }).copy_from_slice(fill.bytes());
             }
             merge(&dst, b, offset, data.bytes());
         }
@@ -377,7 +378,8 @@ impl Cache {
                 let from = offset.max(at);
                 let to = (offset + len).min(at + BLOCK_SIZE);
                 let buf = self.slot_buf(slot);
-                buf.bytes_mut()[(from - at) as usize..(to - at) as usize]
+                // SAFETY: the slot is this block's, and its stripe lock is held.
+                (unsafe { buf.bytes_mut() })[(from - at) as usize..(to - at) as usize]
                     .copy_from_slice(&zeroes[..(to - from) as usize]);
             }
         }
@@ -425,7 +427,8 @@ fn merge(slot: &BufSlice, b: u64, offset: u64, data: &[u8]) {
     if from >= to {
         return;
     }
-    slot.bytes_mut()[(from - at) as usize..(to - at) as usize]
+    // SAFETY: callers hold the block's stripe lock, so nothing else touches its slot.
+    (unsafe { slot.bytes_mut() })[(from - at) as usize..(to - at) as usize]
         .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
 }
 
@@ -437,6 +440,7 @@ fn overlay(buf: &BufSlice, offset: u64, b: u64, block: &[u8]) {
     if from >= to {
         return;
     }
-    buf.bytes_mut()[(from - offset) as usize..(to - offset) as usize]
+    // SAFETY: `buf` is the caller's read buffer, with no I/O in flight on it any more.
+    (unsafe { buf.bytes_mut() })[(from - offset) as usize..(to - offset) as usize]
         .copy_from_slice(&block[(from - at) as usize..(to - at) as usize]);
 }

@@ -25,9 +25,9 @@ mod kinds;
 mod raid0;
 mod raid10;
 mod raid5;
-mod validate;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use validate::{check_chunk, check_members, check_raid10, invalid, overflow};
 

@@ -139,7 +139,8 @@ impl BufferedReader {
         let mut done = 0;
         let buffered = (self.end - self.start).min(dst.len());
         if buffered > 0 {
-            dst.bytes_mut()[..buffered]
+            // SAFETY: `dst` is the caller's buffer to fill, with no I/O in flight on it.
+            (unsafe { dst.bytes_mut() })[..buffered]
                 .copy_from_slice(&self.buf.bytes()[self.start..self.start + buffered]);
             self.start += buffered;
             done = buffered;
@@ -163,7 +164,8 @@ impl BufferedReader {
             }
             self.fill().await?;
             let take = (self.end - self.start).min(want);
-            dst.bytes_mut()[done..done + take]
+            // SAFETY: `dst` is the caller's buffer to fill; the ring's read into it completed.
+            (unsafe { dst.bytes_mut() })[done..done + take]
                 .copy_from_slice(&self.buf.bytes()[self.start..self.start + take]);
             self.start += take;
             done += take;
@@ -178,7 +180,8 @@ impl BufferedReader {
             self.end = 0;
         } else if self.end == self.buf.len() {
             let (s, e) = (self.start, self.end);
-            self.buf.bytes_mut().copy_within(s..e, 0);
+            // SAFETY: the reader's own buffer; no read into it is in flight between fills.
+            (unsafe { self.buf.bytes_mut() }).copy_within(s..e, 0);
             self.end = e - s;
             self.start = 0;
         }

@@ -177,7 +177,8 @@ impl Array {
         for r in join_all(reads).await {
             r?;
         }
-        let dst = out.bytes_mut();
+        // SAFETY: `out` is the caller's read buffer and its read has completed; `bufs` are ours.
+        let dst = unsafe { out.bytes_mut() };
         for b in &bufs {
             xor_into(dst, b.bytes());
         }
@@ -312,9 +313,8 @@ impl Array {
         // cursor is past the row (then its old parity is valid but we recompute it anyway).
         let parity_active = usable(row.parity_slot);
         if row.full {
-            let p = BufSlice::zeroed(chunk as usize);
             let srcs: Vec<&[u8]> = writes.iter().flatten().map(|w| w.src.bytes()).collect();
-            xor_all(p.bytes_mut(), &srcs);
+            let p = BufSlice::filled(chunk as usize, |p| xor_all(p, &srcs));
             return Ok((Some(p), None));
         }
         if self.writable_disk(row.parity_slot, base, chunk).is_none() {
@@ -374,7 +374,8 @@ impl Array {
             reads.push(self.read_slot(data_slots[*k], row_base + w.chunk_offset, old.clone()));
         }
         self.row_reads_ok(slots.into_iter().zip(join_all(reads).await))?;
-        let p = parity.bytes_mut();
+        // SAFETY: our own buffer; its read has completed and it is not written anywhere yet.
+        let p = unsafe { parity.bytes_mut() };
         for (k, old) in &olds {
             let w = writes[*k].as_ref().expect("written chunk");
             let at = (w.chunk_offset - lo) as usize;
@@ -413,15 +414,15 @@ impl Array {
             .map(|(at, buf, slot)| self.read_slot(*slot, row_base + lo + at, buf.clone()));
         let results = join_all(reads).await;
         self.row_reads_ok(segments.iter().map(|s| s.2).zip(results))?;
-        let parity = BufSlice::zeroed((hi - lo) as usize);
-        let p = parity.bytes_mut();
-        for (at, buf, _) in &segments {
-            xor_into(&mut p[*at as usize..*at as usize + buf.len()], buf.bytes());
-        }
-        for w in writes.iter().flatten() {
-            let at = (w.chunk_offset - lo) as usize;
-            xor_into(&mut p[at..at + w.src.len()], w.src.bytes());
-        }
+        let parity = BufSlice::filled((hi - lo) as usize, |p| {
+            for (at, buf, _) in &segments {
+                xor_into(&mut p[*at as usize..*at as usize + buf.len()], buf.bytes());
+            }
+            for w in writes.iter().flatten() {
+                let at = (w.chunk_offset - lo) as usize;
+                xor_into(&mut p[at..at + w.src.len()], w.src.bytes());
+            }
+        });
         Ok(parity)
     }
 
@@ -450,8 +451,11 @@ impl Array {
             }
         }
         self.row_reads_ok(slots.into_iter().zip(join_all(reads).await))?;
+        // `row` and `parity` are our own buffers; their reads have completed and none of them
+        // is handed to a write until this function returns.
         {
-            let lost = row[missing].bytes_mut();
+            // SAFETY: see above.
+            let lost = unsafe { row[missing].bytes_mut() };
             lost.copy_from_slice(parity.bytes());
             for (k, b) in row.iter().enumerate() {
                 if k != missing {
@@ -462,11 +466,14 @@ impl Array {
         for (k, w) in writes.iter().enumerate() {
             if let Some(w) = w {
                 let at = (w.chunk_offset - lo) as usize;
-                row[k].bytes_mut()[at..at + w.src.len()].copy_from_slice(w.src.bytes());
+                // SAFETY: see above.
+                (unsafe { row[k].bytes_mut() })[at..at + w.src.len()]
+                    .copy_from_slice(w.src.bytes());
             }
         }
         let srcs: Vec<&[u8]> = row.iter().map(|b| b.bytes()).collect();
-        xor_all(parity.bytes_mut(), &srcs);
+        // SAFETY: see above; `srcs` borrow `row`, never `parity`.
+        xor_all(unsafe { parity.bytes_mut() }, &srcs);
         let lost = row[missing].clone();
         Ok((parity, lost))
     }

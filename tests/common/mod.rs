@@ -190,11 +190,11 @@ pub async fn reassemble(
 
 /// Deterministic, position-dependent contents (a different `seed` gives different bytes).
 pub fn pattern(len: usize, seed: u64) -> raidcore::buf::BufSlice {
-    let b = raidcore::buf::BufSlice::zeroed(len);
-    for (i, w) in b.bytes_mut().chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
-    }
-    b
+    raidcore::buf::BufSlice::filled(len, |b| {
+        for (i, w) in b.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
+        }
+    })
 }
 
 /// Reads `len` bytes at `offset` through the array.

@@ -83,7 +83,8 @@ impl Array {
                 return false;
             }
             if !got {
-                part.bytes_mut().fill(0);
+                // SAFETY: our own buffer; the reads into it have completed (and failed).
+                (unsafe { part.bytes_mut() }).fill(0);
                 if !self.record_bad(target, at, part.len() as u64).await {
                     return false;
                 }

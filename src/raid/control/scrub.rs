@@ -241,10 +241,11 @@ impl Array {
             }
             return self.scrub_rows_by_block(at, len, repair).await;
         }
-        let acc = BufSlice::zeroed(len as usize);
-        for b in &bufs {
-            xor_into(acc.bytes_mut(), b.bytes());
-        }
+        let acc = BufSlice::filled(len as usize, |acc| {
+            for b in &bufs {
+                xor_into(acc, b.bytes());
+            }
+        });
         let mut sectors = 0;
         for (i, block) in acc.bytes().chunks(BLOCK).enumerate() {
             if block.iter().all(|&x| x == 0) {
@@ -256,15 +257,13 @@ impl Array {
                 let off = at + (i * BLOCK) as u64;
                 let stripe = off / chunk;
                 let pslot = self.geo.raid5_parity_slot(stripe);
-                let fixed = BufSlice::zeroed(block.len());
-                for (slot, b) in bufs.iter().enumerate() {
-                    if slot != pslot {
-                        xor_into(
-                            fixed.bytes_mut(),
-                            &b.bytes()[i * BLOCK..i * BLOCK + block.len()],
-                        );
+                let fixed = BufSlice::filled(block.len(), |fixed| {
+                    for (slot, b) in bufs.iter().enumerate() {
+                        if slot != pslot {
+                            xor_into(fixed, &b.bytes()[i * BLOCK..i * BLOCK + block.len()]);
+                        }
                     }
-                }
+                });
                 if self.write_slot(pslot, off, fixed, false).await.is_err() {
                     return None;
                 }
@@ -296,18 +295,20 @@ impl Array {
             let unreadable: Vec<usize> = (0..results.len())
                 .filter(|&i| results[i].is_err())
                 .collect();
-            let acc = BufSlice::zeroed(n);
-            for (slot, b) in bufs.iter().enumerate() {
-                if !unreadable.contains(&slot) {
-                    xor_into(acc.bytes_mut(), b.bytes());
+            let acc = BufSlice::filled(n, |acc| {
+                for (slot, b) in bufs.iter().enumerate() {
+                    if !unreadable.contains(&slot) {
+                        xor_into(acc, b.bytes());
+                    }
                 }
-            }
+            });
             match unreadable.as_slice() {
                 [] if acc.bytes().iter().any(|&x| x != 0) => {
                     sectors += (n / 512) as u64;
                     if repair {
                         let pslot = self.geo.raid5_parity_slot(off / chunk);
-                        xor_into(acc.bytes_mut(), bufs[pslot].bytes());
+                        // SAFETY: our own buffer, not handed to any I/O yet.
+                        xor_into(unsafe { acc.bytes_mut() }, bufs[pslot].bytes());
                         if self.write_slot(pslot, off, acc, false).await.is_err() {
                             return None;
                         }
