@@ -1,9 +1,10 @@
 //! The one public error of raidcore: a small stable kind for control flow, a one-line message
 //! for people, and the underlying cause.
 //!
-//! `kind` maps to an NBD errno in exactly one place ([`Error::errno`]) and to a `raidctl` exit
-//! code in exactly one place (raidctl's main). Messages name the thing that is wrong and, where
-//! there is one, the fix.
+//! `kind` maps to the errno NBD and FUSE clients see in exactly one place ([`Error::errno`]).
+//! `raidctl` exits 1 on any error and 2 on a usage error that clap reports, as the README
+//! says; the kind is for programs using the library. Messages name the thing that is wrong
+//! and, where there is one, the fix.
 
 use std::fmt;
 use std::io;

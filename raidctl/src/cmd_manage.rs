@@ -120,11 +120,9 @@ fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
         };
         let pct = done as f64 * 100.0 / total as f64;
         if tty {
-            let filled = (pct / 5.0) as usize;
             print!(
-                "\r[{}{}] {pct:5.1}%  {}/s  ETA {}:{:02}   ",
-                "#".repeat(filled),
-                ".".repeat(20 - filled.min(20)),
+                "\r{} {pct:5.1}%  {}/s  ETA {}:{:02}   ",
+                bar(pct),
                 format_size(rate as u64),
                 eta / 60,
                 eta % 60
@@ -187,11 +185,9 @@ fn wait_for_check(run_dir: &RunDir, args: &CheckArgs, what: &str) -> Result<i32>
         }
         let rate = s.done_bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
         if tty {
-            let filled = (pct / 5.0) as usize;
             print!(
-                "\r[{}{}] {pct:5.1}%  {}/s  {} mismatched   ",
-                "#".repeat(filled),
-                ".".repeat(20 - filled.min(20)),
+                "\r{} {pct:5.1}%  {}/s  {} mismatched   ",
+                bar(pct),
                 format_size(rate as u64),
                 s.mismatch_sectors
             );
@@ -256,4 +252,10 @@ pub fn replace(args: ReplaceArgs, run_dir: Option<&str>) -> Result<i32> {
         return wait_for_rebuild(&run_dir, &args.name);
     }
     Ok(0)
+}
+
+/// A 20-step progress bar for `pct` percent: `[#####...............]`.
+fn bar(pct: f64) -> String {
+    let filled = ((pct / 5.0) as usize).min(20);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
 }

@@ -1165,3 +1165,23 @@ fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
     let ran = h.raidctl(&["status", "cs", "--json"]);
     assert!(ran.success(), "the daemon is still up");
 }
+
+/// The exit status the README documents: 0 success, 1 a refused or failed command (one line on
+/// stderr), 2 a usage error (clap's message).
+#[test]
+fn exit_status_is_0_on_success_1_on_failure_2_on_bad_usage() {
+    let fx = Fixture::new();
+    let ok = raidctl(&args(&["--help"]));
+    assert_eq!(ok.code(), Some(0), "{}", ok.describe());
+    let usage = raidctl(&args(&["create", "--no-such-flag"]));
+    assert_eq!(usage.code(), Some(2), "{}", usage.describe());
+    let missing = fx.path("absent.img");
+    let failed = raidctl(&args(&["examine", &s(&missing)]));
+    assert_eq!(failed.code(), Some(1), "{}", failed.describe());
+    assert_eq!(
+        failed.stderr.trim().lines().count(),
+        1,
+        "{}",
+        failed.describe()
+    );
+}

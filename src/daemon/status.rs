@@ -34,34 +34,8 @@ pub struct BadRange {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IoReport {
-    pub reads: u64,
-    pub writes: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub flushes: u64,
-    pub trims: u64,
-    pub zeroes: u64,
-    pub errors: u64,
-    pub degraded_reads: u64,
-}
-
-impl From<IoCounters> for IoReport {
-    fn from(c: IoCounters) -> IoReport {
-        IoReport {
-            reads: c.reads,
-            writes: c.writes,
-            read_bytes: c.read_bytes,
-            write_bytes: c.write_bytes,
-            flushes: c.flushes,
-            trims: c.trims,
-            zeroes: c.zeroes,
-            errors: c.errors,
-            degraded_reads: c.degraded_reads,
-        }
-    }
-}
+/// The engine's request counters, as status reports them (the same fields, stable JSON).
+pub type IoReport = IoCounters;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -138,7 +112,7 @@ impl StatusReport {
             connections: server.map_or(0, |s| s.stats.connections.get()),
             total_connections: server.map_or(0, |s| s.stats.total_connections.get()),
             export_uris,
-            io: array.counters().into(),
+            io: array.counters(),
             check: array.scrub_state(),
             bitmap: array.bitmap_report(),
             cache: None,

@@ -163,12 +163,7 @@ impl<V: Volume + 'static> Server<V> {
         let server = self.clone();
         spawn(async move {
             server.transmit(fd, negotiated).await;
-            server.connections.borrow_mut().retain(|&c| c != fd);
-            sock::close(fd);
-            server
-                .stats
-                .connections
-                .set(server.stats.connections.get() - 1);
+            server.end_connection(fd);
         });
     }
 
@@ -202,13 +197,15 @@ impl<V: Volume + 'static> Server<V> {
                 Ok(None) => {}
                 Err(e) => tracing::info!("handshake failed: {e}"),
             }
-            server.connections.borrow_mut().retain(|&c| c != fd);
-            sock::close(fd);
-            server
-                .stats
-                .connections
-                .set(server.stats.connections.get() - 1);
+            server.end_connection(fd);
         });
+    }
+
+    /// Forgets a finished connection and closes its socket (the pair of `count_connection`).
+    fn end_connection(&self, fd: RawFd) {
+        self.connections.borrow_mut().retain(|&c| c != fd);
+        sock::close(fd);
+        self.stats.connections.set(self.stats.connections.get() - 1);
     }
 
     /// Stops accepting, lets every connection finish the requests it has started, and returns

@@ -25,16 +25,20 @@ pub async fn read_exact(fd: RawFd, buf: &BufSlice) -> io::Result<()> {
     while done < buf.len() {
         let part = buf.slice(done, buf.len() - done);
         let entry = opcode::Recv::new(types::Fd(fd), part.as_mut_ptr(), part.len() as u32).build();
-        let n = check(submit(entry, Some(Box::new(part))).await)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed the connection",
-            ));
-        }
-        done += n;
+        done += received(check(submit(entry, Some(Box::new(part))).await)?)?;
     }
     Ok(())
+}
+
+/// A receive's byte count; a peer that closed the connection (0 bytes) is `UnexpectedEof`.
+fn received(n: usize) -> io::Result<usize> {
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the connection",
+        ));
+    }
+    Ok(n)
 }
 
 /// Reads and throws away `len` bytes (the payload of a rejected WRITE).
@@ -152,14 +156,7 @@ impl BufferedReader {
                 let entry = opcode::Recv::new(types::Fd(self.fd), part.as_mut_ptr(), want as u32)
                     .flags(libc::MSG_WAITALL)
                     .build();
-                let n = check(submit(entry, Some(Box::new(part))).await)?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "peer closed the connection",
-                    ));
-                }
-                done += n;
+                done += received(check(submit(entry, Some(Box::new(part))).await)?)?;
                 continue;
             }
             self.fill().await?;

@@ -69,6 +69,16 @@ impl MetaState {
 }
 
 impl Array {
+    /// The dev_numbers of every member the array holds (slots and spares).
+    pub(super) fn dev_numbers(&self) -> Vec<u32> {
+        self.meta
+            .disks
+            .borrow()
+            .iter()
+            .map(|m| m.disk.dev_number)
+            .collect()
+    }
+
     pub fn events(&self) -> u64 {
         self.meta.events()
     }

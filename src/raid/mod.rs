@@ -48,8 +48,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Geometry, Level};
 use crate::reactor::{AsyncMutex, KeyedLocks};
 
-/// Counters for `raidctl status`.
-#[derive(Default, Debug, Clone, Copy, serde::Serialize)]
+/// Counters for `raidctl status` (its JSON `io` object: the field names are stable).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IoCounters {
     pub reads: u64,
     pub writes: u64,

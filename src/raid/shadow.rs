@@ -102,12 +102,7 @@ impl Array {
         buf: &BufSlice,
         fua: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
-        let target = self
-            .replacement
-            .borrow()
-            .as_ref()
-            .filter(|r| r.slot == slot)
-            .map(|r| (r.new.clone(), r.cursor.get()));
+        let target = self.replacement_in(slot);
         let Some((new, cursor)) = target else {
             return Box::pin(async {});
         };
@@ -119,6 +114,15 @@ impl Array {
         Box::pin(async move { self.write_replacement(&new, member_offset, part, fua).await })
     }
 
+    /// The new member replacing `slot`'s member, and its copy cursor, if one is being built.
+    fn replacement_in(&self, slot: usize) -> Option<(Rc<Disk>, u64)> {
+        self.replacement
+            .borrow()
+            .as_ref()
+            .filter(|r| r.slot == slot)
+            .map(|r| (r.new.clone(), r.cursor.get()))
+    }
+
     pub(super) async fn replacement_zero(
         &self,
         slot: usize,
@@ -126,12 +130,7 @@ impl Array {
         len: u64,
         discard: bool,
     ) {
-        let target = self
-            .replacement
-            .borrow()
-            .as_ref()
-            .filter(|r| r.slot == slot)
-            .map(|r| (r.new.clone(), r.cursor.get()));
+        let target = self.replacement_in(slot);
         let Some((new, cursor)) = target else { return };
         if member_offset >= cursor {
             return;

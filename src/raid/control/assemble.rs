@@ -495,13 +495,7 @@ impl Array {
     /// later could let the out-of-date member back in as if it were current (md rewrites the
     /// roles the same way when it starts an array degraded).
     async fn record_absent_members(&self) -> Result<()> {
-        let present: Vec<u32> = self
-            .meta
-            .disks
-            .borrow()
-            .iter()
-            .map(|m| m.disk.dev_number)
-            .collect();
+        let present = self.dev_numbers();
         let absent: Vec<u32> = {
             let reference = self.meta.reference.borrow();
             (0..reference.max_dev())

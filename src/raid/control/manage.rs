@@ -296,13 +296,7 @@ impl Array {
         &self,
         readd: Option<(usize, crate::metadata::Superblock)>,
     ) -> (u32, Role, Option<(usize, crate::metadata::Superblock)>) {
-        let used: Vec<u32> = self
-            .meta
-            .disks
-            .borrow()
-            .iter()
-            .map(|m| m.disk.dev_number)
-            .collect();
+        let used = self.dev_numbers();
         match readd {
             // Checked again under the lock: the slot may have been filled meanwhile.
             Some((slot, old))
