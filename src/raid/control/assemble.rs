@@ -60,7 +60,6 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     let name = reference.array_name();
     check_supported(&reference, &name)?;
     let kind = layout_kind(&reference, &candidates, &plan.slots)?;
-    let level = kind.level();
 
     let mut notes = plan.exclusion_messages(&candidates);
     let own_sb = |i: usize| {
@@ -70,17 +69,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
             .expect("planned members decoded")
             .clone()
     };
-    let mut slots = Vec::new();
-    let mut meta_disks = Vec::new();
-    for (slot, entry) in plan.slots.iter().enumerate() {
-        let Some(i) = *entry else {
-            slots.push(SlotState::Missing);
-            continue;
-        };
-        let (state, meta) = place_member(slot, members[i].clone(), own_sb(i), &mut notes).await;
-        slots.push(state);
-        meta_disks.push(meta);
-    }
+    let (slots, mut meta_disks) = place_members(&plan.slots, &members, own_sb, &mut notes).await;
     // Before the spares join: only members of the array carry its bits.
     let intent = crate::raid::intent::load_intent(&reference, &meta_disks).await;
     let mut spares = Vec::new();
@@ -89,23 +78,12 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         meta_disks.push(meta);
         spares.push(disk);
     }
-    let member_bytes: Vec<u64> = if level == Level::Raid0 {
-        let data_bytes = |i: usize| own_sb(i).data_size_sectors * SECTOR;
-        plan.slots.iter().map(|e| e.map_or(0, data_bytes)).collect()
-    } else {
-        vec![reference.size_sectors * SECTOR; reference.raid_disks as usize]
-    };
-    if level == Level::Raid0 && slots.iter().any(|s| !s.is_active()) {
-        return Err(Error::new(
-            ErrorKind::ArrayFailed,
-            format!(
-                "cannot start RAID0 array {name}: a member is missing and RAID0 has no redundancy"
-            ),
-        ));
-    }
-    let geo = Geometry::new(kind, reference.chunk_sectors as u64 * SECTOR, &member_bytes)
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("array {name}: {e}")))?;
-    check_member_sizes(&geo, &slots, &name)?;
+    let data_bytes: Vec<Option<u64>> = plan
+        .slots
+        .iter()
+        .map(|e| e.map(|i| own_sb(i).data_size_sectors * SECTOR))
+        .collect();
+    let geo = geometry_of(kind, &reference, &data_bytes, &slots, &name)?;
 
     let array = new_array(
         name,
@@ -121,20 +99,47 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         *array.extension.borrow_mut() = ext;
     }
     check_startable(&array, opts, &notes)?;
-    if !plan.forced.is_empty() {
-        if !opts.read_only {
-            // Bring the forced members' events up to the array's before anything else happens.
-            array.persist_now().await?;
-        }
-        for &i in &plan.forced {
-            notes.push(format!(
-                "{} was stale and is used anyway (--force)",
-                candidates[i].path
-            ));
-        }
+    for &i in &plan.forced {
+        notes.push(format!(
+            "{} was stale and is used anyway (--force)",
+            candidates[i].path
+        ));
+    }
+    if !plan.forced.is_empty() && !opts.read_only {
+        // Bring the forced members' events up to the array's before anything else happens.
+        array.persist_now().await?;
     }
     start(&array, opts, &notes).await?;
     Ok(Assembled { array, notes })
+}
+
+/// The array's geometry from the reference superblock (RAID0: each member's own data size,
+/// `data_bytes` per slot), refusing a RAID0 with a member missing and members too small.
+fn geometry_of(
+    kind: LayoutKind,
+    reference: &Superblock,
+    data_bytes: &[Option<u64>],
+    slots: &[SlotState],
+    name: &str,
+) -> Result<Geometry> {
+    let level = kind.level();
+    let member_bytes: Vec<u64> = if level == Level::Raid0 {
+        data_bytes.iter().map(|b| b.unwrap_or(0)).collect()
+    } else {
+        vec![reference.size_sectors * SECTOR; reference.raid_disks as usize]
+    };
+    if level == Level::Raid0 && slots.iter().any(|s| !s.is_active()) {
+        return Err(Error::new(
+            ErrorKind::ArrayFailed,
+            format!(
+                "cannot start RAID0 array {name}: a member is missing and RAID0 has no redundancy"
+            ),
+        ));
+    }
+    let geo = Geometry::new(kind, reference.chunk_sectors as u64 * SECTOR, &member_bytes)
+        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("array {name}: {e}")))?;
+    check_member_sizes(&geo, slots, name)?;
+    Ok(geo)
 }
 
 async fn read_candidates(members: &[Rc<dyn Member>]) -> Result<Vec<Candidate>> {
@@ -146,6 +151,27 @@ async fn read_candidates(members: &[Rc<dyn Member>]) -> Result<Vec<Candidate>> {
         });
     }
     Ok(candidates)
+}
+
+/// Every slot of the plan: its member placed, or missing.
+async fn place_members(
+    planned: &[Option<usize>],
+    members: &[Rc<dyn Member>],
+    own_sb: impl Fn(usize) -> Superblock,
+    notes: &mut Vec<String>,
+) -> (Vec<SlotState>, Vec<MetaDisk>) {
+    let mut slots = Vec::new();
+    let mut meta_disks = Vec::new();
+    for (slot, entry) in planned.iter().enumerate() {
+        let Some(i) = *entry else {
+            slots.push(SlotState::Missing);
+            continue;
+        };
+        let (state, meta) = place_member(slot, members[i].clone(), own_sb(i), notes).await;
+        slots.push(state);
+        meta_disks.push(meta);
+    }
+    (slots, meta_disks)
 }
 
 /// A planned member in `slot`: active, or part-way through a rebuild (then it resumes from its
