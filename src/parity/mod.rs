@@ -1,4 +1,5 @@
-//! XOR parity: `P = D0 ^ D1 ^ ... ^ Dn-1`, byte by byte, as RAID5 stores it.
+//! XOR parity: `P = D0 ^ D1 ^ ... ^ Dn-1`, byte by byte, as RAID5 stores it ([`raid6`]: P and
+//! Q over GF(2^8), as md's RAID6 stores them).
 //!
 //! Parity is computed on every RAID5 write and read back on every degraded read, so it must run
 //! near memory speed. The fastest engine the CPU offers is picked once, on first use, and kept
@@ -16,6 +17,7 @@
 
 use std::sync::OnceLock;
 
+pub mod raid6;
 #[cfg(test)]
 mod tests;
 
