@@ -11,63 +11,65 @@ use std::time::Duration;
 use raidcore::buf::BufSlice;
 use raidcore::cache::policy::Battery;
 use raidcore::cache::{Cache, CacheConfig};
-use raidcore::layout::{LayoutKind, Raid5Algorithm};
-use raidcore::member::{FaultHandle, FaultMember, MemMember, Member};
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
+use raidcore::layout::LayoutKind;
+use raidcore::member::MemMember;
+use raidcore::raid::Array;
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
+use common::{raid5, Rig};
 
 const MEMBER: u64 = 8 << 20;
 
-fn sims(n: usize) -> Vec<Rc<MemMember>> {
-    (0..n)
-        .map(|i| Rc::new(MemMember::new(&format!("c{i}"), MEMBER, i as u64)))
-        .collect()
+/// Four fresh 8 MiB members in a RAID5, each behind a fault wrapper.
+async fn raid5_rig() -> Rig {
+    let sims = common::sim_members(4, 0, MEMBER, false);
+    let create = common::create_options("c", raid5());
+    // run: as when a test assembles the survivors of a lost member.
+    common::rig_with(sims, 4, &create, &common::run_degraded()).await
 }
 
-async fn array_on(sims: &[Rc<MemMember>], fresh: bool) -> Rc<Array> {
-    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
-    array_with_faults(sims, fresh, &faults).await
-}
-
-/// The array on `sims`, each behind a fault wrapper driven by `faults`.
-async fn array_with_faults(
-    sims: &[Rc<MemMember>],
-    fresh: bool,
-    faults: &[FaultHandle],
-) -> Rc<Array> {
-    let members: Vec<Rc<dyn Member>> = sims
-        .iter()
-        .zip(faults)
-        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
-        .collect();
-    if fresh {
-        let opts = CreateOptions {
-            name: "c".into(),
-            kind: LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            chunk_bytes: 64 << 10,
-            bitmap: true,
-            bitmap_chunk_bytes: None,
-            assume_clean: false,
-            force: true,
-            fresh: true,
-            spare_group: None,
-        };
-        create(&members, &[], &opts).await.expect("create");
-    }
-    // run: a test may assemble the survivors of a lost member.
-    let opts = AssembleOptions {
-        run: true,
-        ..AssembleOptions::default()
-    };
-    assemble(members, &opts).await.expect("assemble").array
+/// The array on `sims` as it is (no create), assembled even with a member lost.
+async fn reassembled(sims: Vec<Rc<MemMember>>) -> Rc<Array> {
+    Rig::assemble(sims, &common::run_degraded())
+        .await
+        .expect("assemble")
+        .array
 }
 
 fn cache_on(array: &Rc<Array>, config: CacheConfig) -> Rc<Cache> {
     let cache = Cache::new(array.clone(), config);
     spawn(cache.clone().run_destager());
     cache
+}
+
+/// A cache of `config` in front of a fresh [`raid5_rig`]; with a `battery` it writes back,
+/// without one it writes through.
+async fn cached(config: CacheConfig, battery: bool) -> (Rig, Rc<Cache>) {
+    let r = raid5_rig().await;
+    let cache = cache_on(&r.array, config);
+    if battery {
+        set_battery(&cache, Battery::Present).await;
+    }
+    (r, cache)
+}
+
+/// A long max age: only a flush or a drain writes the data out.
+fn long_max_age() -> CacheConfig {
+    CacheConfig {
+        max_age: Duration::from_secs(3600),
+        ..CacheConfig::default()
+    }
+}
+
+async fn set_battery(cache: &Cache, battery: Battery) {
+    cache.set_policy(None, Some(battery), None).await.unwrap();
+}
+
+/// Closes the cache (which writes out what is dirty), then the array.
+async fn close(cache: &Cache, array: &Array) {
+    cache.close().await.unwrap();
+    array.close().await.unwrap();
 }
 
 fn bytes(len: usize, seed: u64) -> BufSlice {
@@ -83,9 +85,7 @@ fn bytes(len: usize, seed: u64) -> BufSlice {
 }
 
 async fn engine_read(array: &Array, at: u64, len: usize) -> Vec<u8> {
-    let buf = BufSlice::zeroed(len);
-    array.read(at, buf.clone()).await.unwrap();
-    buf.to_vec()
+    common::read_array(array, at, len).await.unwrap()
 }
 
 async fn cache_read(cache: &Cache, at: u64, len: usize) -> Vec<u8> {
@@ -94,21 +94,37 @@ async fn cache_read(cache: &Cache, at: u64, len: usize) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// Writes 64 blocks of 4 KiB through the cache, one every 64 KiB, block `i` of
+/// `bytes(4096, first_seed + i)`.
+async fn write_blocks(cache: &Cache, first_seed: u64) {
+    for i in 0..64u64 {
+        cache
+            .write(i * 65536, bytes(4096, first_seed + i), false)
+            .await
+            .unwrap();
+    }
+}
+
+/// The blocks of [`write_blocks`] are on the array itself (`on`, in the message).
+async fn assert_blocks_on(array: &Array, first_seed: u64, on: &str) {
+    for i in 0..64u64 {
+        assert_eq!(
+            engine_read(array, i * 65536, 4096).await,
+            bytes(4096, first_seed + i).to_vec(),
+            "block {i} on {on}"
+        );
+    }
+}
+
 #[test]
 fn write_back_acknowledges_from_ram_and_flush_puts_it_on_the_members() {
     block_on(async {
-        let s = sims(4);
-        let array = array_on(&s, true).await;
-        let cache = cache_on(&array, CacheConfig::default());
-        cache
-            .set_policy(None, Some(Battery::Present), None)
-            .await
-            .unwrap();
+        let (r, cache) = cached(CacheConfig::default(), true).await;
         let data = bytes(4096, 1);
         cache.write(1 << 20, data.clone(), false).await.unwrap();
         // Acknowledged, in the cache, not on the members yet.
         assert_eq!(cache.report().dirty_bytes, 4096);
-        assert_eq!(engine_read(&array, 1 << 20, 4096).await, vec![0u8; 4096]);
+        assert_eq!(engine_read(&r.array, 1 << 20, 4096).await, vec![0u8; 4096]);
         assert_eq!(cache_read(&cache, 1 << 20, 4096).await, data.to_vec());
         // A partial overwrite of the cached block, and a read straddling it.
         cache
@@ -120,12 +136,12 @@ fn write_back_acknowledges_from_ram_and_flush_puts_it_on_the_members() {
         assert_eq!(cache_read(&cache, 1 << 20, 4096).await, want);
         cache.flush().await.unwrap();
         assert_eq!(cache.report().dirty_bytes, 0);
-        assert_eq!(engine_read(&array, 1 << 20, 4096).await, want);
-        common::assert_redundancy_consistent(&array, &s, "after the flush");
+        assert_eq!(engine_read(&r.array, 1 << 20, 4096).await, want);
+        common::assert_redundancy_consistent(&r.array, &r.sims, "after the flush");
         // A FUA write goes through at once, and the cached copy follows it.
         cache.write(1 << 20, bytes(4096, 3), true).await.unwrap();
         assert_eq!(
-            engine_read(&array, 1 << 20, 4096).await,
+            engine_read(&r.array, 1 << 20, 4096).await,
             bytes(4096, 3).to_vec()
         );
         assert_eq!(
@@ -133,8 +149,7 @@ fn write_back_acknowledges_from_ram_and_flush_puts_it_on_the_members() {
             bytes(4096, 3).to_vec()
         );
         assert!(cache.report().hit_ratio.unwrap() > 0.0);
-        cache.close().await.unwrap();
-        array.close().await.unwrap();
+        close(&cache, &r.array).await;
     })
     .unwrap();
 }
@@ -142,9 +157,7 @@ fn write_back_acknowledges_from_ram_and_flush_puts_it_on_the_members() {
 #[test]
 fn without_a_battery_writes_go_through() {
     block_on(async {
-        let s = sims(4);
-        let array = array_on(&s, true).await;
-        let cache = cache_on(&array, CacheConfig::default());
+        let (r, cache) = cached(CacheConfig::default(), false).await;
         let report = cache.report();
         assert_eq!(
             (
@@ -157,11 +170,10 @@ fn without_a_battery_writes_go_through() {
         cache.write(8192, bytes(4096, 4), false).await.unwrap();
         assert_eq!(cache.report().dirty_bytes, 0);
         assert_eq!(
-            engine_read(&array, 8192, 4096).await,
+            engine_read(&r.array, 8192, 4096).await,
             bytes(4096, 4).to_vec()
         );
-        cache.close().await.unwrap();
-        array.close().await.unwrap();
+        close(&cache, &r.array).await;
     })
     .unwrap();
 }
@@ -169,53 +181,28 @@ fn without_a_battery_writes_go_through() {
 #[test]
 fn losing_the_battery_drains_the_cache_before_the_command_returns() {
     block_on(async {
-        let s = sims(4);
-        let array = array_on(&s, true).await;
+        let r = raid5_rig().await;
         let events = Rc::new(RefCell::new(Vec::new()));
         let sink = events.clone();
-        array.subscribe(move |e| sink.borrow_mut().push(e.name()));
+        r.array.subscribe(move |e| sink.borrow_mut().push(e.name()));
         // A long max age: only the drain may write the data out.
-        let config = CacheConfig {
-            max_age: Duration::from_secs(3600),
-            ..CacheConfig::default()
-        };
-        let cache = cache_on(&array, config);
-        cache
-            .set_policy(None, Some(Battery::Present), None)
-            .await
-            .unwrap();
-        for i in 0..64u64 {
-            cache
-                .write(i * 65536, bytes(4096, 10 + i), false)
-                .await
-                .unwrap();
-        }
+        let cache = cache_on(&r.array, long_max_age());
+        set_battery(&cache, Battery::Present).await;
+        write_blocks(&cache, 10).await;
         assert_eq!(cache.report().dirty_bytes, 64 * 4096);
-        cache
-            .set_policy(None, Some(Battery::Absent), None)
-            .await
-            .unwrap();
+        set_battery(&cache, Battery::Absent).await;
         let report = cache.report();
         assert_eq!(report.dirty_bytes, 0);
         assert_eq!(report.effective, "write-through");
         assert!(report.reason.contains("battery absent"), "{report:?}");
-        for i in 0..64u64 {
-            assert_eq!(
-                engine_read(&array, i * 65536, 4096).await,
-                bytes(4096, 10 + i).to_vec()
-            );
-        }
-        cache
-            .set_policy(None, Some(Battery::Present), None)
-            .await
-            .unwrap();
+        assert_blocks_on(&r.array, 10, "the members").await;
+        set_battery(&cache, Battery::Present).await;
         assert_eq!(cache.report().effective, "write-back");
         assert_eq!(
             *events.borrow(),
             vec!["CacheWriteBack", "CacheWriteThrough", "CacheWriteBack"]
         );
-        cache.close().await.unwrap();
-        array.close().await.unwrap();
+        close(&cache, &r.array).await;
     })
     .unwrap();
 }
@@ -223,17 +210,7 @@ fn losing_the_battery_drains_the_cache_before_the_command_returns() {
 #[test]
 fn a_trim_wins_over_a_destage_that_picked_the_block_before_it() {
     block_on(async {
-        let s = sims(4);
-        let array = array_on(&s, true).await;
-        let config = CacheConfig {
-            max_age: Duration::from_secs(3600),
-            ..CacheConfig::default()
-        };
-        let cache = cache_on(&array, config);
-        cache
-            .set_policy(None, Some(Battery::Present), None)
-            .await
-            .unwrap();
+        let (r, cache) = cached(long_max_age(), true).await;
         cache.write(65536, bytes(4096, 7), false).await.unwrap();
         // The trim takes the stripe lock first; the flush picks the dirty block for destaging
         // and then waits for that lock. When it gets it, the block is gone: nothing of it may
@@ -249,9 +226,8 @@ fn a_trim_wins_over_a_destage_that_picked_the_block_before_it() {
         trim.await;
         flush.await;
         assert_eq!(cache_read(&cache, 65536, 4096).await, vec![0u8; 4096]);
-        assert_eq!(engine_read(&array, 65536, 4096).await, vec![0u8; 4096]);
-        cache.close().await.unwrap();
-        array.close().await.unwrap();
+        assert_eq!(engine_read(&r.array, 65536, 4096).await, vec![0u8; 4096]);
+        close(&cache, &r.array).await;
     })
     .unwrap();
 }
@@ -260,49 +236,23 @@ fn a_trim_wins_over_a_destage_that_picked_the_block_before_it() {
 /// and the survivors alone hold it.
 #[test]
 fn a_member_lost_with_dirty_data_in_the_cache_loses_nothing() {
-    let s = sims(4);
-    let stores: Vec<_> = s.iter().map(|m| m.store()).collect();
-    block_on({
-        let s = s.clone();
-        async move {
-            let faults: Vec<FaultHandle> = s.iter().map(|_| FaultHandle::default()).collect();
-            let array = array_with_faults(&s, true, &faults).await;
-            let cache = cache_on(&array, CacheConfig::default());
-            cache
-                .set_policy(None, Some(Battery::Present), None)
-                .await
-                .unwrap();
-            for i in 0..64u64 {
-                cache
-                    .write(i * 65536, bytes(4096, 50 + i), false)
-                    .await
-                    .unwrap();
-            }
-            assert_eq!(cache.report().dirty_bytes, 64 * 4096);
-            faults[2].vanish();
-            cache.flush().await.unwrap();
-            assert_eq!(cache.report().dirty_bytes, 0);
-            assert!(array.slots()[2].disk().is_none() || !array.slots()[2].is_active());
-            cache.close().await.unwrap();
-            array.close().await.unwrap();
-        }
+    let sims = block_on(async {
+        let (r, cache) = cached(CacheConfig::default(), true).await;
+        write_blocks(&cache, 50).await;
+        assert_eq!(cache.report().dirty_bytes, 64 * 4096);
+        r.faults[2].vanish();
+        cache.flush().await.unwrap();
+        assert_eq!(cache.report().dirty_bytes, 0);
+        assert!(r.array.slots()[2].disk().is_none() || !r.array.slots()[2].is_active());
+        close(&cache, &r.array).await;
+        r.sims.clone()
     })
     .unwrap();
     block_on(async move {
-        let survivors: Vec<Rc<MemMember>> = stores
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 2)
-            .map(|(i, st)| Rc::new(MemMember::with_store(&format!("c{i}"), st.clone(), 7)))
-            .collect();
-        let array = array_on(&survivors, false).await;
-        for i in 0..64u64 {
-            assert_eq!(
-                engine_read(&array, i * 65536, 4096).await,
-                bytes(4096, 50 + i).to_vec(),
-                "block {i} on the survivors"
-            );
-        }
+        let mut survivors = common::reopened(&sims, 7);
+        survivors.remove(2);
+        let array = reassembled(survivors).await;
+        assert_blocks_on(&array, 50, "the survivors").await;
         array.close().await.unwrap();
     })
     .unwrap();
@@ -313,17 +263,10 @@ fn a_member_lost_with_dirty_data_in_the_cache_loses_nothing() {
 #[test]
 fn a_failed_array_keeps_dirty_data_and_flush_reports_the_error() {
     block_on(async {
-        let s = sims(4);
-        let faults: Vec<FaultHandle> = s.iter().map(|_| FaultHandle::default()).collect();
-        let array = array_with_faults(&s, true, &faults).await;
-        let cache = cache_on(&array, CacheConfig::default());
-        cache
-            .set_policy(None, Some(Battery::Present), None)
-            .await
-            .unwrap();
+        let (r, cache) = cached(CacheConfig::default(), true).await;
         cache.write(1 << 20, bytes(4096, 60), false).await.unwrap();
-        faults[1].vanish();
-        faults[3].vanish();
+        r.faults[1].vanish();
+        r.faults[3].vanish();
         assert!(
             cache.flush().await.is_err(),
             "flush must fail on a failed array"
@@ -360,12 +303,7 @@ fn random_operations_match_a_byte_model_through_the_cache_and_on_the_members() {
 }
 
 fn random_operations(seed: u64) {
-    let s = sims(4);
-    let stores: Vec<_> = s.iter().map(|m| m.store()).collect();
-    let model = block_on({
-        let s = s.clone();
-        async move {
-            let array = array_on(&s, true).await;
+    let (model, sims) = block_on(async move {
             // A small cache (64 blocks) with a short max age: eviction, a full cache, aged
             // destages and watermarks all happen.
             let config = CacheConfig {
@@ -375,7 +313,8 @@ fn random_operations(seed: u64) {
                 low_pct: 25,
                 bypass_bytes: 256 << 10,
             };
-            let cache = cache_on(&array, config);
+            let (r, cache) = cached(config, false).await;
+            let array = r.array.clone();
             let size = array.size_bytes();
             let model = Rc::new(RefCell::new(vec![0u8; size as usize]));
             let writers = 4u64;
@@ -446,21 +385,15 @@ fn random_operations(seed: u64) {
             }
             cache.close().await.unwrap();
             assert_eq!(cache.report().dirty_bytes, 0);
-            common::assert_redundancy_consistent(&array, &s, "after close");
+            common::assert_redundancy_consistent(&array, &r.sims, "after close");
             array.close().await.unwrap();
             let model = model.borrow().clone();
-            model
-        }
+            (model, r.sims)
     })
     .unwrap();
     // The members alone, freshly assembled, hold exactly the model.
     block_on(async move {
-        let fresh: Vec<Rc<MemMember>> = stores
-            .iter()
-            .enumerate()
-            .map(|(i, st)| Rc::new(MemMember::with_store(&format!("c{i}"), st.clone(), 5)))
-            .collect();
-        let array = array_on(&fresh, false).await;
+        let array = reassembled(common::reopened(&sims, 5)).await;
         let got = engine_read(&array, 0, model.len()).await;
         assert!(got == model, "the members after a fresh assembly");
         array.close().await.unwrap();

@@ -4,7 +4,7 @@
 //! EIO, while the array stays up; the record survives a restart and is cleared once the data
 //! is had again.
 
-use raidcore::layout::{LayoutKind, Raid5Algorithm};
+use raidcore::layout::{LayoutKind, Raid0Layout};
 use raidcore::member::{FaultKind, FaultRule};
 use raidcore::metadata::{BadBlocks, Superblock};
 use raidcore::raid::events::Event;
@@ -12,14 +12,10 @@ use raidcore::raid::{ArrayState, AssembleOptions};
 use raidcore::reactor::block_on;
 
 mod common;
-use common::{pattern, read_array, rig, wait_complete};
+use common::{pattern, raid5, read_array, rig, wait_complete, Rig};
 
 const MEMBER: u64 = 12 << 20;
 const CHUNK: u64 = 64 << 10;
-
-fn raid5() -> LayoutKind {
-    LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric)
-}
 
 /// The array offset whose data lives at member offset `member_offset` of `slot` (RAID5,
 /// left-symmetric, 4 members, 64 KiB chunks), if that chunk holds data in its row.
@@ -30,29 +26,35 @@ fn array_offset_of(array: &raidcore::raid::Array, slot: usize, member_offset: u6
     }
 }
 
+/// Makes one sector of m2 unreadable, in a row where m1 and m2 both hold data, then fails m1
+/// and waits for the spare's rebuild, which cannot copy that row's block of m1. Returns the
+/// member offset of the sector.
+async fn rebuild_m1_past_a_bad_sector_of_m2(r: &Rig) -> u64 {
+    let bad_at = (0..)
+        .map(|row| row * CHUNK + 8192)
+        .find(|&off| {
+            array_offset_of(&r.array, 1, off).is_some()
+                && array_offset_of(&r.array, 2, off).is_some()
+        })
+        .unwrap();
+    let data_offset = r.array.slots()[2].disk().unwrap().data_offset;
+    r.faults[2].inject(common::on_range(
+        FaultKind::ReadError,
+        data_offset + bad_at,
+        4096,
+    ));
+    r.array.fail_member("m1", false).await.unwrap();
+    wait_complete(&r.array).await;
+    bad_at
+}
+
 #[test]
 fn a_read_error_on_a_survivor_during_a_rebuild_is_recorded_and_the_array_stays_up() {
     let sims = block_on(async {
         let r = rig(raid5(), 4, 1, MEMBER).await;
         let size = r.array.size_bytes() as usize;
-        let model = pattern(size, 11).to_vec();
-        r.array.write(0, pattern(size, 11), false).await.unwrap();
-        // A sector of m2 that will not read, in a row where m2 and m1 both hold data.
-        let bad_at = (0..)
-            .map(|row| row * CHUNK + 8192)
-            .find(|&off| {
-                array_offset_of(&r.array, 1, off).is_some()
-                    && array_offset_of(&r.array, 2, off).is_some()
-            })
-            .unwrap();
-        let data_offset = r.array.slots()[2].disk().unwrap().data_offset;
-        r.faults[2].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((data_offset + bad_at, 4096)),
-            count: None,
-        });
-        r.array.fail_member("m1", false).await.unwrap();
-        wait_complete(&r.array).await;
+        let model = common::fill(&r.array, 11).await;
+        let bad_at = rebuild_m1_past_a_bad_sector_of_m2(&r).await;
         assert_eq!(r.array.state(), ArrayState::Active, "the array stays up");
         assert!(r.array.slots()[2].is_active(), "m2 stays in");
         let bad = r.array.bad_blocks();
@@ -183,28 +185,25 @@ fn a_read_error_during_check_is_corrected_not_a_failure() {
 fn a_read_error_under_a_partial_raid5_write_is_worked_around_and_repaired() {
     block_on(async {
         let r = rig(raid5(), 4, 0, MEMBER).await;
-        let size = r.array.size_bytes() as usize;
-        let mut model = pattern(size, 21).to_vec();
-        r.array.write(0, pattern(size, 21), false).await.unwrap();
+        let mut model = common::fill(&r.array, 21).await;
         let data_offset = r.array.slots()[1].disk().unwrap().data_offset;
         // m1 cannot read its first rows; writes into those rows must not need it.
-        r.faults[1].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((data_offset, 4 * CHUNK)),
-            count: None,
-        });
+        r.faults[1].inject(common::on_range(
+            FaultKind::ReadError,
+            data_offset,
+            4 * CHUNK,
+        ));
         for at in [0u64, 4096, 3 * CHUNK + 512, 5 * CHUNK] {
-            let data = pattern(8192, 100 + at);
-            r.array.write(at, data.clone(), false).await.expect("write");
-            model[at as usize..at as usize + 8192].copy_from_slice(&data.to_vec());
+            common::write_model(&r.array, &mut model, at, pattern(8192, 100 + at)).await;
         }
         assert!(r.array.slots().iter().all(|s| s.is_active()), "m1 stays in");
         r.faults[1].clear();
-        let got = read_array(&r.array, 0, size).await.unwrap();
-        assert!(
-            got == model,
-            "data after writes around an unreadable member"
-        );
+        common::assert_reads_model(
+            &r.array,
+            &model,
+            "data after writes around an unreadable member",
+        )
+        .await;
         common::assert_redundancy_consistent(&r.array, &r.sims, "after the writes");
         r.array.close().await.unwrap();
     })
@@ -227,24 +226,29 @@ fn data_in_row(array: &raidcore::raid::Array, member_offset: u64) -> Vec<(usize,
         .collect()
 }
 
+/// A RAID5 of 4 members created over old contents: its initial resync has yet to run.
+async fn unsynced_raid5() -> Rig {
+    common::rig_on(raid5(), common::sim_members(4, 0, MEMBER, false), 4, false).await
+}
+
 /// Review finding: a bad sector in a row not yet resynced. Parity there need not match the
 /// data, so rebuilding the range from it answered bytes nobody wrote, and a write into the
 /// row wrote them to the member. Now both get EIO and the member keeps its bytes.
 #[test]
 fn a_bad_sector_in_a_row_not_yet_resynced_is_eio_not_made_up() {
     block_on(async {
-        let r = common::rig_on(raid5(), common::sim_members(4, 0, MEMBER, false), 4, false).await;
+        let r = unsynced_raid5().await;
         r.array.set_speed_limits(Some(1), Some(1));
         let at = 8 << 20;
         let row = data_in_row(&r.array, at);
         let ((bad, bad_array), (_, other_array)) = (row[0], row[1]);
         let data_offset = r.array.slots()[bad].disk().unwrap().data_offset;
         let before = sim_bytes(&r.sims[bad], data_offset + at, CHUNK as usize).await;
-        r.faults[bad].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((data_offset + at, CHUNK)),
-            count: None,
-        });
+        r.faults[bad].inject(common::on_range(
+            FaultKind::ReadError,
+            data_offset + at,
+            CHUNK,
+        ));
         assert!(
             r.array.sync_offset() <= at,
             "the resync is still short of the row"
@@ -278,18 +282,18 @@ fn a_bad_sector_in_a_row_not_yet_resynced_is_eio_not_made_up() {
 #[test]
 fn a_bad_sector_met_by_the_resync_is_recorded_not_rebuilt_from_stale_parity() {
     block_on(async {
-        let r = common::rig_on(raid5(), common::sim_members(4, 0, MEMBER, false), 4, false).await;
+        let r = unsynced_raid5().await;
         r.array.set_speed_limits(Some(1), Some(1));
         let at = 8 << 20;
         let row = data_in_row(&r.array, at);
         let (bad, bad_array) = row[0];
         let parity = r.array.geometry().raid5_parity_slot(at / CHUNK);
         let data_offset = r.array.slots()[bad].disk().unwrap().data_offset;
-        r.faults[bad].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((data_offset + at, 4096)),
-            count: None,
-        });
+        r.faults[bad].inject(common::on_range(
+            FaultKind::ReadError,
+            data_offset + at,
+            4096,
+        ));
         r.array.set_speed_limits(Some(500_000), Some(500_000));
         common::wait_until("the resync", || r.array.sync_offset() == u64::MAX).await;
         let mut recorded: Vec<String> = r
@@ -331,19 +335,9 @@ fn a_bad_sector_met_by_the_resync_is_recorded_not_rebuilt_from_stale_parity() {
 #[test]
 fn a_bad_sector_on_raid0_is_eio_for_that_read_only() {
     block_on(async {
-        let r = rig(
-            LayoutKind::Raid0(raidcore::layout::Raid0Layout::Original),
-            3,
-            0,
-            MEMBER,
-        )
-        .await;
+        let r = rig(LayoutKind::Raid0(Raid0Layout::Original), 3, 0, MEMBER).await;
         let data_offset = r.array.slots()[1].disk().unwrap().data_offset;
-        r.faults[1].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((data_offset, 4096)),
-            count: None,
-        });
+        r.faults[1].inject(common::on_range(FaultKind::ReadError, data_offset, 4096));
         let m1 = array_offset_of(&r.array, 1, 0).unwrap();
         assert!(read_array(&r.array, m1, 4096).await.is_err());
         assert!(read_array(&r.array, m1 + 4096, 4096).await.is_ok());
@@ -364,32 +358,14 @@ fn a_bad_sector_on_raid0_is_eio_for_that_read_only() {
 fn a_member_with_recorded_bad_blocks_is_rebuilt_in_full_when_re_added() {
     block_on(async {
         let r = rig(raid5(), 4, 1, MEMBER).await;
-        let size = r.array.size_bytes() as usize;
-        let mut model = pattern(size, 31).to_vec();
-        r.array.write(0, pattern(size, 31), false).await.unwrap();
-        let bad_at = (0..)
-            .map(|row| row * CHUNK + 8192)
-            .find(|&off| {
-                array_offset_of(&r.array, 1, off).is_some()
-                    && array_offset_of(&r.array, 2, off).is_some()
-            })
-            .unwrap();
-        let data_offset = r.array.slots()[2].disk().unwrap().data_offset;
-        r.faults[2].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: Some((data_offset + bad_at, 4096)),
-            count: None,
-        });
-        r.array.fail_member("m1", false).await.unwrap();
-        wait_complete(&r.array).await;
+        let mut model = common::fill(&r.array, 31).await;
+        rebuild_m1_past_a_bad_sector_of_m2(&r).await;
         assert_eq!(r.array.bad_blocks().len(), 1, "s0 lacks one block");
         r.faults[2].clear();
         // s0 leaves and comes back after a write elsewhere.
         r.array.fail_member("s0", false).await.unwrap();
         r.array.remove_member("s0").await.unwrap();
-        let data = pattern(8192, 5);
-        r.array.write(6 << 20, data.clone(), false).await.unwrap();
-        model[6 << 20..(6 << 20) + 8192].copy_from_slice(&data.to_vec());
+        common::write_model(&r.array, &mut model, 6 << 20, pattern(8192, 5)).await;
         let s0: std::rc::Rc<dyn raidcore::member::Member> = r.sims[4].clone();
         r.array.add_spare(s0, false).await.unwrap();
         wait_complete(&r.array).await;
@@ -401,8 +377,7 @@ fn a_member_with_recorded_bad_blocks_is_rebuilt_in_full_when_re_added() {
             .await
             .unwrap();
         array.fail_member("m2", false).await.unwrap();
-        let got = read_array(&array, 0, size).await.unwrap();
-        assert!(got == model, "after a restart, read through s0");
+        common::assert_reads_model(&array, &model, "after a restart, read through s0").await;
         array.close().await.unwrap();
     })
     .unwrap();

@@ -3,64 +3,39 @@
 //! former member that is added back has only the marked chunks rebuilt (unless the bits were
 //! cleared while it was away, when everything is).
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use raidcore::buf::BufSlice;
-use raidcore::layout::{LayoutKind, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::LayoutKind;
 use raidcore::member::{FaultHandle, FaultMember, MemMember, Member};
 use raidcore::raid::events::Event;
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
+use raidcore::raid::{assemble, Array, AssembleOptions, CreateOptions};
 use raidcore::reactor::{block_on, sleep};
 
 mod common;
+use common::{pattern, raid10, raid5, record_events, wait_complete, Recorded};
 
 const MEMBER: u64 = 12 << 20;
 /// Small bits, so a 12 MiB member has a dozen of them.
 const BITMAP_CHUNK: u32 = 1 << 20;
 
-fn raid5() -> LayoutKind {
-    LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric)
-}
-
-fn raid10() -> LayoutKind {
-    LayoutKind::Raid10(Raid10Layout {
-        near: 2,
-        far: 1,
-        offset: false,
-    })
-}
-
-fn pattern(len: usize, seed: u64) -> BufSlice {
-    BufSlice::filled(len, |b| {
-        for (i, w) in b.chunks_exact_mut(8).enumerate() {
-            w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9) ^ seed).to_le_bytes());
-        }
-    })
-}
-
 fn wrap(sim: &Rc<MemMember>) -> Rc<dyn Member> {
     Rc::new(FaultMember::new(sim.clone(), FaultHandle::default()))
 }
 
+/// A fresh array of `kind` ("b", with [`BITMAP_CHUNK`] bits) on all of `sims`, assembled.
 async fn new_array(kind: LayoutKind, sims: &[Rc<MemMember>]) -> Rc<Array> {
-    let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
     let opts = CreateOptions {
-        name: "b".into(),
-        kind,
-        chunk_bytes: 64 << 10,
-        bitmap: true,
         bitmap_chunk_bytes: Some(BITMAP_CHUNK),
-        assume_clean: false,
-        force: true,
-        fresh: true,
-        spare_group: None,
+        ..common::create_options("b", kind)
     };
-    create(&plain, &[], &opts).await.expect("create");
+    common::create_on(sims, sims.len(), &opts)
+        .await
+        .expect("create");
     open(sims).await
 }
 
+/// Assembles `sims` (behind fault wrappers), with a bitmap daemon quick enough for the tests.
 async fn open(sims: &[Rc<MemMember>]) -> Rc<Array> {
     let array = assemble(sims.iter().map(wrap).collect(), &AssembleOptions::default())
         .await
@@ -71,9 +46,7 @@ async fn open(sims: &[Rc<MemMember>]) -> Rc<Array> {
 }
 
 fn sims(n: usize) -> Vec<Rc<MemMember>> {
-    (0..n)
-        .map(|i| Rc::new(MemMember::new(&format!("m{i}"), MEMBER, i as u64)))
-        .collect()
+    common::sim_members(n, 0, MEMBER, false)
 }
 
 fn dirty_bits(array: &Array) -> u64 {
@@ -90,24 +63,33 @@ async fn wait_bits_cleared(array: &Array) {
     panic!("bits never cleared: {:?}", array.bitmap_report());
 }
 
-async fn wait_complete(array: &Array) {
-    for _ in 0..20_000 {
-        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
-            return;
-        }
-        sleep(Duration::from_millis(2)).await;
-    }
-    panic!("rebuild did not finish: {}", array.missing_description());
+/// Fills the array with `pattern(size, seed)` and waits until its bits are clear again:
+/// everything written, nothing dirty. Returns the model of what it holds.
+async fn fill_and_settle(array: &Array, seed: u64) -> Vec<u8> {
+    let model = common::fill(array, seed).await;
+    array.flush().await.unwrap();
+    wait_bits_cleared(array).await;
+    model
 }
 
-type Recorded = Rc<RefCell<Vec<Event>>>;
+/// Fails and removes the member at `path`.
+async fn take_out(array: &Array, path: &str) {
+    array.fail_member(path, false).await.unwrap();
+    array.remove_member(path).await.unwrap();
+}
 
-/// Every event the array emits from now on.
-fn record_events(array: &Array) -> Recorded {
-    let events: Recorded = Rc::new(RefCell::new(Vec::new()));
-    let sink = events.clone();
-    array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
-    events
+/// A settled RAID1 of `s[0]` and `s[1]` (filled with `seed`) whose m1 is taken out and
+/// misses a write (of `seed + 1`); its events recorded from before m1 left.
+async fn mirror_that_m1_left(s: &[Rc<MemMember>], seed: u64) -> (Rc<Array>, Recorded) {
+    let array = new_array(LayoutKind::Raid1, &s[..2]).await;
+    fill_and_settle(&array, seed).await;
+    let events = record_events(&array);
+    take_out(&array, s[1].path()).await;
+    array
+        .write(4096, pattern(65536, seed + 1), false)
+        .await
+        .unwrap();
+    (array, events)
 }
 
 /// The bytes the last finished rebuild copied.
@@ -116,6 +98,23 @@ fn rebuilt_bytes(events: &Recorded) -> Option<u64> {
         Event::RebuildFinished { bytes_rebuilt, .. } => Some(*bytes_rebuilt),
         _ => None,
     })
+}
+
+/// Adds `s[added]` to the mirror missing slot 1 and checks that the rebuild copies all of
+/// slot 1 (the bitmap cannot say what it lacks) and that the copies agree afterwards.
+async fn add_and_expect_a_full_rebuild(
+    array: &Array,
+    events: &Recorded,
+    s: &[Rc<MemMember>],
+    added: usize,
+    context: &str,
+) {
+    events.borrow_mut().clear();
+    array.add_spare(wrap(&s[added]), false).await.unwrap();
+    wait_complete(array).await;
+    let rebuilt = rebuilt_bytes(events);
+    assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
+    common::assert_redundancy_consistent(array, s, context);
 }
 
 /// Flips one byte of `sim`'s data area at `member_offset`.
@@ -153,10 +152,7 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
         let s = s.clone();
         async move {
             let array = new_array(raid5(), &s).await;
-            let size = array.size_bytes() as usize;
-            array.write(0, pattern(size, 7), false).await.unwrap();
-            array.flush().await.unwrap();
-            wait_bits_cleared(&array).await;
+            fill_and_settle(&array, 7).await;
             // Two writes, then a crash (no close: the reactor goes away): bits 0 and 3 stay
             // set on the members.
             array.write(0, pattern(4096, 8), false).await.unwrap();
@@ -171,12 +167,7 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
     flip(&s[1], data_offset, (3 << 20) + 8192);
     flip(&s[1], data_offset, (6 << 20) + 8192);
     block_on(async move {
-        let fresh: Vec<Rc<MemMember>> = s
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Rc::new(MemMember::with_store(&format!("m{i}"), m.store(), 3)))
-            .collect();
-        let array = open(&fresh).await;
+        let array = open(&common::reopened(&s, 3)).await;
         let events = record_events(&array);
         let resync = common::wait_scrub(&array).await;
         assert!(resync.resync, "{resync:?}");
@@ -212,20 +203,13 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             let s = sims(n);
             let array = new_array(kind.clone(), &s).await;
             let size = array.size_bytes() as usize;
-            let mut model = pattern(size, 11).to_vec();
-            array.write(0, pattern(size, 11), false).await.unwrap();
-            array.flush().await.unwrap();
-            wait_bits_cleared(&array).await;
+            let mut model = fill_and_settle(&array, 11).await;
             let events = record_events(&array);
 
-            let gone = s[1].path().to_string();
-            array.fail_member(&gone, false).await.unwrap();
-            array.remove_member(&gone).await.unwrap();
+            take_out(&array, s[1].path()).await;
             // Written while it is away: two small writes, far apart.
             for (at, seed) in [(4096u64, 21u64), (size as u64 / 2 + 8192, 22)] {
-                let data = pattern(65536, seed);
-                array.write(at, data.clone(), false).await.unwrap();
-                model[at as usize..at as usize + 65536].copy_from_slice(&data.to_vec());
+                common::write_model(&array, &mut model, at, pattern(65536, seed)).await;
             }
             // Bits are kept while the array is degraded.
             sleep(Duration::from_millis(200)).await;
@@ -249,9 +233,8 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             );
             // The re-added member carries the new data: copies / parity agree everywhere.
             common::assert_redundancy_consistent(&array, &s, &format!("{kind:?} after re-add"));
-            let got = BufSlice::zeroed(size);
-            array.read(0, got.clone()).await.unwrap();
-            assert!(got.to_vec() == model, "{kind:?}: data after the re-add");
+            common::assert_reads_model(&array, &model, &format!("{kind:?}: data after the re-add"))
+                .await;
             array.close().await.unwrap();
         })
         .unwrap();
@@ -262,31 +245,14 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
 fn readd_after_the_bits_were_cleared_rebuilds_everything() {
     block_on(async {
         let s = sims(3);
-        let array = new_array(LayoutKind::Raid1, &s[..2]).await;
-        let size = array.size_bytes() as usize;
-        array.write(0, pattern(size, 31), false).await.unwrap();
-        array.flush().await.unwrap();
-        wait_bits_cleared(&array).await;
-        let events = record_events(&array);
-
-        let m1 = s[1].path().to_string();
-        array.fail_member(&m1, false).await.unwrap();
-        array.remove_member(&m1).await.unwrap();
-        array.write(4096, pattern(65536, 32), false).await.unwrap();
+        let (array, events) = mirror_that_m1_left(&s, 31).await;
         // A new member takes the slot, the array is complete again and the bits clear: the
         // bitmap no longer knows what m1 missed.
         array.add_spare(wrap(&s[2]), false).await.unwrap();
         wait_complete(&array).await;
         wait_bits_cleared(&array).await;
-        let m2 = s[2].path().to_string();
-        array.fail_member(&m2, false).await.unwrap();
-        array.remove_member(&m2).await.unwrap();
-        events.borrow_mut().clear();
-        array.add_spare(wrap(&s[1]), false).await.unwrap();
-        wait_complete(&array).await;
-        let rebuilt = rebuilt_bytes(&events);
-        assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
-        common::assert_redundancy_consistent(&array, &s, "after a full rebuild of m1");
+        take_out(&array, s[2].path()).await;
+        add_and_expect_a_full_rebuild(&array, &events, &s, 1, "after a full rebuild of m1").await;
         array.close().await.unwrap();
     })
     .unwrap();
@@ -298,30 +264,16 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
 fn a_new_disk_after_a_failed_readd_is_rebuilt_in_full() {
     block_on(async {
         let s = sims(4);
-        let array = new_array(LayoutKind::Raid1, &s[..2]).await;
-        let size = array.size_bytes() as usize;
-        array.write(0, pattern(size, 41), false).await.unwrap();
-        array.flush().await.unwrap();
-        wait_bits_cleared(&array).await;
-        let events = record_events(&array);
-        let m1 = s[1].path().to_string();
-        array.fail_member(&m1, false).await.unwrap();
-        array.remove_member(&m1).await.unwrap();
-        array.write(4096, pattern(65536, 42), false).await.unwrap();
+        let (array, events) = mirror_that_m1_left(&s, 41).await;
         // Re-add m1 slowly, and fail it part-way.
         array.set_speed_limits(Some(64), Some(64));
         array.add_spare(wrap(&s[1]), false).await.unwrap();
         sleep(Duration::from_millis(50)).await;
-        array.fail_member(&m1, false).await.unwrap();
-        array.remove_member(&m1).await.unwrap();
+        take_out(&array, s[1].path()).await;
         array.set_speed_limits(Some(1000), Some(1_000_000));
-        events.borrow_mut().clear();
         // A blank disk now: every byte must be copied onto it.
-        array.add_spare(wrap(&s[2]), false).await.unwrap();
-        wait_complete(&array).await;
-        let rebuilt = rebuilt_bytes(&events);
-        assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
-        common::assert_redundancy_consistent(&array, &s, "after the blank disk's rebuild");
+        let context = "after the blank disk's rebuild";
+        add_and_expect_a_full_rebuild(&array, &events, &s, 2, context).await;
         array.close().await.unwrap();
     })
     .unwrap();

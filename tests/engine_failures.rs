@@ -7,34 +7,17 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use raidcore::buf::BufSlice;
-use raidcore::layout::{LayoutKind, Raid5Algorithm};
+use raidcore::layout::LayoutKind;
 use raidcore::member::{FaultKind, FaultRule, MemMember};
 use raidcore::raid::events::Event;
 use raidcore::raid::{AssembleOptions, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
-use common::{pattern, read_array, rig, rig_on, sim_members, wait_complete, wait_until};
+use common::{assert_reads_model, pattern, raid5, read_array, rig, rig_on, sim_members};
+use common::{wait_complete, wait_until, write_model};
 
 const MEMBER: u64 = 12 << 20;
-
-fn raid5() -> LayoutKind {
-    LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric)
-}
-
-/// Writes `data` at `at` through the array and into `model`.
-async fn write_model(r: &common::Rig, model: &mut [u8], at: u64, data: BufSlice) {
-    r.array.write(at, data.clone(), false).await.unwrap();
-    model[at as usize..at as usize + data.len()].copy_from_slice(&data.to_vec());
-}
-
-async fn assert_reads_model(array: &raidcore::raid::Array, model: &[u8], context: &str) {
-    let got = read_array(array, 0, model.len()).await.expect(context);
-    if let Some(i) = got.iter().zip(model).position(|(a, b)| a != b) {
-        panic!("{context}: array byte {i} differs from what was written");
-    }
-}
 
 /// Item 2: the old member fails part-way through `replace`, writes continue. The replacement
 /// must turn into a recovery of the slot that keeps its cursor, the spare must stay a spare,
@@ -44,8 +27,7 @@ fn replace_whose_old_member_fails_midway_ends_as_a_recovery_with_every_write() {
     block_on(async {
         let r = rig(raid5(), 4, 1, MEMBER).await;
         let size = r.array.size_bytes() as usize;
-        let mut model = vec![0u8; size];
-        write_model(&r, &mut model, 0, pattern(size, 1)).await;
+        let mut model = common::fill(&r.array, 1).await;
         r.array.set_speed_limits(Some(1000), Some(1000));
         let new = Rc::new(MemMember::new("new", MEMBER, 77));
         r.array
@@ -60,7 +42,8 @@ fn replace_whose_old_member_fails_midway_ends_as_a_recovery_with_every_write() {
         // Writes over the whole array after the failure: below the copy cursor they must
         // reach the new member, above it the recovery copies them.
         for i in 0..(size as u64 / (256 << 10)) {
-            write_model(&r, &mut model, i * (256 << 10), pattern(128 << 10, 100 + i)).await;
+            let at = i * (256 << 10);
+            write_model(&r.array, &mut model, at, pattern(128 << 10, 100 + i)).await;
         }
         assert!(
             r.array.spares().iter().any(|d| d.member.path() == "s0"),
@@ -93,27 +76,20 @@ fn replace_swap_loses_no_write_while_it_waits_for_the_metadata_lock() {
     block_on(async {
         let r = rig(raid5(), 4, 0, MEMBER).await;
         let size = r.array.size_bytes();
-        let model = Rc::new(RefCell::new(vec![0u8; size as usize]));
-        r.array
-            .write(0, pattern(size as usize, 1), false)
-            .await
-            .unwrap();
-        model
-            .borrow_mut()
-            .copy_from_slice(&pattern(size as usize, 1).to_vec());
+        let model = Rc::new(RefCell::new(common::fill(&r.array, 1).await));
         // The new member's flush (the copy's last step) and every superblock write are slow.
         let new_faults = raidcore::member::FaultHandle::default();
-        new_faults.inject(FaultRule {
-            kind: FaultKind::Delay(Duration::from_millis(100)),
-            range: Some((0, 1)),
-            count: None,
-        });
+        new_faults.inject(common::on_range(
+            FaultKind::Delay(Duration::from_millis(100)),
+            0,
+            1,
+        ));
         for f in &r.faults {
-            f.inject(FaultRule {
-                kind: FaultKind::Delay(Duration::from_millis(400)),
-                range: Some((4096, 4096)),
-                count: None,
-            });
+            f.inject(common::on_range(
+                FaultKind::Delay(Duration::from_millis(400)),
+                4096,
+                4096,
+            ));
         }
         let new_sim = Rc::new(MemMember::new("new", MEMBER, 5));
         let new = Rc::new(raidcore::member::FaultMember::new(
@@ -238,10 +214,10 @@ fn mirror_repair_round(round: u64) {
         let data_offset = r.array.slots()[0].disk().unwrap().data_offset;
         for i in 0..18u64 {
             let block = (i % 16) * 65536;
+            let unreadable = common::on_range(FaultKind::ReadError, data_offset + block, 65536);
             r.faults[0].inject(FaultRule {
-                kind: FaultKind::ReadError,
-                range: Some((data_offset + block, 65536)),
                 count: Some(1),
+                ..unreadable
             });
             let new = pattern(65536, 500 + i);
             let read = spawn({
@@ -301,9 +277,12 @@ fn close_with_a_write_in_flight_leaves_the_array_dirty() {
         r.array.write(0, pattern(65536, 1), false).await.unwrap();
         let data_offset = r.array.slots()[1].disk().unwrap().data_offset;
         r.faults[1].inject(FaultRule {
-            kind: FaultKind::Delay(Duration::from_secs(3)),
-            range: Some((data_offset, 1 << 20)),
             count: Some(1),
+            ..common::on_range(
+                FaultKind::Delay(Duration::from_secs(3)),
+                data_offset,
+                1 << 20,
+            )
         });
         let stuck = spawn({
             let array = r.array.clone();
@@ -355,11 +334,7 @@ fn a_replacement_that_failed_a_write_is_not_lent_to_the_spares() {
         ));
         r.array.set_speed_limits(Some(1000), Some(1000));
         r.array.replace_member("m3", new, false).await.unwrap();
-        faults.inject(FaultRule {
-            kind: FaultKind::WriteError,
-            range: None,
-            count: None,
-        });
+        faults.inject(FaultRule::new(FaultKind::WriteError));
         r.array.set_speed_limits(Some(200_000), Some(200_000));
         r.array.write(0, pattern(size, 3), false).await.unwrap();
         wait_until("the replacement to be given up", || {

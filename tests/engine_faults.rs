@@ -4,30 +4,26 @@
 //! arrays built on old contents are written with reconstruct-write until synced, so parity ends
 //! up right even over garbage.
 
-use std::rc::Rc;
-
 use raidcore::buf::BufSlice;
-use raidcore::layout::{LayoutKind, Raid0Layout, Raid10Layout, Raid5Algorithm};
-use raidcore::member::{FaultHandle, FaultKind, FaultMember, FaultRule, MemMember, Member};
+use raidcore::layout::{LayoutKind, Raid0Layout};
+use raidcore::member::FaultKind;
 use raidcore::metadata::Role;
-use raidcore::raid::{assemble, create, Array, ArrayState, AssembleOptions, CreateOptions};
+use raidcore::raid::{assemble, ArrayState, AssembleOptions, CreateOptions};
 use raidcore::reactor::block_on;
 
 mod common;
+use common::{raid10, raid5, read_array, Rig};
 use raidcore::ErrorKind;
 
 const MEMBER: u64 = 8 << 20;
 
-struct Rig {
-    array: Rc<Array>,
-    sims: Vec<Rc<MemMember>>,
-    faults: Vec<FaultHandle>,
-}
-
+/// `members` fresh 8 MiB members, created with the bitmap chunk `create` picks.
 async fn rig(kind: LayoutKind, members: usize, fresh: bool, junk: bool) -> Rig {
     rig_with(kind, members, fresh, junk, AssembleOptions::default()).await
 }
 
+/// As [`rig`], assembled with `assemble_opts`; `junk` fills the members with old contents
+/// first (what `fresh` false leaves for a resync to put right).
 async fn rig_with(
     kind: LayoutKind,
     members: usize,
@@ -35,9 +31,7 @@ async fn rig_with(
     junk: bool,
     assemble_opts: AssembleOptions,
 ) -> Rig {
-    let sims: Vec<Rc<MemMember>> = (0..members)
-        .map(|i| Rc::new(MemMember::new(&format!("m{i}"), MEMBER, i as u64)))
-        .collect();
+    let sims = common::sim_members(members, 0, MEMBER, false);
     if junk {
         for (i, s) in sims.iter().enumerate() {
             let store = s.store();
@@ -47,34 +41,11 @@ async fn rig_with(
             }
         }
     }
-    let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
-    let opts = CreateOptions {
-        name: "t".into(),
-        kind,
-        chunk_bytes: 64 << 10,
-        bitmap: true,
-        bitmap_chunk_bytes: None,
-        assume_clean: false,
-        force: true,
+    let create = CreateOptions {
         fresh,
-        spare_group: None,
+        ..common::create_options("t", kind)
     };
-    create(&plain, &[], &opts).await.expect("create");
-    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
-    let wrapped = sims
-        .iter()
-        .zip(&faults)
-        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
-        .collect();
-    let array = assemble(wrapped, &assemble_opts)
-        .await
-        .expect("assemble")
-        .array;
-    Rig {
-        array,
-        sims,
-        faults,
-    }
+    common::rig_with(sims, members, &create, &assemble_opts).await
 }
 
 fn filled(len: usize, seed: u8) -> BufSlice {
@@ -85,32 +56,36 @@ fn filled(len: usize, seed: u8) -> BufSlice {
     })
 }
 
-async fn read(array: &Array, offset: u64, len: usize) -> raidcore::Result<Vec<u8>> {
-    let b = BufSlice::zeroed(len);
-    array.read(offset, b.clone()).await?;
-    Ok(b.to_vec())
+/// A fresh array of 4 members, written all over with `filled(size, seed)`; returns that too.
+async fn filled_rig(kind: LayoutKind, seed: u8) -> (Rig, Vec<u8>) {
+    let r = rig(kind, 4, true, false).await;
+    let data = filled(r.array.size_bytes() as usize, seed);
+    r.array.write(0, data.clone(), false).await.unwrap();
+    (r, data.to_vec())
+}
+
+/// The members in `slots` vanish; the array must still read `data` in full.
+async fn vanish_and_read_all(r: &Rig, slots: &[usize], data: &[u8]) {
+    for &slot in slots {
+        r.faults[slot].vanish();
+    }
+    let got = read_array(&r.array, 0, data.len()).await.unwrap();
+    assert_eq!(got, data, "degraded read");
 }
 
 #[test]
 fn read_errors_are_repaired_counted_and_fail_the_member_only_when_persistent() {
-    for kind in [
-        LayoutKind::Raid1,
-        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-    ] {
+    for kind in [LayoutKind::Raid1, raid5()] {
         block_on(async move {
             let r = rig(kind.clone(), 3, true, false).await;
             let data = filled(1 << 20, 1);
             r.array.write(0, data.clone(), false).await.unwrap();
             // One bad read on member 0 (wherever it is read): answered from redundancy and
             // rewritten; the member stays.
-            r.faults[0].inject(FaultRule {
-                kind: FaultKind::ReadError,
-                range: None,
-                count: Some(1),
-            });
+            r.faults[0].inject(common::once(FaultKind::ReadError));
             let mut reads = 0;
             while r.faults[0].fired() == 0 && reads < 64 {
-                let got = read(&r.array, (reads % 16) * 65536, 65536)
+                let got = read_array(&r.array, (reads % 16) * 65536, 65536)
                     .await
                     .expect("read answered");
                 assert_eq!(
@@ -128,13 +103,9 @@ fn read_errors_are_repaired_counted_and_fail_the_member_only_when_persistent() {
             assert_eq!(r.array.state(), ArrayState::Active, "{kind:?}");
             // More than 20 corrected errors: the member is failed.
             for _ in 0..30 {
-                r.faults[0].inject(FaultRule {
-                    kind: FaultKind::ReadError,
-                    range: None,
-                    count: Some(1),
-                });
+                r.faults[0].inject(common::once(FaultKind::ReadError));
                 for at in 0..16 {
-                    let got = read(&r.array, at * 65536, 65536)
+                    let got = read_array(&r.array, at * 65536, 65536)
                         .await
                         .expect("read answered");
                     assert_eq!(got, data.to_vec()[at as usize * 65536..][..65536]);
@@ -158,17 +129,9 @@ fn a_failed_rewrite_after_a_read_error_fails_the_member() {
         r.array.write(0, data.clone(), false).await.unwrap();
         // Reads at offset 0 go to copy 0 first: it errors, copy 1 answers, and the rewrite of
         // copy 0 fails, which fails member 0.
-        r.faults[0].inject(FaultRule {
-            kind: FaultKind::WriteError,
-            range: None,
-            count: Some(1),
-        });
-        r.faults[0].inject(FaultRule {
-            kind: FaultKind::ReadError,
-            range: None,
-            count: Some(1),
-        });
-        let got = read(&r.array, 0, 1 << 20)
+        r.faults[0].inject(common::once(FaultKind::WriteError));
+        r.faults[0].inject(common::once(FaultKind::ReadError));
+        let got = read_array(&r.array, 0, 1 << 20)
             .await
             .expect("answered from the other copy");
         assert_eq!(got, data.to_vec());
@@ -190,22 +153,8 @@ fn a_failed_rewrite_after_a_read_error_fails_the_member() {
 #[test]
 fn raid5_second_failure_fails_the_array_cleanly() {
     block_on(async {
-        let r = rig(
-            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            4,
-            true,
-            false,
-        )
-        .await;
-        let size = r.array.size_bytes() as usize;
-        let data = filled(size, 3);
-        r.array.write(0, data.clone(), false).await.unwrap();
-        r.faults[1].vanish();
-        assert_eq!(
-            read(&r.array, 0, size).await.unwrap(),
-            data.to_vec(),
-            "degraded read"
-        );
+        let (r, data) = filled_rig(raid5(), 3).await;
+        vanish_and_read_all(&r, &[1], &data).await;
         r.array
             .write(0, filled(65536 * 5, 4), false)
             .await
@@ -241,7 +190,7 @@ fn raid5_second_failure_fails_the_array_cleanly() {
             .collect();
         assert!(before == after, "a failed array must not write");
         // Reads that need a lost chunk fail with EIO instead of returning garbage.
-        assert!(read(&r.array, 0, size).await.is_err());
+        assert!(read_array(&r.array, 0, data.len()).await.is_err());
     })
     .unwrap();
 }
@@ -252,7 +201,7 @@ fn raid0_member_loss_is_an_io_error_not_a_crash() {
         let r = rig(LayoutKind::Raid0(Raid0Layout::Original), 3, true, false).await;
         r.array.write(0, filled(1 << 20, 7), false).await.unwrap();
         r.faults[2].vanish();
-        let err = read(&r.array, 0, 1 << 20)
+        let err = read_array(&r.array, 0, 1 << 20)
             .await
             .expect_err("data on the lost member");
         assert_eq!(err.errno(), libc_eio());
@@ -266,27 +215,12 @@ fn raid0_member_loss_is_an_io_error_not_a_crash() {
 #[test]
 fn raid10_survives_one_loss_per_mirror_set_and_not_two_in_one() {
     block_on(async {
-        let r = rig(
-            LayoutKind::Raid10(Raid10Layout {
-                near: 2,
-                far: 1,
-                offset: false,
-            }),
-            4,
-            true,
-            false,
-        )
-        .await;
-        let size = r.array.size_bytes() as usize;
-        let data = filled(size, 11);
-        r.array.write(0, data.clone(), false).await.unwrap();
+        let (r, data) = filled_rig(raid10(), 11).await;
         // n2 on 4 members: sets {0,1} and {2,3}.
-        r.faults[0].vanish();
-        r.faults[3].vanish();
-        assert_eq!(read(&r.array, 0, size).await.unwrap(), data.to_vec());
+        vanish_and_read_all(&r, &[0, 3], &data).await;
         assert_eq!(r.array.state(), ArrayState::Degraded);
         r.faults[1].vanish();
-        assert!(read(&r.array, 0, size).await.is_err());
+        assert!(read_array(&r.array, 0, data.len()).await.is_err());
         assert_eq!(r.array.state(), ArrayState::Failed);
     })
     .unwrap();
@@ -294,22 +228,10 @@ fn raid10_survives_one_loss_per_mirror_set_and_not_two_in_one() {
 
 #[test]
 fn write_error_fails_the_member_and_the_write_still_lands() {
-    for kind in [
-        LayoutKind::Raid1,
-        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-        LayoutKind::Raid10(Raid10Layout {
-            near: 2,
-            far: 1,
-            offset: false,
-        }),
-    ] {
+    for kind in [LayoutKind::Raid1, raid5(), raid10()] {
         block_on(async move {
             let r = rig(kind.clone(), 4, true, false).await;
-            r.faults[2].inject(FaultRule {
-                kind: FaultKind::WriteError,
-                range: None,
-                count: Some(1),
-            });
+            r.faults[2].inject(common::once(FaultKind::WriteError));
             let size = r.array.size_bytes() as usize;
             let data = filled(size, 21);
             r.array
@@ -319,7 +241,7 @@ fn write_error_fails_the_member_and_the_write_still_lands() {
             assert_eq!(r.faults[2].fired(), 1);
             assert!(!r.array.slots()[2].is_active(), "{kind:?}");
             assert_eq!(
-                read(&r.array, 0, size).await.unwrap(),
+                read_array(&r.array, 0, size).await.unwrap(),
                 data.to_vec(),
                 "{kind:?}"
             );
@@ -337,14 +259,7 @@ fn unsynced_raid5_is_written_by_reconstruct_write_so_parity_ends_up_right() {
             no_resync: true,
             ..Default::default()
         };
-        let r = rig_with(
-            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            6,
-            false,
-            true,
-            frozen,
-        )
-        .await;
+        let r = rig_with(raid5(), 6, false, true, frozen).await;
         assert_ne!(
             r.array.sync_offset(),
             u64::MAX,
@@ -392,46 +307,26 @@ fn unsynced_raid5_is_written_by_reconstruct_write_so_parity_ends_up_right() {
     .unwrap();
 }
 
+/// The kind of error a request the engine must refuse was refused with.
+fn refused_as<T: std::fmt::Debug>(answer: raidcore::Result<T>) -> ErrorKind {
+    answer.expect_err("the request must be refused").kind()
+}
+
 #[test]
 fn requests_are_validated() {
     block_on(async {
-        let r = rig(
-            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            3,
-            true,
-            false,
-        )
-        .await;
-        let size = r.array.size_bytes();
-        assert_eq!(
-            r.array
-                .write(size, filled(512, 0), false)
-                .await
-                .unwrap_err()
-                .kind(),
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            r.array
-                .read(size - 512, BufSlice::zeroed(1024))
-                .await
-                .unwrap_err()
-                .kind(),
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            r.array
-                .read(100, BufSlice::zeroed(512))
-                .await
-                .unwrap_err()
-                .kind(),
-            ErrorKind::InvalidInput
-        );
-        assert_eq!(
-            r.array.trim(u64::MAX - 511, 512).await.unwrap_err().kind(),
-            ErrorKind::OutOfRange
-        );
-        r.array.write(0, BufSlice::zeroed(0), false).await.unwrap();
+        let r = rig(raid5(), 3, true, false).await;
+        let a = &r.array;
+        let size = a.size_bytes();
+        let past_the_end = a.write(size, filled(512, 0), false).await;
+        assert_eq!(refused_as(past_the_end), ErrorKind::OutOfRange);
+        let across_the_end = a.read(size - 512, BufSlice::zeroed(1024)).await;
+        assert_eq!(refused_as(across_the_end), ErrorKind::OutOfRange);
+        let unaligned = a.read(100, BufSlice::zeroed(512)).await;
+        assert_eq!(refused_as(unaligned), ErrorKind::InvalidInput);
+        let overflowing = a.trim(u64::MAX - 511, 512).await;
+        assert_eq!(refused_as(overflowing), ErrorKind::OutOfRange);
+        a.write(0, BufSlice::zeroed(0), false).await.unwrap();
     })
     .unwrap();
 }
@@ -443,17 +338,9 @@ fn libc_eio() -> i32 {
 #[test]
 fn first_write_marks_superblocks_and_whole_bitmap_dirty_before_data() {
     block_on(async {
-        let r = rig(
-            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            3,
-            true,
-            false,
-        )
-        .await;
+        let r = rig(raid5(), 3, true, false).await;
         // As md leaves a clean array: bitmap bits cleared.
-        let sb0 =
-            raidcore::metadata::Superblock::decode(&r.sims[0].store().lock().unwrap()[4096..8192])
-                .unwrap();
+        let sb0 = common::superblock_of(&r.sims[0]);
         let bitmap_at = (4096 + sb0.bitmap_offset_sectors as i64 * 512) as usize;
         for s in &r.sims {
             s.store().lock().unwrap()[bitmap_at + 256..bitmap_at + 512].fill(0);
@@ -479,9 +366,7 @@ fn first_write_marks_superblocks_and_whole_bitmap_dirty_before_data() {
             );
         }
         r.array.close().await.unwrap();
-        let sb =
-            raidcore::metadata::Superblock::decode(&r.sims[1].store().lock().unwrap()[4096..8192])
-                .unwrap();
+        let sb = common::superblock_of(&r.sims[1]);
         assert!(sb.is_clean(), "clean after close");
     })
     .unwrap();
@@ -491,48 +376,25 @@ fn first_write_marks_superblocks_and_whole_bitmap_dirty_before_data() {
 fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
     // Start degraded without member 3, write, crash (no close), then offer all four: the
     // out-of-date member must be left out, and the data must be what was written.
-    let sims: Vec<Rc<MemMember>> = (0..4)
-        .map(|i| Rc::new(MemMember::new(&format!("m{i}"), MEMBER, i)))
-        .collect();
-    let stores: Vec<_> = sims.iter().map(|s| s.store()).collect();
-    let size = block_on(async move {
-        let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
-        let opts = CreateOptions {
-            name: "d".into(),
-            kind: LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            chunk_bytes: 64 << 10,
-            bitmap: true,
-            bitmap_chunk_bytes: None,
-            assume_clean: false,
-            force: true,
-            fresh: true,
-            spare_group: None,
-        };
-        create(&plain, &[], &opts).await.unwrap();
-        let three = plain[..3].to_vec();
-        let array = assemble(
-            three,
-            &AssembleOptions {
-                run: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .array;
-        let size = array.size_bytes() as usize;
-        array.write(0, filled(size, 77), true).await.unwrap();
-        size
+    let sims = common::sim_members(4, 0, MEMBER, false);
+    let size = block_on({
+        let sims = sims.clone();
+        async move {
+            let opts = common::create_options("d", raid5());
+            common::create_on(&sims, 4, &opts).await.unwrap();
+            let three = common::as_members(&sims[..3]);
+            let array = assemble(three, &common::run_degraded())
+                .await
+                .unwrap()
+                .array;
+            let size = array.size_bytes() as usize;
+            array.write(0, filled(size, 77), true).await.unwrap();
+            size
+        }
     })
     .unwrap();
     block_on(async move {
-        let all: Vec<Rc<dyn Member>> = stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Rc::new(MemMember::with_store(&format!("m{i}"), s.clone(), 5)) as Rc<dyn Member>
-            })
-            .collect();
+        let all = common::as_members(&common::reopened(&sims, 5));
         // Dirty and degraded: refusing (md does too) is as good as leaving m3 out; taking m3
         // back as a current member is the one wrong answer.
         match assemble(
@@ -552,7 +414,7 @@ fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
                     "the out-of-date member was taken back"
                 );
                 assert_eq!(
-                    read(&assembled.array, 0, size).await.unwrap(),
+                    read_array(&assembled.array, 0, size).await.unwrap(),
                     filled(size, 77).to_vec()
                 );
             }
@@ -563,19 +425,9 @@ fn a_member_left_out_of_a_degraded_start_never_comes_back_as_current() {
 
 #[test]
 fn check_counts_flipped_bytes_and_repair_fixes_them() {
-    for kind in [
-        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-        LayoutKind::Raid1,
-        LayoutKind::Raid10(Raid10Layout {
-            near: 2,
-            far: 1,
-            offset: false,
-        }),
-    ] {
+    for kind in [raid5(), LayoutKind::Raid1, raid10()] {
         block_on(async move {
-            let r = rig(kind.clone(), 4, true, false).await;
-            let size = r.array.size_bytes() as usize;
-            r.array.write(0, filled(size, 9), false).await.unwrap();
+            let (r, _) = filled_rig(kind.clone(), 9).await;
             let off = r.array.slots()[1].disk().unwrap().data_offset as usize;
             // Flip one byte in two different 4 KiB blocks of member 1's data area.
             for at in [off + 5000, off + 3 * 65536 + 17] {
@@ -611,29 +463,13 @@ fn check_counts_flipped_bytes_and_repair_fixes_them() {
 
 #[test]
 fn resync_makes_an_array_on_old_contents_consistent_by_itself() {
-    use std::time::Duration;
-    for kind in [
-        LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-        LayoutKind::Raid1,
-        LayoutKind::Raid10(Raid10Layout {
-            near: 2,
-            far: 1,
-            offset: false,
-        }),
-    ] {
+    for kind in [raid5(), LayoutKind::Raid1, raid10()] {
         block_on(async move {
             let r = rig(kind.clone(), 4, false, true).await;
-            for _ in 0..20_000 {
-                if r.array.sync_offset() == u64::MAX {
-                    break;
-                }
-                raidcore::reactor::sleep(Duration::from_millis(2)).await;
-            }
-            assert_eq!(
-                r.array.sync_offset(),
-                u64::MAX,
-                "{kind:?}: the resync did not finish"
-            );
+            common::wait_until(&format!("{kind:?}: the resync to finish"), || {
+                r.array.sync_offset() == u64::MAX
+            })
+            .await;
             r.array.start_scrub(false).unwrap();
             let s = common::wait_scrub(&r.array).await;
             assert_eq!(
@@ -641,10 +477,7 @@ fn resync_makes_an_array_on_old_contents_consistent_by_itself() {
                 "{kind:?}: consistent after the resync"
             );
             r.array.close().await.unwrap();
-            let sb = raidcore::metadata::Superblock::decode(
-                &r.sims[0].store().lock().unwrap()[4096..8192],
-            )
-            .unwrap();
+            let sb = common::superblock_of(&r.sims[0]);
             assert!(
                 sb.is_clean(),
                 "{kind:?}: a clean stop after the resync records it as in sync"

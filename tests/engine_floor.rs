@@ -2,23 +2,15 @@
 //! failed" refusal): per level, with and without a member already out, during a rebuild; a
 //! refusal changes no byte on any member, and `force` behaves as before.
 
-use raidcore::layout::{LayoutKind, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::{LayoutKind, Raid0Layout};
 use raidcore::raid::ArrayState;
 use raidcore::reactor::block_on;
 use raidcore::ErrorKind;
 
 mod common;
-use common::{rig, snapshot};
+use common::{raid10, raid5, rig, snapshot};
 
 const MEMBER: u64 = 8 << 20;
-
-fn raid10() -> LayoutKind {
-    LayoutKind::Raid10(Raid10Layout {
-        near: 2,
-        far: 1,
-        offset: false,
-    })
-}
 
 /// Fails `path`, which must be refused with a message naming the array and `path`; checks
 /// that no member byte changed and the state is as before.
@@ -52,13 +44,7 @@ async fn assert_refused(r: &common::Rig, path: &str, also_named: &[&str]) {
 #[test]
 fn raid0_fail_is_always_refused_without_force() {
     block_on(async {
-        let r = rig(
-            LayoutKind::Raid0(raidcore::layout::Raid0Layout::Alternate),
-            2,
-            0,
-            MEMBER,
-        )
-        .await;
+        let r = rig(LayoutKind::Raid0(Raid0Layout::Alternate), 2, 0, MEMBER).await;
         assert_refused(&r, "m1", &["RAID0"]).await;
         r.array
             .fail_member("m1", true)
@@ -75,12 +61,7 @@ fn the_last_copy_is_kept_per_level() {
     let cases = [
         (LayoutKind::Raid1, 2, "m1", "m0"),
         (LayoutKind::Raid1, 3, "m0", "m1"),
-        (
-            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            4,
-            "m2",
-            "m0",
-        ),
+        (raid5(), 4, "m2", "m0"),
         // RAID10 n2 over 4: m0/m1 and m2/m3 are mirror pairs.
         (raid10(), 4, "m0", "m1"),
     ];

@@ -10,8 +10,8 @@ use std::rc::Rc;
 
 use raidcore::buf::BufSlice;
 use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
-use raidcore::member::{FaultHandle, FaultKind, FaultMember, FaultRule, MemMember, Member};
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
+use raidcore::member::{FaultKind, MemMember};
+use raidcore::raid::{assemble, Array, AssembleOptions, CreateOptions};
 use raidcore::reactor::{block_on, spawn};
 
 mod common;
@@ -79,13 +79,9 @@ fn random_config(seed: u64) -> Config {
     }
 }
 
-struct Rig {
-    array: Rc<Array>,
-    sims: Vec<Rc<MemMember>>,
-    faults: Vec<FaultHandle>,
-}
-
-async fn build(cfg: &Config) -> Rig {
+/// The array `cfg` describes, on simulated members of its sizes (each behind a fault
+/// wrapper), created with `create`'s own checks (not forced).
+async fn build(cfg: &Config) -> common::Rig {
     let sims: Vec<Rc<MemMember>> = cfg
         .sizes
         .iter()
@@ -98,36 +94,17 @@ async fn build(cfg: &Config) -> Rig {
             ))
         })
         .collect();
-    let plain: Vec<Rc<dyn Member>> = sims.iter().map(|m| m.clone() as Rc<dyn Member>).collect();
     let opts = CreateOptions {
-        name: "model".into(),
-        kind: cfg.kind.clone(),
         chunk_bytes: cfg.chunk,
-        bitmap: true,
-        bitmap_chunk_bytes: None,
-        assume_clean: false,
         force: false,
-        fresh: true,
-        spare_group: None,
+        ..common::create_options("model", cfg.kind.clone())
     };
-    create(&plain, &[], &opts)
+    common::create_on(&sims, sims.len(), &opts)
         .await
         .unwrap_or_else(|e| panic!("seed {}: create: {e}", cfg.seed));
-    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
-    let wrapped = sims
-        .iter()
-        .zip(&faults)
-        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
-        .collect();
-    let array = assemble(wrapped, &AssembleOptions::default())
+    common::Rig::assemble(sims, &AssembleOptions::default())
         .await
         .unwrap_or_else(|e| panic!("seed {}: assemble: {e}", cfg.seed))
-        .array;
-    Rig {
-        array,
-        sims,
-        faults,
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -209,9 +186,9 @@ fn apply(model: &mut [u8], op: Op) {
 }
 
 async fn read_all(array: &Array) -> Vec<u8> {
-    let buf = BufSlice::zeroed(array.size_bytes() as usize);
-    array.read(0, buf.clone()).await.expect("full read");
-    buf.to_vec()
+    common::read_array(array, 0, array.size_bytes() as usize)
+        .await
+        .expect("full read")
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
@@ -221,7 +198,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 fn run_model(seed: u64, batches: usize) {
     let cfg = random_config(seed);
     let cfg2 = cfg.clone();
-    let stores = block_on(async move {
+    let outcome = block_on(async move {
         let cfg = cfg2;
         let rig = build(&cfg).await;
         let array = rig.array.clone();
@@ -235,7 +212,7 @@ fn run_model(seed: u64, batches: usize) {
                     if seed.is_multiple_of(2) {
                         rig.faults[slot].vanish();
                     } else {
-                        rig.faults[slot].inject(FaultRule { kind: FaultKind::WriteError, range: None, count: Some(1) });
+                        rig.faults[slot].inject(common::once(FaultKind::WriteError));
                     }
                 }
             }
@@ -287,29 +264,17 @@ fn run_model(seed: u64, batches: usize) {
             }
         }
         array.close().await.unwrap_or_else(|e| panic!("seed {seed}: close: {e}"));
-        (model, rig.sims.iter().map(|m| m.store()).collect::<Vec<_>>())
+        (model, rig.sims.clone())
     })
     .expect("reactor");
 
     // A fresh assembly of the same members reads the same bytes.
-    let (model, stores) = stores;
+    let (model, sims) = outcome;
     block_on(async move {
-        let members: Vec<Rc<dyn Member>> = stores
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Rc::new(MemMember::with_store(&format!("sim{i}"), s, seed)) as Rc<dyn Member>
-            })
-            .collect();
-        let assembled = assemble(
-            members,
-            &AssembleOptions {
-                run: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("seed {seed}: reassemble: {e}"));
+        let members = common::as_members(&common::reopened(&sims, seed));
+        let assembled = assemble(members, &common::run_degraded())
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: reassemble: {e}"));
         let all = read_all(&assembled.array).await;
         if let Some(i) = first_difference(&all, &model) {
             panic!("seed {seed}: after reassembly, data differs at array offset {i}");
@@ -320,14 +285,8 @@ fn run_model(seed: u64, batches: usize) {
 
 #[test]
 fn random_geometries_match_the_model() {
-    let count: u64 = std::env::var("RAIDCORE_MODEL_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
-    let base: u64 = std::env::var("RAIDCORE_MODEL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let count = common::env_u64("RAIDCORE_MODEL_RUNS", 48);
+    let base = common::env_u64("RAIDCORE_MODEL_SEED", 1);
     for seed in base..base + count {
         run_model(seed, 250);
     }

@@ -8,13 +8,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use raidcore::buf::BufSlice;
-use raidcore::layout::{LayoutKind, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::{LayoutKind, Raid10Layout};
 use raidcore::member::{MemMember, Member};
 use raidcore::raid::events::Event;
 use raidcore::raid::{assemble, Array, AssembleOptions, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
+use common::{assert_reads_model, pattern, raid10, raid5, wait_complete};
 
 const MEMBER: u64 = 12 << 20;
 
@@ -22,29 +23,47 @@ async fn rig(kind: LayoutKind, members: usize, spares: usize) -> common::Rig {
     common::rig(kind, members, spares, MEMBER).await
 }
 
-use common::pattern;
-
-async fn wait_rebuilt(array: &Array) {
-    common::wait_complete(array).await
-}
-
 fn check_consistent(array: &Array, sims: &[Rc<MemMember>]) {
     common::assert_redundancy_consistent(array, sims, "after the rebuild");
+}
+
+/// Foreground load while a rebuild or a copy runs: `count` 64 KiB writes spread over the
+/// array (the `i`th `i * stride` blocks of 4 KiB in, wrapping; contents seeded
+/// `first_seed + i`), `pause` apart, from a task of their own. Once all are done they are
+/// put into `model`.
+async fn write_meanwhile(
+    array: &Rc<Array>,
+    model: &mut [u8],
+    count: u64,
+    stride: u64,
+    first_seed: u64,
+    pause: Duration,
+) {
+    let writer = {
+        let array = array.clone();
+        spawn(async move {
+            let mut done = Vec::new();
+            for i in 0..count {
+                let at = (i * stride * 4096) % (array.size_bytes() - 65536);
+                let data = pattern(65536, first_seed + i);
+                array.write(at, data.clone(), false).await.unwrap();
+                done.push((at, data.to_vec()));
+                sleep(pause).await;
+            }
+            done
+        })
+    };
+    for (at, data) in writer.await {
+        model[at as usize..at as usize + data.len()].copy_from_slice(&data);
+    }
 }
 
 #[test]
 fn spare_takes_over_and_rebuilds_under_foreground_writes() {
     for (kind, members) in [
         (LayoutKind::Raid1, 2),
-        (LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric), 4),
-        (
-            LayoutKind::Raid10(Raid10Layout {
-                near: 2,
-                far: 1,
-                offset: false,
-            }),
-            4,
-        ),
+        (raid5(), 4),
+        (raid10(), 4),
         (
             LayoutKind::Raid10(Raid10Layout {
                 near: 1,
@@ -56,33 +75,14 @@ fn spare_takes_over_and_rebuilds_under_foreground_writes() {
     ] {
         block_on(async move {
             let r = rig(kind.clone(), members, 1).await;
-            let size = r.array.size_bytes() as usize;
-            let mut model = pattern(size, 1).to_vec();
-            r.array.write(0, pattern(size, 1), false).await.unwrap();
+            let mut model = common::fill(&r.array, 1).await;
             r.faults[1].vanish();
             // The read notices the failure; the scheduler promotes the spare on its own.
-            let got = BufSlice::zeroed(size);
-            r.array.read(0, got.clone()).await.unwrap();
-            assert_eq!(got.to_vec(), model, "{kind:?}: degraded read");
+            assert_reads_model(&r.array, &model, &format!("{kind:?}: degraded read")).await;
             // Foreground writes while the rebuild runs, below and above its cursor.
-            let writer = {
-                let array = r.array.clone();
-                spawn(async move {
-                    let mut done = Vec::new();
-                    for i in 0..64u64 {
-                        let at = (i * 7919 * 4096) % (array.size_bytes() - 65536);
-                        let data = pattern(65536, 100 + i);
-                        array.write(at, data.clone(), false).await.unwrap();
-                        done.push((at, data.to_vec()));
-                        sleep(Duration::from_micros(200)).await;
-                    }
-                    done
-                })
-            };
-            for (at, data) in writer.await {
-                model[at as usize..at as usize + data.len()].copy_from_slice(&data);
-            }
-            wait_rebuilt(&r.array).await;
+            let pause = Duration::from_micros(200);
+            write_meanwhile(&r.array, &mut model, 64, 7919, 100, pause).await;
+            wait_complete(&r.array).await;
             let names: Vec<&str> = r
                 .events
                 .borrow()
@@ -104,30 +104,22 @@ fn spare_takes_over_and_rebuilds_under_foreground_writes() {
                 matches!(&r.array.slots()[1], SlotState::Active(d) if d.member.path() == spare),
                 "{kind:?}: spare in slot 1"
             );
-            r.array.read(0, got.clone()).await.unwrap();
-            assert!(got.to_vec() == model, "{kind:?}: data after the rebuild");
+            let context = format!("{kind:?}: data after the rebuild");
+            assert_reads_model(&r.array, &model, &context).await;
             check_consistent(&r.array, &r.sims);
             r.array.close().await.unwrap();
             // Without the failed member, the array is complete and reads the same.
-            let survivors: Vec<Rc<dyn Member>> = r
-                .sims
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != 1)
-                .map(|(i, s)| {
-                    Rc::new(MemMember::with_store(&format!("m{i}"), s.store(), 9)) as Rc<dyn Member>
-                })
-                .collect();
-            let again = assemble(survivors, &AssembleOptions::default())
+            let mut survivors = common::reopened(&r.sims, 9);
+            survivors.remove(1);
+            let again = assemble(common::as_members(&survivors), &AssembleOptions::default())
                 .await
                 .expect("reassemble without the failed member");
             assert!(
                 again.array.slots().iter().all(|s| s.is_active()),
                 "{kind:?}: complete after reassembly"
             );
-            let got = BufSlice::zeroed(size);
-            again.array.read(0, got.clone()).await.unwrap();
-            assert!(got.to_vec() == model, "{kind:?}: data after reassembly");
+            let context = format!("{kind:?}: data after reassembly");
+            assert_reads_model(&again.array, &model, &context).await;
             again.array.close().await.unwrap();
         })
         .unwrap();
@@ -137,7 +129,7 @@ fn spare_takes_over_and_rebuilds_under_foreground_writes() {
 #[test]
 fn no_spare_waits_and_says_so() {
     block_on(async {
-        let r = rig(LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric), 3, 0).await;
+        let r = rig(raid5(), 3, 0).await;
         r.array.write(0, pattern(1 << 20, 3), false).await.unwrap();
         r.faults[2].vanish();
         let got = BufSlice::zeroed(1 << 20);
@@ -156,10 +148,9 @@ fn no_spare_waits_and_says_so() {
 
 #[test]
 fn crash_during_rebuild_resumes_from_a_checkpoint() {
-    let stores = block_on(async {
-        let r = rig(LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric), 4, 1).await;
-        let size = r.array.size_bytes() as usize;
-        r.array.write(0, pattern(size, 5), false).await.unwrap();
+    let sims = block_on(async {
+        let r = rig(raid5(), 4, 1).await;
+        let model = common::fill(&r.array, 5).await;
         r.array.flush().await.unwrap();
         // Slow and frequent checkpoints, so a "crash" lands part-way with progress recorded.
         r.array
@@ -182,20 +173,15 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
             }
         }
         // Crash: the reactor goes away with the rebuild task mid-flight; no close().
-        r.sims.iter().map(|s| s.store()).collect::<Vec<_>>()
+        (r.sims.clone(), model)
     })
     .unwrap();
     block_on(async move {
-        let members: Vec<Rc<dyn Member>> = stores
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 0)
-            .map(|(i, s)| {
-                Rc::new(MemMember::with_store(&format!("m{i}"), s.clone(), 1)) as Rc<dyn Member>
-            })
-            .collect();
+        let (sims, model) = sims;
+        let mut members = common::reopened(&sims, 1);
+        members.remove(0);
         let assembled = assemble(
-            members,
+            common::as_members(&members),
             &AssembleOptions {
                 force: true,
                 ..Default::default()
@@ -215,14 +201,8 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
             .map(|s| s.done_bytes)
             .expect("a rebuild to resume");
         assert!(resumed_from > 0, "the rebuild restarted from zero");
-        wait_rebuilt(&array).await;
-        let size = array.size_bytes() as usize;
-        let got = BufSlice::zeroed(size);
-        array.read(0, got.clone()).await.unwrap();
-        assert!(
-            got.to_vec() == pattern(size, 5).to_vec(),
-            "data after the resumed rebuild"
-        );
+        wait_complete(&array).await;
+        assert_reads_model(&array, &model, "data after the resumed rebuild").await;
         array.close().await.unwrap();
     })
     .unwrap();
@@ -230,55 +210,21 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
 
 #[test]
 fn replace_builds_the_new_member_while_the_old_stays_active() {
-    for (kind, members) in [
-        (LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric), 4),
-        (LayoutKind::Raid1, 2),
-        (
-            LayoutKind::Raid10(Raid10Layout {
-                near: 2,
-                far: 1,
-                offset: false,
-            }),
-            4,
-        ),
-    ] {
+    for (kind, members) in [(raid5(), 4), (LayoutKind::Raid1, 2), (raid10(), 4)] {
         block_on(async move {
             let r = rig(kind.clone(), members, 0).await;
-            let size = r.array.size_bytes() as usize;
-            let mut model = pattern(size, 7).to_vec();
-            r.array.write(0, pattern(size, 7), false).await.unwrap();
+            let mut model = common::fill(&r.array, 7).await;
             let new = Rc::new(MemMember::new("new", MEMBER, 99));
             r.array
                 .replace_member("m1", new.clone(), false)
                 .await
                 .expect("replace starts");
-            let writer = {
-                let array = r.array.clone();
-                spawn(async move {
-                    let mut done = Vec::new();
-                    for i in 0..48u64 {
-                        let at = (i * 6007 * 4096) % (array.size_bytes() - 65536);
-                        let data = pattern(65536, 300 + i);
-                        array.write(at, data.clone(), false).await.unwrap();
-                        done.push((at, data.to_vec()));
-                        sleep(Duration::from_micros(300)).await;
-                    }
-                    done
-                })
-            };
-            for (at, data) in writer.await {
-                model[at as usize..at as usize + data.len()].copy_from_slice(&data);
-            }
-            for _ in 0..20_000 {
-                if r.array.replacement_state().is_none() {
-                    break;
-                }
-                sleep(Duration::from_millis(2)).await;
-            }
-            assert!(
-                r.array.replacement_state().is_none(),
-                "{kind:?}: replacement did not finish"
-            );
+            let pause = Duration::from_micros(300);
+            write_meanwhile(&r.array, &mut model, 48, 6007, 300, pause).await;
+            common::wait_until(&format!("{kind:?}: the replacement to finish"), || {
+                r.array.replacement_state().is_none()
+            })
+            .await;
             assert!(
                 matches!(&r.array.slots()[1], SlotState::Active(d) if d.member.path() == "new"),
                 "{kind:?}"
@@ -290,9 +236,8 @@ fn replace_builds_the_new_member_while_the_old_stays_active() {
                     .any(|d| d.member.path() == "m1"),
                 "{kind:?}: old member faulty"
             );
-            let got = BufSlice::zeroed(size);
-            r.array.read(0, got.clone()).await.unwrap();
-            assert!(got.to_vec() == model, "{kind:?}: data after replace");
+            let context = format!("{kind:?}: data after replace");
+            assert_reads_model(&r.array, &model, &context).await;
             let mut sims = r.sims.clone();
             sims.push(new);
             check_consistent(&r.array, &sims);

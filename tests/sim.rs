@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use raidcore::buf::BufSlice;
 use raidcore::cache::{Battery, Cache, CacheConfig};
-use raidcore::layout::{LayoutKind, Level, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::{LayoutKind, Level};
 use raidcore::member::{FaultKind, FaultRule, MemMember, Member};
 use raidcore::raid::{Array, AssembleOptions, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
@@ -117,18 +117,8 @@ struct Setup {
 fn setup(rng: &mut SmallRng) -> Setup {
     let (kind, members) = match rng.gen_range(0..4) {
         0 => (LayoutKind::Raid1, rng.gen_range(2..4)),
-        1 | 2 => (
-            LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-            rng.gen_range(3..6),
-        ),
-        _ => (
-            LayoutKind::Raid10(Raid10Layout {
-                near: 2,
-                far: 1,
-                offset: false,
-            }),
-            4,
-        ),
+        1 | 2 => (common::raid5(), rng.gen_range(3..6)),
+        _ => (common::raid10(), 4),
     };
     Setup {
         kind,
@@ -154,20 +144,11 @@ fn simulator() {
     let seeds: Vec<u64> = if let Ok(s) = std::env::var("RAIDCTL_SIM_SEED") {
         vec![s.parse().expect("RAIDCTL_SIM_SEED is a number")]
     } else {
-        let n: u64 = std::env::var("RAIDCTL_SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(16);
-        let first: u64 = std::env::var("RAIDCTL_SIM_FIRST")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let n = common::env_u64("RAIDCTL_SIM_SEEDS", 16);
+        let first = common::env_u64("RAIDCTL_SIM_FIRST", 0);
         (first..first + n).collect()
     };
-    let minutes: u64 = std::env::var("RAIDCTL_SIM_MINUTES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let minutes = common::env_u64("RAIDCTL_SIM_MINUTES", 0);
     let deadline = Instant::now() + Duration::from_secs(minutes * 60);
     let mut total = Report::default();
     let mut runs = 0;

@@ -1,0 +1,42 @@
+//! Waiting, bounded, for the engine's background work: checks, rebuilds, anything else.
+
+use std::time::Duration;
+
+use raidcore::raid::{Array, ScrubState};
+use raidcore::reactor::sleep;
+
+/// Waits for the running check / repair / resync to end and returns its final state.
+pub async fn wait_scrub(array: &Array) -> ScrubState {
+    loop {
+        sleep(Duration::from_millis(2)).await;
+        let s = array.scrub_state().expect("a check was started");
+        if !s.running {
+            return s;
+        }
+    }
+}
+
+/// Waits (bounded) until no slot is recovering and every slot is active.
+pub async fn wait_complete(array: &Array) {
+    for _ in 0..20_000 {
+        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
+            return;
+        }
+        sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "the array did not become complete: {}",
+        array.missing_description()
+    );
+}
+
+/// Waits (bounded) for `cond`.
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..20_000 {
+        if cond() {
+            return;
+        }
+        sleep(Duration::from_millis(2)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
