@@ -466,3 +466,65 @@ fn unaligned_writes_through_the_handle_do_not_lose_each_other() {
     })
     .unwrap();
 }
+
+/// A request from the FUSE side that cannot be valid (past the end, not sector-aligned, a
+/// write to a read-only array) is refused by the handle itself, before it is posted to the
+/// reactor: here no reactor serves the inbox, so only a refusal at the edge answers at all.
+#[test]
+fn the_handle_refuses_invalid_requests_before_posting_them() {
+    use raidcore::cache::EngineHandle;
+    use raidcore::reactor::Inbox;
+    use raidcore::volume::VolumeInfo;
+    use raidcore::ErrorKind;
+    use std::sync::mpsc;
+    let (_inbox, sender) = Inbox::new().unwrap();
+    let info = VolumeInfo {
+        name: "t".into(),
+        description: String::new(),
+        size_bytes: 1 << 20,
+        logical_block: 512,
+        preferred_block: 4096,
+        read_only: true,
+        can_trim: false,
+        can_zero: false,
+        can_flush: true,
+        multi_conn: true,
+        zero_buffer_bytes: 0,
+    };
+    let handle = EngineHandle::new(sender, info);
+    let (tx, rx) = mpsc::channel();
+    let answer = |tx: &mpsc::Sender<ErrorKind>| {
+        let tx = tx.clone();
+        move |r: raidcore::Result<()>| tx.send(r.unwrap_err().kind()).unwrap()
+    };
+    let t = tx.clone();
+    handle.read(1 << 20, 512, move |r| {
+        t.send(r.unwrap_err().kind()).unwrap()
+    });
+    assert_eq!(
+        rx.try_recv(),
+        Ok(ErrorKind::OutOfRange),
+        "read past the end"
+    );
+    let t = tx.clone();
+    handle.read(100, 512, move |r| t.send(r.unwrap_err().kind()).unwrap());
+    assert_eq!(rx.try_recv(), Ok(ErrorKind::InvalidInput), "unaligned read");
+    handle.write(0, BufSlice::zeroed(512), false, answer(&tx));
+    assert_eq!(
+        rx.try_recv(),
+        Ok(ErrorKind::ReadOnly),
+        "write to a read-only array"
+    );
+    handle.trim(0, 4096, answer(&tx));
+    assert_eq!(
+        rx.try_recv(),
+        Ok(ErrorKind::ReadOnly),
+        "trim of a read-only array"
+    );
+    handle.write_unaligned(5, vec![1; 10], false, answer(&tx));
+    assert_eq!(
+        rx.try_recv(),
+        Ok(ErrorKind::ReadOnly),
+        "unaligned write, read-only"
+    );
+}

@@ -129,23 +129,32 @@ impl Array {
     ) -> Result<()> {
         for piece in self.geo.pieces(offset, buf.len() as u64) {
             let part = buf.slice((piece.array_offset - offset) as usize, piece.len as usize);
-            let copies = self.geo.map_copies(piece.array_offset);
-            let mut done = false;
-            for place in copies.iter().filter(|p| Some(p.slot) != skip) {
-                if self
-                    .read_slot(place.slot, place.member_offset, part.clone())
-                    .await
-                    .is_ok()
-                {
-                    done = true;
-                    break;
-                }
-            }
-            if !done {
+            if !self.read_a_copy(piece.array_offset, part, skip).await {
                 return Err(self.lost_error(piece.array_offset));
             }
         }
         Ok(())
+    }
+
+    /// Reads one piece (inside a chunk) at `array_offset` from the first copy other than
+    /// `skip`'s that answers; false when none does.
+    pub(super) async fn read_a_copy(
+        &self,
+        array_offset: u64,
+        part: BufSlice,
+        skip: Option<usize>,
+    ) -> bool {
+        for place in self.geo.map_copies(array_offset).iter() {
+            if Some(place.slot) != skip
+                && self
+                    .read_slot(place.slot, place.member_offset, part.clone())
+                    .await
+                    .is_ok()
+            {
+                return true;
+            }
+        }
+        false
     }
 
     pub(super) async fn write_striped(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {

@@ -126,19 +126,7 @@ impl Array {
                             }
                         },
                     };
-                    let copies = self.geo.map_copies(array_offset);
-                    let mut ok = false;
-                    for c in copies.iter().filter(|c| c.slot != slot) {
-                        if self
-                            .read_slot(c.slot, c.member_offset, part.clone())
-                            .await
-                            .is_ok()
-                        {
-                            ok = true;
-                            break;
-                        }
-                    }
-                    if !ok {
+                    if !self.read_a_copy(array_offset, part, Some(slot)).await {
                         return false;
                     }
                     done += n;
