@@ -3,7 +3,7 @@
 //! ```text
 //!  frontends (NBD, FUSE, tests)          control plane
 //!          │                             metadata  md v1.2 superblock, bitmap, assembly rules
-//!          ▼                             create / assemble (raid::create, raid::assemble)
+//!          ▼                             create / assemble (control::create, control::assemble)
 //!  raid::Array   engine: layout + parity + stripe locks + failure handling
 //!          │
 //!  member::Member  FileMember (io_uring, O_DIRECT) │ MemMember (simulated) │ FaultMember
@@ -15,6 +15,7 @@
 
 pub mod buf;
 pub mod cache;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod inspect;

@@ -37,8 +37,8 @@ async fn reassembled(sims: Vec<Rc<MemMember>>) -> Rc<Array> {
         .array
 }
 
-fn cache_on(array: &Rc<Array>, config: CacheConfig) -> Rc<Cache> {
-    let cache = Cache::new(array.clone(), config);
+fn cache_on(r: &Rig, config: CacheConfig) -> Rc<Cache> {
+    let cache = Cache::new(r.array.clone(), config, r.control.clone());
     spawn(cache.clone().run_destager());
     cache
 }
@@ -47,7 +47,7 @@ fn cache_on(array: &Rc<Array>, config: CacheConfig) -> Rc<Cache> {
 /// without one it writes through.
 async fn cached(config: CacheConfig, battery: bool) -> (Rig, Rc<Cache>) {
     let r = raid5_rig().await;
-    let cache = cache_on(&r.array, config);
+    let cache = cache_on(&r, config);
     if battery {
         set_battery(&cache, Battery::Present).await;
     }
@@ -184,9 +184,10 @@ fn losing_the_battery_drains_the_cache_before_the_command_returns() {
         let r = raid5_rig().await;
         let events = Rc::new(RefCell::new(Vec::new()));
         let sink = events.clone();
-        r.array.subscribe(move |e| sink.borrow_mut().push(e.name()));
+        r.control
+            .subscribe(move |e| sink.borrow_mut().push(e.name()));
         // A long max age: only the drain may write the data out.
-        let cache = cache_on(&r.array, long_max_age());
+        let cache = cache_on(&r, long_max_age());
         set_battery(&cache, Battery::Present).await;
         write_blocks(&cache, 10).await;
         assert_eq!(cache.report().dirty_bytes, 64 * 4096);
@@ -412,7 +413,7 @@ fn unaligned_writes_through_the_handle_do_not_lose_each_other() {
     use std::sync::mpsc;
     block_on(async {
         let r = common::rig(LayoutKind::Raid1, 2, 0, 8 << 20).await;
-        let cache = Cache::new(r.array.clone(), CacheConfig::default());
+        let cache = Cache::new(r.array.clone(), CacheConfig::default(), r.control.clone());
         install_engine(cache.clone());
         let (inbox, sender) = Inbox::new().unwrap();
         spawn(inbox.serve());

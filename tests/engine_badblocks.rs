@@ -4,11 +4,12 @@
 //! EIO, while the array stays up; the record survives a restart and is cleared once the data
 //! is had again.
 
+use raidcore::control::AssembleOptions;
 use raidcore::layout::{LayoutKind, Raid0Layout};
 use raidcore::member::{FaultKind, FaultRule};
 use raidcore::metadata::{BadBlocks, Superblock};
 use raidcore::raid::events::Event;
-use raidcore::raid::{ArrayState, AssembleOptions};
+use raidcore::raid::ArrayState;
 use raidcore::reactor::block_on;
 
 mod common;
@@ -43,8 +44,8 @@ async fn rebuild_m1_past_a_bad_sector_of_m2(r: &Rig) -> u64 {
         data_offset + bad_at,
         4096,
     ));
-    r.array.fail_member("m1", false).await.unwrap();
-    wait_complete(&r.array).await;
+    r.control.fail_member("m1", false).await.unwrap();
+    wait_complete(&r.control).await;
     bad_at
 }
 
@@ -107,7 +108,7 @@ fn a_read_error_on_a_survivor_during_a_rebuild_is_recorded_and_the_array_stays_u
     // reconstructs it, rewrites the spare's block and clears the record.
     block_on(async move {
         let opts = AssembleOptions::default();
-        let array = common::reassemble(&sims, &opts).await.unwrap();
+        let array = common::reassemble(&sims, &opts).await.unwrap().array;
         assert_eq!(array.bad_blocks().len(), 1, "loaded from the log");
         let at = (0..)
             .map(|row| row * CHUNK + 8192)
@@ -155,8 +156,8 @@ fn a_read_error_during_check_is_corrected_not_a_failure() {
                 // A pending sector: it fails until rewritten (the check reads it twice).
                 count: Some(2),
             });
-            r.array.start_scrub(false).unwrap();
-            let s = common::wait_scrub(&r.array).await;
+            r.control.start_scrub(false).unwrap();
+            let s = common::wait_scrub(&r.control).await;
             assert_eq!(
                 r.faults[0].fired(),
                 2,
@@ -238,7 +239,7 @@ async fn unsynced_raid5() -> Rig {
 fn a_bad_sector_in_a_row_not_yet_resynced_is_eio_not_made_up() {
     block_on(async {
         let r = unsynced_raid5().await;
-        r.array.set_speed_limits(Some(1), Some(1));
+        r.control.set_speed_limits(Some(1), Some(1));
         let at = 8 << 20;
         let row = data_in_row(&r.array, at);
         let ((bad, bad_array), (_, other_array)) = (row[0], row[1]);
@@ -283,7 +284,7 @@ fn a_bad_sector_in_a_row_not_yet_resynced_is_eio_not_made_up() {
 fn a_bad_sector_met_by_the_resync_is_recorded_not_rebuilt_from_stale_parity() {
     block_on(async {
         let r = unsynced_raid5().await;
-        r.array.set_speed_limits(Some(1), Some(1));
+        r.control.set_speed_limits(Some(1), Some(1));
         let at = 8 << 20;
         let row = data_in_row(&r.array, at);
         let (bad, bad_array) = row[0];
@@ -294,7 +295,7 @@ fn a_bad_sector_met_by_the_resync_is_recorded_not_rebuilt_from_stale_parity() {
             data_offset + at,
             4096,
         ));
-        r.array.set_speed_limits(Some(500_000), Some(500_000));
+        r.control.set_speed_limits(Some(500_000), Some(500_000));
         common::wait_until("the resync", || r.array.sync_offset() == u64::MAX).await;
         let mut recorded: Vec<String> = r
             .array
@@ -363,20 +364,21 @@ fn a_member_with_recorded_bad_blocks_is_rebuilt_in_full_when_re_added() {
         assert_eq!(r.array.bad_blocks().len(), 1, "s0 lacks one block");
         r.faults[2].clear();
         // s0 leaves and comes back after a write elsewhere.
-        r.array.fail_member("s0", false).await.unwrap();
-        r.array.remove_member("s0").await.unwrap();
+        r.control.fail_member("s0", false).await.unwrap();
+        r.control.remove_member("s0").await.unwrap();
         common::write_model(&r.array, &mut model, 6 << 20, pattern(8192, 5)).await;
         let s0: std::rc::Rc<dyn raidcore::member::Member> = r.sims[4].clone();
-        r.array.add_spare(s0, false).await.unwrap();
-        wait_complete(&r.array).await;
+        r.control.add_spare(s0, false).await.unwrap();
+        wait_complete(&r.control).await;
         // Checked on the members themselves: a read through the array would repair it.
         common::assert_redundancy_consistent(&r.array, &r.sims, "after the re-add");
         r.array.close().await.unwrap();
         // And after a restart, from s0 itself (m2 is failed now, so nothing covers for it).
-        let array = common::reassemble(&r.sims, &AssembleOptions::default())
+        let assembled = common::reassemble(&r.sims, &AssembleOptions::default())
             .await
             .unwrap();
-        array.fail_member("m2", false).await.unwrap();
+        let array = assembled.array;
+        assembled.control.fail_member("m2", false).await.unwrap();
         common::assert_reads_model(&array, &model, "after a restart, read through s0").await;
         array.close().await.unwrap();
     })

@@ -6,10 +6,11 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use raidcore::control::{assemble, AssembleOptions, Assembled, Controller, CreateOptions};
 use raidcore::layout::LayoutKind;
 use raidcore::member::{FaultHandle, FaultMember, MemMember, Member};
 use raidcore::raid::events::Event;
-use raidcore::raid::{assemble, Array, AssembleOptions, CreateOptions};
+use raidcore::raid::Array;
 use raidcore::reactor::{block_on, sleep};
 
 mod common;
@@ -24,7 +25,7 @@ fn wrap(sim: &Rc<MemMember>) -> Rc<dyn Member> {
 }
 
 /// A fresh array of `kind` ("b", with [`BITMAP_CHUNK`] bits) on all of `sims`, assembled.
-async fn new_array(kind: LayoutKind, sims: &[Rc<MemMember>]) -> Rc<Array> {
+async fn new_array(kind: LayoutKind, sims: &[Rc<MemMember>]) -> Assembled {
     let opts = CreateOptions {
         bitmap_chunk_bytes: Some(BITMAP_CHUNK),
         ..common::create_options("b", kind)
@@ -36,13 +37,14 @@ async fn new_array(kind: LayoutKind, sims: &[Rc<MemMember>]) -> Rc<Array> {
 }
 
 /// Assembles `sims` (behind fault wrappers), with a bitmap daemon quick enough for the tests.
-async fn open(sims: &[Rc<MemMember>]) -> Rc<Array> {
-    let array = assemble(sims.iter().map(wrap).collect(), &AssembleOptions::default())
+async fn open(sims: &[Rc<MemMember>]) -> Assembled {
+    let assembled = assemble(sims.iter().map(wrap).collect(), &AssembleOptions::default())
         .await
-        .expect("assemble")
-        .array;
-    array.set_bitmap_daemon_sleep(Duration::from_millis(20));
-    array
+        .expect("assemble");
+    assembled
+        .array
+        .set_bitmap_daemon_sleep(Duration::from_millis(20));
+    assembled
 }
 
 fn sims(n: usize) -> Vec<Rc<MemMember>> {
@@ -73,23 +75,23 @@ async fn fill_and_settle(array: &Array, seed: u64) -> Vec<u8> {
 }
 
 /// Fails and removes the member at `path`.
-async fn take_out(array: &Array, path: &str) {
-    array.fail_member(path, false).await.unwrap();
-    array.remove_member(path).await.unwrap();
+async fn take_out(control: &Controller, path: &str) {
+    control.fail_member(path, false).await.unwrap();
+    control.remove_member(path).await.unwrap();
 }
 
 /// A settled RAID1 of `s[0]` and `s[1]` (filled with `seed`) whose m1 is taken out and
 /// misses a write (of `seed + 1`); its events recorded from before m1 left.
-async fn mirror_that_m1_left(s: &[Rc<MemMember>], seed: u64) -> (Rc<Array>, Recorded) {
-    let array = new_array(LayoutKind::Raid1, &s[..2]).await;
-    fill_and_settle(&array, seed).await;
-    let events = record_events(&array);
-    take_out(&array, s[1].path()).await;
-    array
+async fn mirror_that_m1_left(s: &[Rc<MemMember>], seed: u64) -> (Assembled, Recorded) {
+    let a = new_array(LayoutKind::Raid1, &s[..2]).await;
+    fill_and_settle(&a.array, seed).await;
+    let events = record_events(&a.control);
+    take_out(&a.control, s[1].path()).await;
+    a.array
         .write(4096, pattern(65536, seed + 1), false)
         .await
         .unwrap();
-    (array, events)
+    (a, events)
 }
 
 /// The bytes the last finished rebuild copied.
@@ -103,15 +105,16 @@ fn rebuilt_bytes(events: &Recorded) -> Option<u64> {
 /// Adds `s[added]` to the mirror missing slot 1 and checks that the rebuild copies all of
 /// slot 1 (the bitmap cannot say what it lacks) and that the copies agree afterwards.
 async fn add_and_expect_a_full_rebuild(
-    array: &Array,
+    control: &Controller,
     events: &Recorded,
     s: &[Rc<MemMember>],
     added: usize,
     context: &str,
 ) {
     events.borrow_mut().clear();
-    array.add_spare(wrap(&s[added]), false).await.unwrap();
-    wait_complete(array).await;
+    control.add_spare(wrap(&s[added]), false).await.unwrap();
+    wait_complete(control).await;
+    let array = control.array();
     let rebuilt = rebuilt_bytes(events);
     assert_eq!(rebuilt, Some(array.geometry().slot_used_bytes(1)));
     common::assert_redundancy_consistent(array, s, context);
@@ -128,7 +131,7 @@ fn flip(sim: &MemMember, data_offset: u64, member_offset: u64) {
 fn writes_set_bits_that_clear_once_quiet() {
     block_on(async {
         let s = sims(4);
-        let array = new_array(raid5(), &s).await;
+        let Assembled { array, .. } = new_array(raid5(), &s).await;
         // create writes every bit set (as mdadm does); on a clean array they clear lazily.
         wait_bits_cleared(&array).await;
         // Array offset 9 MiB is stripe row 48 (3 data chunks of 64K), member offset 3 MiB:
@@ -151,7 +154,7 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
     let data_offset = block_on({
         let s = s.clone();
         async move {
-            let array = new_array(raid5(), &s).await;
+            let Assembled { array, .. } = new_array(raid5(), &s).await;
             fill_and_settle(&array, 7).await;
             // Two writes, then a crash (no close: the reactor goes away): bits 0 and 3 stay
             // set on the members.
@@ -167,9 +170,9 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
     flip(&s[1], data_offset, (3 << 20) + 8192);
     flip(&s[1], data_offset, (6 << 20) + 8192);
     block_on(async move {
-        let array = open(&common::reopened(&s, 3)).await;
-        let events = record_events(&array);
-        let resync = common::wait_scrub(&array).await;
+        let Assembled { array, control, .. } = open(&common::reopened(&s, 3)).await;
+        let events = record_events(&control);
+        let resync = common::wait_scrub(&control).await;
         assert!(resync.resync, "{resync:?}");
         let member = array.geometry().member_used_bytes();
         assert_eq!(
@@ -188,8 +191,8 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
         assert_eq!(resynced, Some(2 * BITMAP_CHUNK as u64));
         assert!(resynced.unwrap() * 4 < member);
         // The unmarked chunk was never read: a full check still finds its flipped byte.
-        array.start_scrub(false).unwrap();
-        let check = common::wait_scrub(&array).await;
+        control.start_scrub(false).unwrap();
+        let check = common::wait_scrub(&control).await;
         assert_eq!(check.mismatch_sectors, 8, "{check:?}");
         array.close().await.unwrap();
     })
@@ -201,12 +204,12 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
     for (kind, n) in [(LayoutKind::Raid1, 2), (raid5(), 4), (raid10(), 4)] {
         block_on(async move {
             let s = sims(n);
-            let array = new_array(kind.clone(), &s).await;
+            let Assembled { array, control, .. } = new_array(kind.clone(), &s).await;
             let size = array.size_bytes() as usize;
             let mut model = fill_and_settle(&array, 11).await;
-            let events = record_events(&array);
+            let events = record_events(&control);
 
-            take_out(&array, s[1].path()).await;
+            take_out(&control, s[1].path()).await;
             // Written while it is away: two small writes, far apart.
             for (at, seed) in [(4096u64, 21u64), (size as u64 / 2 + 8192, 22)] {
                 common::write_model(&array, &mut model, at, pattern(65536, seed)).await;
@@ -216,9 +219,9 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
             let dirty = dirty_bits(&array);
             assert!(dirty >= 2, "{kind:?}: {:?}", array.bitmap_report());
 
-            array.add_spare(wrap(&s[1]), false).await.unwrap();
+            control.add_spare(wrap(&s[1]), false).await.unwrap();
             // Events reach subscribers from the delivery task, so after the next wait.
-            wait_complete(&array).await;
+            wait_complete(&control).await;
             let role = events.borrow().iter().find_map(|e| match e {
                 Event::MemberAdded { role, .. } => Some(role.clone()),
                 _ => None,
@@ -245,14 +248,14 @@ fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
 fn readd_after_the_bits_were_cleared_rebuilds_everything() {
     block_on(async {
         let s = sims(3);
-        let (array, events) = mirror_that_m1_left(&s, 31).await;
+        let (Assembled { array, control, .. }, events) = mirror_that_m1_left(&s, 31).await;
         // A new member takes the slot, the array is complete again and the bits clear: the
         // bitmap no longer knows what m1 missed.
-        array.add_spare(wrap(&s[2]), false).await.unwrap();
-        wait_complete(&array).await;
+        control.add_spare(wrap(&s[2]), false).await.unwrap();
+        wait_complete(&control).await;
         wait_bits_cleared(&array).await;
-        take_out(&array, s[2].path()).await;
-        add_and_expect_a_full_rebuild(&array, &events, &s, 1, "after a full rebuild of m1").await;
+        take_out(&control, s[2].path()).await;
+        add_and_expect_a_full_rebuild(&control, &events, &s, 1, "after a full rebuild of m1").await;
         array.close().await.unwrap();
     })
     .unwrap();
@@ -264,16 +267,16 @@ fn readd_after_the_bits_were_cleared_rebuilds_everything() {
 fn a_new_disk_after_a_failed_readd_is_rebuilt_in_full() {
     block_on(async {
         let s = sims(4);
-        let (array, events) = mirror_that_m1_left(&s, 41).await;
+        let (Assembled { array, control, .. }, events) = mirror_that_m1_left(&s, 41).await;
         // Re-add m1 slowly, and fail it part-way.
-        array.set_speed_limits(Some(64), Some(64));
-        array.add_spare(wrap(&s[1]), false).await.unwrap();
+        control.set_speed_limits(Some(64), Some(64));
+        control.add_spare(wrap(&s[1]), false).await.unwrap();
         sleep(Duration::from_millis(50)).await;
-        take_out(&array, s[1].path()).await;
-        array.set_speed_limits(Some(1000), Some(1_000_000));
+        take_out(&control, s[1].path()).await;
+        control.set_speed_limits(Some(1000), Some(1_000_000));
         // A blank disk now: every byte must be copied onto it.
         let context = "after the blank disk's rebuild";
-        add_and_expect_a_full_rebuild(&array, &events, &s, 2, context).await;
+        add_and_expect_a_full_rebuild(&control, &events, &s, 2, context).await;
         array.close().await.unwrap();
     })
     .unwrap();

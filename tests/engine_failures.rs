@@ -7,10 +7,11 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use raidcore::control::AssembleOptions;
 use raidcore::layout::LayoutKind;
 use raidcore::member::{FaultKind, FaultRule, MemMember};
 use raidcore::raid::events::Event;
-use raidcore::raid::{AssembleOptions, SlotState};
+use raidcore::raid::SlotState;
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
@@ -28,17 +29,17 @@ fn replace_whose_old_member_fails_midway_ends_as_a_recovery_with_every_write() {
         let r = rig(raid5(), 4, 1, MEMBER).await;
         let size = r.array.size_bytes() as usize;
         let mut model = common::fill(&r.array, 1).await;
-        r.array.set_speed_limits(Some(1000), Some(1000));
+        r.control.set_speed_limits(Some(1000), Some(1000));
         let new = Rc::new(MemMember::new("new", MEMBER, 77));
-        r.array
+        r.control
             .replace_member("m1", new.clone(), false)
             .await
             .expect("replace starts");
         wait_until("the copy to pass its first step", || {
-            r.array.replacement_state().is_some_and(|s| s.2 > 0)
+            r.control.replacement_state().is_some_and(|s| s.2 > 0)
         })
         .await;
-        r.array.fail_member("m1", false).await.expect("fail m1");
+        r.control.fail_member("m1", false).await.expect("fail m1");
         // Writes over the whole array after the failure: below the copy cursor they must
         // reach the new member, above it the recovery copies them.
         for i in 0..(size as u64 / (256 << 10)) {
@@ -49,8 +50,8 @@ fn replace_whose_old_member_fails_midway_ends_as_a_recovery_with_every_write() {
             r.array.spares().iter().any(|d| d.member.path() == "s0"),
             "the spare must not take a slot that a replacement is filling"
         );
-        r.array.set_speed_limits(Some(200_000), Some(200_000));
-        wait_complete(&r.array).await;
+        r.control.set_speed_limits(Some(200_000), Some(200_000));
+        wait_complete(&r.control).await;
         assert!(
             matches!(&r.array.slots()[1], SlotState::Active(d) if d.member.path() == "new"),
             "the new member carries slot 1: {}",
@@ -97,9 +98,9 @@ fn replace_swap_loses_no_write_while_it_waits_for_the_metadata_lock() {
             new_faults.clone(),
         ));
         // No throttle pause between the last copy step and the swap.
-        r.array.set_speed_limits(Some(500_000), Some(500_000));
-        r.array.replace_member("m2", new, false).await.unwrap();
-        let total = r.array.replacement_state().unwrap().3;
+        r.control.set_speed_limits(Some(500_000), Some(500_000));
+        r.control.replace_member("m2", new, false).await.unwrap();
+        let total = r.control.replacement_state().unwrap().3;
         let stop = Rc::new(Cell::new(false));
         let writer = spawn({
             let (array, model, stop) = (r.array.clone(), model.clone(), stop.clone());
@@ -117,11 +118,11 @@ fn replace_swap_loses_no_write_while_it_waits_for_the_metadata_lock() {
             }
         });
         wait_until("the copy to reach the end", || {
-            r.array.replacement_state().is_none_or(|s| s.2 == total)
+            r.control.replacement_state().is_none_or(|s| s.2 == total)
         })
         .await;
-        r.array.fail_member("m0", false).await.unwrap();
-        wait_until("the swap", || r.array.replacement_state().is_none()).await;
+        r.control.fail_member("m0", false).await.unwrap();
+        wait_until("the swap", || r.control.replacement_state().is_none()).await;
         sleep(Duration::from_millis(50)).await;
         stop.set(true);
         writer.await;
@@ -146,11 +147,11 @@ fn flush_covers_a_member_being_rebuilt_across_a_power_cut() {
         let size = r.array.size_bytes() as usize;
         r.array.write(0, pattern(size, 3), false).await.unwrap();
         r.array.flush().await.unwrap();
-        r.array.set_checkpoint_every(1, Duration::from_millis(1));
-        r.array.set_speed_limits(Some(1000), Some(1000));
-        r.array.fail_member("m1", false).await.unwrap();
+        r.control.set_checkpoint_every(1, Duration::from_millis(1));
+        r.control.set_speed_limits(Some(1000), Some(1000));
+        r.control.fail_member("m1", false).await.unwrap();
         wait_until("the rebuild to pass its first step", || {
-            r.array
+            r.control
                 .rebuild_states()
                 .first()
                 .is_some_and(|s| s.done_bytes > (1 << 20))
@@ -173,8 +174,9 @@ fn flush_covers_a_member_being_rebuilt_across_a_power_cut() {
             force: true,
             ..Default::default()
         };
-        let array = common::reassemble(&sims, &opts).await.expect("reassemble");
-        wait_complete(&array).await;
+        let assembled = common::reassemble(&sims, &opts).await.expect("reassemble");
+        let array = assembled.array;
+        wait_complete(&assembled.control).await;
         let got = read_array(&array, 0, 1 << 20).await.unwrap();
         assert!(
             got == pattern(1 << 20, 4).to_vec(),
@@ -248,11 +250,11 @@ fn mirror_repair_round(round: u64) {
 fn resync_deferred_by_a_rebuild_runs_when_the_rebuild_finishes() {
     block_on(async {
         let r = rig_on(raid5(), sim_members(4, 1, MEMBER, false), 4, false).await;
-        r.array.set_speed_limits(Some(1000), Some(1000));
+        r.control.set_speed_limits(Some(1000), Some(1000));
         assert_ne!(r.array.sync_offset(), u64::MAX, "an initial resync is due");
-        r.array.fail_member("m1", false).await.unwrap();
-        r.array.set_speed_limits(Some(200_000), Some(200_000));
-        wait_complete(&r.array).await;
+        r.control.fail_member("m1", false).await.unwrap();
+        r.control.set_speed_limits(Some(200_000), Some(200_000));
+        wait_complete(&r.control).await;
         wait_until("the deferred resync to finish", || {
             r.array.sync_offset() == u64::MAX
         })
@@ -307,12 +309,12 @@ fn close_with_a_write_in_flight_leaves_the_array_dirty() {
 fn close_waits_for_a_running_check() {
     block_on(async {
         let r = rig(raid5(), 4, 0, MEMBER).await;
-        r.array.set_speed_limits(Some(1000), Some(1000));
-        r.array.start_scrub(true).unwrap();
+        r.control.set_speed_limits(Some(1000), Some(1000));
+        r.control.start_scrub(true).unwrap();
         sleep(Duration::from_millis(20)).await;
         r.array.close().await.unwrap();
         assert!(
-            !r.array.scrub_state().unwrap().running,
+            !r.control.scrub_state().unwrap().running,
             "close returned while the check was still running"
         );
     })
@@ -332,13 +334,13 @@ fn a_replacement_that_failed_a_write_is_not_lent_to_the_spares() {
             Rc::new(MemMember::new("new", MEMBER, 8)),
             faults.clone(),
         ));
-        r.array.set_speed_limits(Some(1000), Some(1000));
-        r.array.replace_member("m3", new, false).await.unwrap();
+        r.control.set_speed_limits(Some(1000), Some(1000));
+        r.control.replace_member("m3", new, false).await.unwrap();
         faults.inject(FaultRule::new(FaultKind::WriteError));
-        r.array.set_speed_limits(Some(200_000), Some(200_000));
+        r.control.set_speed_limits(Some(200_000), Some(200_000));
         r.array.write(0, pattern(size, 3), false).await.unwrap();
         wait_until("the replacement to be given up", || {
-            r.array.replacement_state().is_none()
+            r.control.replacement_state().is_none()
         })
         .await;
         assert!(

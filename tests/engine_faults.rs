@@ -5,10 +5,11 @@
 //! up right even over garbage.
 
 use raidcore::buf::BufSlice;
+use raidcore::control::{assemble, AssembleOptions, CreateOptions};
 use raidcore::layout::{LayoutKind, Raid0Layout};
 use raidcore::member::FaultKind;
 use raidcore::metadata::Role;
-use raidcore::raid::{assemble, ArrayState, AssembleOptions, CreateOptions};
+use raidcore::raid::ArrayState;
 use raidcore::reactor::block_on;
 
 mod common;
@@ -433,8 +434,8 @@ fn check_counts_flipped_bytes_and_repair_fixes_them() {
             for at in [off + 5000, off + 3 * 65536 + 17] {
                 r.sims[1].store().lock().unwrap()[at] ^= 0x5a;
             }
-            r.array.start_scrub(false).unwrap();
-            let checked = common::wait_scrub(&r.array).await;
+            r.control.start_scrub(false).unwrap();
+            let checked = common::wait_scrub(&r.control).await;
             assert_eq!(
                 checked.done_bytes, checked.total_bytes,
                 "{kind:?}: check ran to the end"
@@ -443,15 +444,15 @@ fn check_counts_flipped_bytes_and_repair_fixes_them() {
                 checked.mismatch_sectors, 16,
                 "{kind:?}: two 4 KiB blocks = 16 sectors"
             );
-            r.array.start_scrub(true).unwrap();
-            let repaired = common::wait_scrub(&r.array).await;
+            r.control.start_scrub(true).unwrap();
+            let repaired = common::wait_scrub(&r.control).await;
             assert_eq!(
                 repaired.mismatch_sectors, 16,
                 "{kind:?}: repair counts what it fixes"
             );
-            r.array.start_scrub(false).unwrap();
+            r.control.start_scrub(false).unwrap();
             assert_eq!(
-                common::wait_scrub(&r.array).await.mismatch_sectors,
+                common::wait_scrub(&r.control).await.mismatch_sectors,
                 0,
                 "{kind:?}: consistent after repair"
             );
@@ -470,8 +471,8 @@ fn resync_makes_an_array_on_old_contents_consistent_by_itself() {
                 r.array.sync_offset() == u64::MAX
             })
             .await;
-            r.array.start_scrub(false).unwrap();
-            let s = common::wait_scrub(&r.array).await;
+            r.control.start_scrub(false).unwrap();
+            let s = common::wait_scrub(&r.control).await;
             assert_eq!(
                 s.mismatch_sectors, 0,
                 "{kind:?}: consistent after the resync"

@@ -18,7 +18,7 @@ async fn assert_refused(r: &common::Rig, path: &str, also_named: &[&str]) {
     let before = snapshot(&r.sims);
     let state = r.array.state();
     let err = r
-        .array
+        .control
         .fail_member(path, false)
         .await
         .expect_err("fail must be refused");
@@ -46,7 +46,7 @@ fn raid0_fail_is_always_refused_without_force() {
     block_on(async {
         let r = rig(LayoutKind::Raid0(Raid0Layout::Alternate), 2, 0, MEMBER).await;
         assert_refused(&r, "m1", &["RAID0"]).await;
-        r.array
+        r.control
             .fail_member("m1", true)
             .await
             .expect("--force fails it");
@@ -70,12 +70,12 @@ fn the_last_copy_is_kept_per_level() {
             let r = rig(kind.clone(), members, 0, MEMBER).await;
             if members == 3 {
                 // A three-way mirror loses two before its last copy is at stake.
-                r.array.fail_member(first, false).await.expect("first");
-                r.array.fail_member(second, false).await.expect("second");
+                r.control.fail_member(first, false).await.expect("first");
+                r.control.fail_member(second, false).await.expect("second");
                 assert_refused(&r, "m2", &[first, second]).await;
                 return;
             }
-            r.array
+            r.control
                 .fail_member(first, false)
                 .await
                 .unwrap_or_else(|e| panic!("{kind:?}: one failure is allowed: {e}"));
@@ -83,10 +83,13 @@ fn the_last_copy_is_kept_per_level() {
             assert_refused(&r, second, &[first]).await;
             if kind == raid10() {
                 // The other mirror pair still has both copies: one of it may go.
-                r.array.fail_member("m3", false).await.expect("other pair");
+                r.control
+                    .fail_member("m3", false)
+                    .await
+                    .expect("other pair");
                 assert_refused(&r, "m2", &["m0", "m3"]).await;
             }
-            r.array
+            r.control
                 .fail_member(second, true)
                 .await
                 .expect("--force fails it anyway");
@@ -109,15 +112,18 @@ fn a_recovering_member_is_no_copy_and_failing_it_is_allowed() {
         r.faults[2].inject(raidcore::member::FaultRule::new(
             raidcore::member::FaultKind::Delay(std::time::Duration::from_millis(20)),
         ));
-        r.array.fail_member("m1", false).await.unwrap();
+        r.control.fail_member("m1", false).await.unwrap();
         common::wait_until("the spare to start recovering", || {
-            !r.array.rebuild_states().is_empty()
+            !r.control.rebuild_states().is_empty()
         })
         .await;
         // m0 is the only source of the rebuild: failing it would fail the array.
         assert_refused(&r, "m0", &["s0"]).await;
         // The recovering spare holds no copy the array relies on: failing it is fine.
-        r.array.fail_member("s0", false).await.expect("recovering");
+        r.control
+            .fail_member("s0", false)
+            .await
+            .expect("recovering");
         assert_eq!(r.array.state(), ArrayState::Degraded);
         r.faults[2].clear();
         r.array.close().await.unwrap();

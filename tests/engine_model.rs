@@ -9,9 +9,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use raidcore::buf::BufSlice;
+use raidcore::control::{assemble, AssembleOptions, CreateOptions};
 use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
 use raidcore::member::{FaultKind, MemMember};
-use raidcore::raid::{assemble, Array, AssembleOptions, CreateOptions};
+use raidcore::raid::Array;
 use raidcore::reactor::{block_on, spawn};
 
 mod common;

@@ -8,10 +8,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use raidcore::buf::BufSlice;
+use raidcore::control::{assemble, AssembleOptions};
 use raidcore::layout::{LayoutKind, Raid10Layout};
 use raidcore::member::{MemMember, Member};
 use raidcore::raid::events::Event;
-use raidcore::raid::{assemble, Array, AssembleOptions, SlotState};
+use raidcore::raid::{Array, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
@@ -82,7 +83,7 @@ fn spare_takes_over_and_rebuilds_under_foreground_writes() {
             // Foreground writes while the rebuild runs, below and above its cursor.
             let pause = Duration::from_micros(200);
             write_meanwhile(&r.array, &mut model, 64, 7919, 100, pause).await;
-            wait_complete(&r.array).await;
+            wait_complete(&r.control).await;
             let names: Vec<&str> = r
                 .events
                 .borrow()
@@ -140,7 +141,7 @@ fn no_spare_waits_and_says_so() {
             .borrow()
             .iter()
             .any(|e| matches!(e, Event::SparesMissing { slot: 2 })));
-        assert!(r.array.rebuild_states().is_empty());
+        assert!(r.control.rebuild_states().is_empty());
         r.array.close().await.unwrap();
     })
     .unwrap();
@@ -153,9 +154,9 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
         let model = common::fill(&r.array, 5).await;
         r.array.flush().await.unwrap();
         // Slow and frequent checkpoints, so a "crash" lands part-way with progress recorded.
-        r.array
+        r.control
             .set_checkpoint_every(1 << 20, Duration::from_secs(3600));
-        r.array.set_speed_limits(Some(2048), Some(2048));
+        r.control.set_speed_limits(Some(2048), Some(2048));
         r.faults[0].vanish();
         let got = BufSlice::zeroed(4096);
         r.array.read(0, got.clone()).await.unwrap();
@@ -163,7 +164,7 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
         loop {
             sleep(Duration::from_millis(10)).await;
             let done = r
-                .array
+                .control
                 .rebuild_states()
                 .first()
                 .map(|s| s.done_bytes)
@@ -194,14 +195,14 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
             "notes: {:?}",
             assembled.notes
         );
-        let array = assembled.array;
-        let resumed_from = array
+        let (array, control) = (assembled.array, assembled.control);
+        let resumed_from = control
             .rebuild_states()
             .first()
             .map(|s| s.done_bytes)
             .expect("a rebuild to resume");
         assert!(resumed_from > 0, "the rebuild restarted from zero");
-        wait_complete(&array).await;
+        wait_complete(&control).await;
         assert_reads_model(&array, &model, "data after the resumed rebuild").await;
         array.close().await.unwrap();
     })
@@ -215,14 +216,14 @@ fn replace_builds_the_new_member_while_the_old_stays_active() {
             let r = rig(kind.clone(), members, 0).await;
             let mut model = common::fill(&r.array, 7).await;
             let new = Rc::new(MemMember::new("new", MEMBER, 99));
-            r.array
+            r.control
                 .replace_member("m1", new.clone(), false)
                 .await
                 .expect("replace starts");
             let pause = Duration::from_micros(300);
             write_meanwhile(&r.array, &mut model, 48, 6007, 300, pause).await;
             common::wait_until(&format!("{kind:?}: the replacement to finish"), || {
-                r.array.replacement_state().is_none()
+                r.control.replacement_state().is_none()
             })
             .await;
             assert!(
@@ -230,7 +231,7 @@ fn replace_builds_the_new_member_while_the_old_stays_active() {
                 "{kind:?}"
             );
             assert!(
-                r.array
+                r.control
                     .replaced_faulty()
                     .iter()
                     .any(|d| d.member.path() == "m1"),
@@ -245,4 +246,34 @@ fn replace_builds_the_new_member_while_the_old_stays_active() {
         })
         .unwrap();
     }
+}
+
+/// The engine only queues events (the control plane delivers them): a subscriber never runs
+/// inside the engine's call, hears every event in order, and hears everything emitted before
+/// `close` (the delivery task drains the queue before it ends).
+#[test]
+fn events_reach_subscribers_from_the_queue_in_order_up_to_close() {
+    block_on(async {
+        let r = rig(raid5(), 4, 0).await;
+        let removed = |r: &common::Rig| -> Vec<String> {
+            r.events
+                .borrow()
+                .iter()
+                .filter_map(|e| match e {
+                    Event::MemberRemoved { member } => Some(member.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let gone = |m: &str| Event::MemberRemoved { member: m.into() };
+        r.array.emit(gone("a"));
+        r.array.emit(gone("b"));
+        assert!(removed(&r).is_empty(), "a subscriber ran inside emit");
+        common::wait_until("delivery", || removed(&r).len() == 2).await;
+        r.array.emit(gone("c"));
+        r.array.close().await.unwrap();
+        sleep(Duration::from_millis(20)).await;
+        assert_eq!(removed(&r), ["a", "b", "c"]);
+    })
+    .unwrap();
 }

@@ -20,8 +20,9 @@ use std::rc::Rc;
 
 use md5::{Digest, Md5};
 use raidcore::buf::BufSlice;
+use raidcore::control::{assemble, AssembleOptions, Assembled};
 use raidcore::member::{FileMember, Member, OpenOptions};
-use raidcore::raid::{assemble, Array, ArrayState, AssembleOptions, Assembled};
+use raidcore::raid::{Array, ArrayState};
 use raidcore::reactor::{block_on, spawn};
 
 use tempfile::TempDir;

@@ -26,9 +26,10 @@ use rand::{Rng, SeedableRng};
 
 use raidcore::buf::BufSlice;
 use raidcore::cache::{Battery, Cache, CacheConfig};
+use raidcore::control::AssembleOptions;
 use raidcore::layout::{LayoutKind, Level};
 use raidcore::member::{FaultKind, FaultRule, MemMember, Member};
-use raidcore::raid::{Array, AssembleOptions, SlotState};
+use raidcore::raid::{Array, SlotState};
 use raidcore::reactor::{block_on, sleep, spawn};
 
 mod common;
@@ -207,12 +208,12 @@ async fn live_phase(
 ) -> Result<(Vec<Rc<MemMember>>, Rc<RefCell<Model>>, Report), String> {
     let sims = common::sim_members(setup.members, setup.spares, MEMBER, true);
     let r = common::rig_on(setup.kind.clone(), sims, setup.members, true).await;
-    r.array
+    r.control
         .subscribe(|e| trace(|| format!("event: {} {e:?}", e.name())));
-    r.array
+    r.control
         .set_checkpoint_every(256 << 10, Duration::from_millis(20));
     // Rebuilds, copies and checks make progress under the clients' load.
-    r.array.set_speed_limits(Some(100_000), Some(400_000));
+    r.control.set_speed_limits(Some(100_000), Some(400_000));
     let cache = Cache::new(
         r.array.clone(),
         CacheConfig {
@@ -220,6 +221,7 @@ async fn live_phase(
             max_age: Duration::from_millis(30),
             ..CacheConfig::default()
         },
+        r.control.clone(),
     );
     spawn(cache.clone().run_destager());
     if setup.write_back {
@@ -255,6 +257,7 @@ async fn live_phase(
         rng.gen(),
         Chaos {
             array: r.array.clone(),
+            control: r.control.clone(),
             cache: cache.clone(),
             faults: r.faults.clone(),
             data_offset,
@@ -476,6 +479,7 @@ fn allowed_error(
 /// What the chaos task acts on.
 struct Chaos {
     array: Rc<Array>,
+    control: Rc<raidcore::control::Controller>,
     cache: Rc<Cache>,
     faults: Vec<raidcore::member::FaultHandle>,
     data_offset: u64,
@@ -517,7 +521,7 @@ async fn chaos(
         match action {
             0..=9 => {
                 if let Some(p) = pick(&mut rng, &active) {
-                    let _ = x.array.fail_member(&p, false).await;
+                    let _ = x.control.fail_member(&p, false).await;
                     injected.set(injected.get() + 1);
                 }
             }
@@ -535,11 +539,11 @@ async fn chaos(
             30..=34 if !replaced && slots.iter().all(|s| s.is_active()) => {
                 if let Some(p) = pick(&mut rng, &active) {
                     let new: Rc<dyn Member> = x.replacement.clone();
-                    replaced = x.array.replace_member(&p, new, false).await.is_ok();
+                    replaced = x.control.replace_member(&p, new, false).await.is_ok();
                 }
             }
             35..=39 => {
-                let _ = x.array.start_scrub(rng.gen_bool(0.5));
+                let _ = x.control.start_scrub(rng.gen_bool(0.5));
             }
             45..=47 if slots.iter().all(|s| s.is_active()) => {
                 // A disk is pulled (every later I/O fails with ENODEV), never a second one.
@@ -612,7 +616,7 @@ async fn recovery_phase(
         run: true,
         ..Default::default()
     };
-    let (array, forced) = match common::reassemble(&sims, &run).await {
+    let (assembled, forced) = match common::reassemble(&sims, &run).await {
         Ok(a) => (a, false),
         Err(e) if e.to_string().contains("--force") => {
             let force = AssembleOptions {
@@ -627,6 +631,7 @@ async fn recovery_phase(
         }
         Err(e) => return Err(format!("assemble after the power cut: {e}")),
     };
+    let (array, control) = (assembled.array, assembled.control);
     trace(|| {
         format!(
             "reassembled (forced: {forced}): {}, sync offset {}, slots {:?}",
@@ -646,9 +651,9 @@ async fn recovery_phase(
         .collect();
     // Rebuilds (with a spare) and the resync (once complete) run by themselves.
     for _ in 0..5000 {
-        let busy = !array.rebuild_states().is_empty()
-            || array.scrub_state().is_some_and(|s| s.running)
-            || array.replacement_state().is_some();
+        let busy = !control.rebuild_states().is_empty()
+            || control.scrub_state().is_some_and(|s| s.running)
+            || control.replacement_state().is_some();
         let complete = array.slots().iter().all(|s| s.is_active());
         if !busy && (!complete || array.sync_offset() == u64::MAX) {
             break;

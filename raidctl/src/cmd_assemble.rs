@@ -11,9 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use raidcore::control::AssembleOptions;
 use raidcore::daemon::rundir::RunDir;
 use raidcore::daemon::{self, DaemonConfig, Listen, Ready};
-use raidcore::raid::AssembleOptions;
 use raidcore::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 

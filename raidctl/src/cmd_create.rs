@@ -1,7 +1,7 @@
 //! `raidctl create`: validate everything, then write superblocks. Bad input touches nothing.
 
+use raidcore::control::{create, CreateOptions};
 use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
-use raidcore::raid::{create, CreateOptions};
 use raidcore::reactor::block_on;
 use raidcore::size::{format_size, parse_size};
 use raidcore::{Error, Result};

@@ -3,9 +3,9 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use raidcore::control::ScrubState;
 use raidcore::daemon::control::ControlRequest;
 use raidcore::daemon::rundir::RunDir;
-use raidcore::raid::ScrubState;
 use raidcore::size::format_size;
 use raidcore::{Error, ErrorKind, Result};
 

@@ -9,9 +9,10 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use raidcore::buf::BufSlice;
+use raidcore::control::{assemble, create, AssembleOptions, Controller, CreateOptions};
 use raidcore::layout::{LayoutKind, Raid5Algorithm};
 use raidcore::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
+use raidcore::raid::Array;
 use raidcore::reactor::{block_on, spawn};
 use raidcore::size::format_size;
 use raidcore::{Error, Result};
@@ -79,11 +80,12 @@ fn run_in(paths: &[String]) -> Result<()> {
 
 async fn demo(paths: Vec<String>) -> Result<()> {
     let (members, spare) = create_array(&paths).await?;
-    let (array, faults) = assemble_wrapped(members, spare).await?;
+    let (control, faults) = assemble_wrapped(members, spare).await?;
+    let array = control.array().clone();
     let size = array.size_bytes();
     write_pattern(&array, size).await?;
     verify_degraded(&array, &faults[2], &paths[2], size).await?;
-    wait_for_rebuild(&array, &paths[4]).await?;
+    wait_for_rebuild(&control, &paths[4]).await?;
     run_lanes(&array, size, false).await?;
     println!(
         "== verified all {} again, now with full redundancy",
@@ -92,7 +94,7 @@ async fn demo(paths: Vec<String>) -> Result<()> {
     println!();
     print_report(&StatusReport {
         pid: 0,
-        ..StatusReport::build(&array, None, Vec::new())
+        ..StatusReport::build(&control, None, Vec::new())
     });
     array.close().await?;
     println!(
@@ -135,7 +137,7 @@ async fn create_array(paths: &[String]) -> Result<(Vec<Rc<dyn Member>>, Vec<Rc<d
 async fn assemble_wrapped(
     members: Vec<Rc<dyn Member>>,
     spare: Vec<Rc<dyn Member>>,
-) -> Result<(Rc<Array>, Vec<FaultHandle>)> {
+) -> Result<(Rc<Controller>, Vec<FaultHandle>)> {
     let faults: Vec<FaultHandle> = (0..5).map(|_| FaultHandle::default()).collect();
     let wrapped: Vec<Rc<dyn Member>> = members
         .into_iter()
@@ -144,12 +146,11 @@ async fn assemble_wrapped(
         .map(|(m, f)| Rc::new(FaultMember::new(m, f.clone())) as Rc<dyn Member>)
         .collect();
     let assembled = assemble(wrapped, &AssembleOptions::default()).await?;
-    let array = assembled.array;
     println!(
         "== assembled: {} members active, 1 spare",
-        array.geometry().members()
+        assembled.array.geometry().members()
     );
-    Ok((array, faults))
+    Ok((assembled.control, faults))
 }
 
 /// Fills the whole array with the pattern and reports the write speed.
@@ -189,12 +190,13 @@ async fn verify_degraded(
 
 /// Waits (up to 10 minutes) for the hot spare to be rebuilt into the empty slot, and reports
 /// the rebuild speed. No command is needed: the scheduler does it online.
-async fn wait_for_rebuild(array: &Rc<Array>, spare_path: &str) -> Result<()> {
+async fn wait_for_rebuild(control: &Controller, spare_path: &str) -> Result<()> {
+    let array = control.array();
     println!("== the hot spare takes slot 2 by itself and is rebuilt from parity...");
     let started = Instant::now();
     loop {
         raidcore::reactor::sleep(std::time::Duration::from_millis(20)).await;
-        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
+        if control.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
             break;
         }
         if array.is_failed() || started.elapsed().as_secs() > 600 {

@@ -114,14 +114,14 @@ impl Cache {
         self.apply_policy(true);
         let manual = self.manual_battery.get();
         let persisted = self
-            .array
-            .update_extension(|ext| {
-                ext.cache_mode = Some(policy.mode.as_str().to_string());
-                ext.battery = Some(manual.as_str().to_string());
-                ext.battery_file = match &source {
+            .store
+            .save(super::SavedPolicy {
+                mode: Some(policy.mode.as_str().to_string()),
+                battery: Some(manual.as_str().to_string()),
+                battery_file: match &source {
                     BatterySource::File(p) => Some(p.display().to_string()),
                     BatterySource::Manual => None,
-                };
+                },
             })
             .await;
         if let Err(e) = persisted {

@@ -59,9 +59,27 @@ pub(super) enum BatterySource {
     File(PathBuf),
 }
 
+/// The cache's settings as kept across restarts (words as `CacheMode`/`Battery` print them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedPolicy {
+    pub mode: Option<String>,
+    pub battery: Option<String>,
+    pub battery_file: Option<String>,
+}
+
+/// Where the cache keeps its settings across restarts. The control plane implements it (in
+/// the array's extension block); the cache knows nothing of it beyond this.
+pub trait PolicyStore {
+    /// What was saved (at assembly, or by the last `save`).
+    fn load(&self) -> SavedPolicy;
+    /// Writes `policy` where the next assembly finds it.
+    fn save(&self, policy: SavedPolicy) -> futures::future::LocalBoxFuture<'_, Result<()>>;
+}
+
 /// A write-back cache in front of one array.
 pub struct Cache {
     pub(super) array: Rc<Array>,
+    pub(super) store: Rc<dyn PolicyStore>,
     pub(super) config: CacheConfig,
     pub(super) index: RefCell<CacheIndex>,
     /// `capacity / 4096` blocks; slot n is bytes n*4096.. of it.
@@ -89,24 +107,24 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(array: Rc<Array>, config: CacheConfig) -> Rc<Cache> {
+    pub fn new(array: Rc<Array>, config: CacheConfig, store: Rc<dyn PolicyStore>) -> Rc<Cache> {
         let stripe = array.geometry().stripe_bytes().max(BLOCK_SIZE);
         let stripe = stripe.next_multiple_of(BLOCK_SIZE);
         let capacity = config.capacity_bytes / BLOCK_SIZE * BLOCK_SIZE;
         let index = CacheIndex::new(capacity, stripe);
         let pool = BufSlice::zeroed(capacity as usize);
-        let ext = array.extension();
-        let mode = ext
-            .cache_mode
+        let saved = store.load();
+        let mode = saved
+            .mode
             .as_deref()
             .and_then(|m| CacheMode::parse(m).ok())
             .unwrap_or_default();
-        let battery = ext
+        let battery = saved
             .battery
             .as_deref()
             .and_then(|b| Battery::parse(b).ok())
             .unwrap_or_default();
-        let source = match ext.battery_file {
+        let source = match saved.battery_file {
             Some(f) => BatterySource::File(PathBuf::from(f)),
             None => BatterySource::Manual,
         };
@@ -118,6 +136,7 @@ impl Cache {
         };
         let cache = Rc::new(Cache {
             array,
+            store,
             config,
             index: RefCell::new(index),
             pool,

@@ -16,7 +16,7 @@ mod volume;
 
 pub use destage::{check_battery_file, CacheReport};
 pub use handle::{install_engine, uninstall_engine, EngineHandle};
-pub use layer::{Cache, CacheConfig};
+pub use layer::{Cache, CacheConfig, PolicyStore, SavedPolicy};
 
 pub use index::{CacheIndex, CacheStats, DestageStripe, Slot, BLOCK_SIZE};
 pub use policy::{effective, Battery, CacheMode, CachePolicy, Effective};

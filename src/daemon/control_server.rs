@@ -8,12 +8,12 @@ use super::*;
 /// a spare; the first that gives one up loses its claim, and our `add` takes it (first
 /// claimant wins: the claim is an exclusive lock).
 pub(super) fn watch_for_missing_spares(daemon: &Rc<Daemon>) {
-    let Some(group) = daemon.array.spare_group() else {
+    let Some(group) = daemon.control.spare_group() else {
         return;
     };
     let weak = Rc::downgrade(daemon);
     let asking = Rc::new(std::cell::Cell::new(false));
-    daemon.array.subscribe(move |event| {
+    daemon.control.subscribe(move |event| {
         if !matches!(event, crate::raid::events::Event::SparesMissing { .. }) || asking.get() {
             return;
         }
@@ -148,11 +148,11 @@ async fn answer(daemon: &Daemon, request: ControlRequest) -> ControlResponse {
         },
         ControlRequest::Fail { device, force } => {
             let path = daemon.member_path(&device);
-            reply(daemon.array.fail_member(&path, force).await)
+            reply(daemon.control.fail_member(&path, force).await)
         }
         ControlRequest::Remove { device } => reply(remove(daemon, &device).await),
         ControlRequest::Add { device, force } => reply(daemon.add(&device, force).await),
-        ControlRequest::Check { repair } => reply(daemon.array.start_scrub(repair)),
+        ControlRequest::Check { repair } => reply(daemon.control.start_scrub(repair)),
         ControlRequest::Replace {
             device,
             with,
@@ -193,7 +193,7 @@ fn status_response(daemon: &Daemon) -> ControlResponse {
 
 /// Another array of `group` asked for a spare: give one up if we can, and stop drilling it.
 async fn give_spare(daemon: &Daemon, group: &str) -> ControlResponse {
-    let device = daemon.array.give_spare(group).await;
+    let device = daemon.control.give_spare(group).await;
     if let Some(d) = &device {
         daemon.faults.borrow_mut().remove(d);
         tracing::info!(array = %daemon.config.name, "gave spare {d} to another array of group {group}");
@@ -208,7 +208,7 @@ async fn give_spare(daemon: &Daemon, group: &str) -> ControlResponse {
 /// Removes a faulty member or a spare, and forgets its fault handle.
 async fn remove(daemon: &Daemon, device: &str) -> Result<()> {
     let path = daemon.member_path(device);
-    let r = daemon.array.remove_member(&path).await;
+    let r = daemon.control.remove_member(&path).await;
     if r.is_ok() {
         daemon.faults.borrow_mut().remove(&path);
     }
@@ -221,14 +221,16 @@ async fn rebuild(
     speed_min_kib: Option<u64>,
     speed_max_kib: Option<u64>,
 ) -> ControlResponse {
-    daemon.array.set_speed_limits(speed_min_kib, speed_max_kib);
+    daemon
+        .control
+        .set_speed_limits(speed_min_kib, speed_max_kib);
     if speed_min_kib.is_some() || speed_max_kib.is_some() {
-        if let Err(e) = daemon.array.save_settings().await {
+        if let Err(e) = daemon.control.save_settings().await {
             tracing::warn!(array = %daemon.config.name, "speed limits not saved: {e}");
         }
     }
     daemon.array.needs_attention();
-    daemon.array.start_resync_if_needed();
+    daemon.control.start_resync_if_needed();
     status_response(daemon)
 }
 
@@ -248,7 +250,7 @@ async fn monitor_connection(daemon: Rc<Daemon>, fd: RawFd) {
     {
         let (queue, ready, closed) = (queue.clone(), ready.clone(), closed.clone());
         let name = daemon.config.name.clone();
-        daemon.array.subscribe(move |event| {
+        daemon.control.subscribe(move |event| {
             // A monitor that went away, or one that reads far too slowly, gets nothing more.
             if closed.get() || queue.borrow().len() > 10_000 {
                 return;

@@ -37,10 +37,11 @@ use status::StatusReport;
 
 use crate::buf::{AlignedBuf, BufSlice};
 use crate::cache::{install_engine, uninstall_engine, Cache, CacheConfig};
+use crate::control::{assemble, AssembleOptions, Controller};
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
 use crate::nbd::{sock, Export, Server};
-use crate::raid::{assemble, Array, AssembleOptions};
+use crate::raid::Array;
 use crate::reactor::{block_on, blocking, spawn, submit, Inbox, InboxSender, Semaphore};
 use crate::volume::Volume;
 
@@ -121,6 +122,7 @@ type FaultHandles = HashMap<String, FaultHandle>;
 struct Daemon {
     config: DaemonConfig,
     array: Rc<Array>,
+    control: Rc<Controller>,
     cache: Rc<Cache>,
     server: Rc<Server<Cache>>,
     uris: Vec<String>,
@@ -149,9 +151,10 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     let (members, faults) = open_members(&config)?;
     let assembled = assemble(members, &config.assemble).await?;
     let array = assembled.array;
+    let control = assembled.control;
     let (inbox, inbox_sender) = Inbox::new().map_err(|e| Error::io("eventfd", e))?;
     spawn(inbox.serve());
-    let cache = start_cache(&array, &config);
+    let cache = start_cache(&control, &config);
     if array.name() != config.name {
         tracing::info!(
             "the members call their array {:?}; serving it as {:?}",
@@ -168,6 +171,7 @@ async fn serve(config: DaemonConfig, signal_fd: RawFd, ready: impl FnOnce(&Ready
     let daemon = Rc::new(Daemon {
         config,
         array: array.clone(),
+        control,
         cache: cache.clone(),
         server: server.clone(),
         uris,
@@ -218,8 +222,12 @@ fn open_members(config: &DaemonConfig) -> Result<(Vec<Rc<dyn Member>>, FaultHand
 
 /// Puts the write-back cache in front of the array, with its destager and battery watcher
 /// running, and makes it the process's cache engine.
-fn start_cache(array: &Rc<Array>, config: &DaemonConfig) -> Rc<Cache> {
-    let cache = Cache::new(array.clone(), config.cache.clone());
+fn start_cache(control: &Rc<Controller>, config: &DaemonConfig) -> Rc<Cache> {
+    let cache = Cache::new(
+        control.array().clone(),
+        config.cache.clone(),
+        control.clone(),
+    );
     spawn(cache.clone().run_destager());
     spawn(cache.clone().watch_battery_file());
     install_engine(cache.clone());
@@ -300,7 +308,7 @@ impl Daemon {
         let file: Rc<dyn Member> = Rc::new(FileMember::open(&path, OpenOptions::default())?);
         let handle = FaultHandle::default();
         let member: Rc<dyn Member> = Rc::new(FaultMember::new(file, handle.clone()));
-        self.array.replace_member(&old, member, force).await?;
+        self.control.replace_member(&old, member, force).await?;
         self.faults.borrow_mut().insert(path, handle);
         Ok(())
     }
@@ -312,7 +320,7 @@ impl Daemon {
         let file: Rc<dyn Member> = Rc::new(FileMember::open(&path, opts)?);
         let handle = FaultHandle::default();
         let member: Rc<dyn Member> = Rc::new(FaultMember::new(file, handle.clone()));
-        self.array.add_spare(member, force).await?;
+        self.control.add_spare(member, force).await?;
         self.faults.borrow_mut().insert(path, handle);
         Ok(())
     }
@@ -392,7 +400,7 @@ impl Daemon {
     }
 
     fn status(&self) -> StatusReport {
-        let mut status = StatusReport::build(&self.array, Some(&self.server), self.uris.clone());
+        let mut status = StatusReport::build(&self.control, Some(&self.server), self.uris.clone());
         status.cache = Some(self.cache.report());
         status.attachments = self
             .attachment

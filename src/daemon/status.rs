@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::Controller;
 use crate::layout::Geometry;
 use crate::nbd::Server;
 use crate::raid::{Array, IoCounters, SlotState};
@@ -65,7 +66,7 @@ pub struct StatusReport {
     pub io: IoReport,
     /// The running or last `check` / `repair` (md's sync_action and mismatch_cnt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<crate::raid::ScrubState>,
+    pub check: Option<crate::control::ScrubState>,
     /// Rebuild throttle, KiB/s.
     pub speed_min_kib: u64,
     pub speed_max_kib: u64,
@@ -82,16 +83,17 @@ pub struct StatusReport {
 
 impl StatusReport {
     pub fn build(
-        array: &Array,
+        control: &Controller,
         server: Option<&Server<crate::cache::Cache>>,
         export_uris: Vec<String>,
     ) -> StatusReport {
+        let array = control.array();
         let geo = array.geometry();
-        let members = member_reports(array);
+        let members = member_reports(control);
         let sb = array.superblock();
         StatusReport {
             name: array.name().to_string(),
-            uuid: array.uuid_text(),
+            uuid: control.uuid_text(),
             state: format!("{:?}", array.state()).to_lowercase(),
             level: geo.level().to_string(),
             layout: crate::metadata::layout_name(
@@ -113,11 +115,11 @@ impl StatusReport {
             total_connections: server.map_or(0, |s| s.stats.total_connections.get()),
             export_uris,
             io: array.counters(),
-            check: array.scrub_state(),
+            check: control.scrub_state(),
             bitmap: array.bitmap_report(),
             cache: None,
-            speed_min_kib: array.speed_limits().0,
-            speed_max_kib: array.speed_limits().1,
+            speed_min_kib: control.speed_limits().0,
+            speed_max_kib: control.speed_limits().1,
             attachments: Vec::new(),
         }
     }
@@ -125,7 +127,8 @@ impl StatusReport {
 
 /// Every device the array knows of, in display order: the raid slots, a replacement being
 /// copied, members replaced out as faulty, then spares; each with its bad ranges.
-fn member_reports(array: &Array) -> Vec<MemberReport> {
+fn member_reports(control: &Controller) -> Vec<MemberReport> {
+    let array = control.array();
     let geo = array.geometry();
     let mut members: Vec<MemberReport> = array
         .slots()
@@ -133,7 +136,7 @@ fn member_reports(array: &Array) -> Vec<MemberReport> {
         .enumerate()
         .map(|(slot, s)| slot_report(geo, slot, s))
         .collect();
-    if let Some((slot, path, done, total)) = array.replacement_state() {
+    if let Some((slot, path, done, total)) = control.replacement_state() {
         members.push(MemberReport {
             slot: Some(slot),
             path: Some(path),
@@ -144,7 +147,7 @@ fn member_reports(array: &Array) -> Vec<MemberReport> {
             ..Default::default()
         });
     }
-    for d in array.replaced_faulty() {
+    for d in control.replaced_faulty() {
         members.push(unslotted_report(d.member.path(), "faulty"));
     }
     for d in array.spares() {

@@ -35,7 +35,7 @@ pub(super) fn log_area(sb: &Superblock) -> Option<(u64, usize)> {
 }
 
 /// Reads a member's bad-block log at assembly (md's arrays and ours alike).
-pub(super) async fn load(disk: &Disk, sb: &Superblock) -> Result<()> {
+pub(crate) async fn load(disk: &Disk, sb: &Superblock) -> Result<()> {
     let Some((at, bytes)) = log_area(sb).filter(|_| sb.has_feature(FEATURE_BAD_BLOCKS)) else {
         return Ok(());
     };
@@ -68,7 +68,7 @@ impl Array {
     /// Records `len` bytes at `member_offset` of `disk`'s data area as bad, on disk. False
     /// when the member cannot keep the record (no log, log full, write error): the caller
     /// must then not use the member for that data (md fails it).
-    pub(super) async fn record_bad(&self, disk: &Rc<Disk>, member_offset: u64, len: u64) -> bool {
+    pub(crate) async fn record_bad(&self, disk: &Rc<Disk>, member_offset: u64, len: u64) -> bool {
         let start = (disk.data_offset + member_offset) / SECTOR;
         if !disk.bad.borrow_mut().add(start, len.div_ceil(SECTOR)) {
             return true;

@@ -18,7 +18,7 @@ pub const MAX_CORRECTED_READS: u32 = 20;
 
 /// Why a correctable read did not deliver data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ReadMiss {
+pub(crate) enum ReadMiss {
     /// The member is gone (or was never there): use redundancy, nothing to repair.
     Gone,
     /// The member is there but this range failed: use redundancy, then repair it.
@@ -68,7 +68,7 @@ impl Array {
 
     /// Why `slot` could not deliver `len` bytes at `member_offset` that `read_slot` refused:
     /// a range in its bad-block log (rewriting it is no corrected read error) or a new one.
-    pub(super) fn miss_kind(&self, slot: usize, member_offset: u64, len: u64) -> ReadMiss {
+    pub(crate) fn miss_kind(&self, slot: usize, member_offset: u64, len: u64) -> ReadMiss {
         match self.active_disk(slot) {
             Some(d) if d.has_bad(member_offset, len) => ReadMiss::Recorded,
             Some(_) => ReadMiss::Bad,
@@ -78,7 +78,7 @@ impl Array {
 
     /// Writes reconstructed `data` back over a range that failed to read (`miss`), and counts
     /// it when it was a read error.
-    pub(super) async fn repair_range(
+    pub(crate) async fn repair_range(
         &self,
         slot: usize,
         member_offset: u64,

@@ -1,9 +1,8 @@
 //! Typed events: every change people must hear about goes to the log and to subscribers
 //! (`raidctl monitor`, alert programs).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::Rc;
 
 use serde::Serialize;
 
@@ -142,15 +141,12 @@ impl Event {
 pub type Subscriber = Box<dyn Fn(&Event)>;
 
 /// Events on their way to the subscribers. The engine only queues them, so no subscriber (the
-/// daemon's monitors, alerts, the spare-group exchange) ever runs inside a request; the
-/// delivery task ([`Array::deliver_events`]) hands them out in order.
+/// daemon's monitors, alerts, the spare-group exchange) ever runs inside a request; the control
+/// plane's delivery task takes them out in order ([`Array::next_events`]).
 #[derive(Default)]
 pub(super) struct Notices {
     queue: RefCell<VecDeque<Event>>,
     ready: Semaphore,
-    /// A delivery task runs; without one (before it starts, after it stopped) events are
-    /// handed out at once.
-    delivering: Cell<bool>,
 }
 
 impl Notices {
@@ -160,14 +156,10 @@ impl Notices {
             self.ready.release();
         }
     }
-
-    fn pop(&self) -> Option<Event> {
-        self.queue.borrow_mut().pop_front()
-    }
 }
 
 impl Array {
-    /// Logs `event` and queues it for the subscribers.
+    /// Logs `event` and queues it for the control plane's subscribers.
     pub fn emit(&self, event: Event) {
         match &event {
             Event::MemberFailed { .. }
@@ -183,11 +175,23 @@ impl Array {
             }
             _ => tracing::info!(array = %self.name, "{}: {event:?}", event.name()),
         }
-        if !self.notices.delivering.get() {
-            return self.hand_out(&event);
-        }
         self.notices.queue.borrow_mut().push_back(event);
         self.notices.wake();
+    }
+
+    /// Waits for queued events and takes them all, oldest first. None once the array is
+    /// closing and nothing is left: the delivery task then ends (later events are logged only).
+    pub async fn next_events(&self) -> Option<Vec<Event>> {
+        loop {
+            let events: Vec<Event> = self.notices.queue.borrow_mut().drain(..).collect();
+            if !events.is_empty() {
+                return Some(events);
+            }
+            if self.stopping.get() {
+                return None;
+            }
+            self.notices.ready.acquire().await;
+        }
     }
 
     /// Wakes the scheduler (coalesced: one pending wake-up is enough): the engine's other
@@ -198,32 +202,8 @@ impl Array {
         }
     }
 
-    /// Calls `f` for every later event (on the reactor thread).
-    pub fn subscribe(&self, f: impl Fn(&Event) + 'static) {
-        self.subscribers.borrow_mut().push(Box::new(f));
-    }
-
-    /// The delivery task: hands queued events to the subscribers until the array stops.
-    pub async fn deliver_events(self: Rc<Self>) {
-        self.notices.delivering.set(true);
-        loop {
-            self.notices.ready.acquire().await;
-            while let Some(event) = self.notices.pop() {
-                self.hand_out(&event);
-            }
-            if self.stopping.get() {
-                break;
-            }
-        }
-        self.notices.delivering.set(false);
-        while let Some(event) = self.notices.pop() {
-            self.hand_out(&event);
-        }
-    }
-
-    fn hand_out(&self, event: &Event) {
-        for s in self.subscribers.borrow().iter() {
-            s(event);
-        }
+    /// Waits for a wake-up from [`Array::needs_attention`] (the scheduler's loop).
+    pub async fn attention_wanted(&self) {
+        self.attention.acquire().await
     }
 }

@@ -29,7 +29,7 @@ use crate::layout::{Level, Reverse};
 
 /// The bits, with per-bit bookkeeping for lazy clearing. Pure: no I/O.
 #[derive(Debug, Clone)]
-pub(super) struct IntentMap {
+pub(crate) struct IntentMap {
     chunk: u64,
     nbits: u64,
     /// What the members' bitmaps must say: 1 = the chunk may be inconsistent.
@@ -161,7 +161,7 @@ impl IntentMap {
 }
 
 /// The array's bitmap state: the map and the write generations that order bitmap writes.
-pub(super) struct Intent {
+pub(crate) struct Intent {
     pub map: RefCell<IntentMap>,
     /// Bumped whenever the map gains a bit; `written` is the last generation on the members.
     wanted: Cell<u64>,
@@ -271,7 +271,7 @@ impl Array {
 
     /// Shortens `len` so `at..at+len` ends at the next bitmap chunk boundary (in whole
     /// `unit`s), so one dirty bit does not drag clean neighbours into a resync or re-add.
-    pub(super) fn clip_to_bitmap_chunk(&self, at: u64, len: u64, unit: u64) -> u64 {
+    pub(crate) fn clip_to_bitmap_chunk(&self, at: u64, len: u64, unit: u64) -> u64 {
         let Some(intent) = &self.intent else {
             return len;
         };
@@ -282,7 +282,7 @@ impl Array {
 
     /// Whether `slot`'s member bytes `at..at+len` hold anything the bitmap marks dirty (the
     /// test that lets a re-added member skip a region).
-    pub(super) fn member_range_dirty(&self, slot: usize, at: u64, len: u64) -> bool {
+    pub(crate) fn member_range_dirty(&self, slot: usize, at: u64, len: u64) -> bool {
         let Some(intent) = &self.intent else {
             return true;
         };
@@ -324,7 +324,7 @@ impl Array {
     /// Writes the bitmap area (superblock with current events, then the bits) to every present
     /// member with a bitmap. Caller holds the meta lock. A member that cannot take it is
     /// failed, and the superblocks say so before this returns.
-    pub(super) async fn write_bitmaps(&self) -> Result<()> {
+    pub(crate) async fn write_bitmaps(&self) -> Result<()> {
         let Some(intent) = &self.intent else {
             return Ok(());
         };
@@ -384,7 +384,7 @@ impl Array {
     }
 
     /// The clearing daemon (md's bitmap daemon), until the array stops.
-    pub(super) async fn run_intent_daemon(self: Rc<Self>) {
+    pub(crate) async fn run_intent_daemon(self: Rc<Self>) {
         let Some(intent) = self.intent.clone() else {
             return;
         };
@@ -424,7 +424,7 @@ impl Array {
 /// Reads the bitmap of every member that has one and merges the bits (a chunk is dirty if
 /// any member says so). Bits are not trusted, and all count as dirty, when a bitmap is older
 /// than the superblocks (md's "stale bitmap") or says it is stale.
-pub(super) async fn load_intent(
+pub(crate) async fn load_intent(
     reference: &crate::metadata::Superblock,
     disks: &[super::meta::MetaDisk],
 ) -> Option<Rc<Intent>> {

@@ -24,7 +24,7 @@ use crate::metadata::{Role, Superblock, FEATURE_RECOVERY_OFFSET};
 pub const SUPERBLOCK_OFFSET_BYTES: u64 = 4096;
 
 /// One present member's own superblock (and bitmap superblock sector, if any).
-pub(super) struct MetaDisk {
+pub(crate) struct MetaDisk {
     pub disk: Rc<Disk>,
     pub sb: Superblock,
     /// The first 512 bytes of the bitmap area (bitmap superblock + first bits), rewritten with
@@ -34,10 +34,10 @@ pub(super) struct MetaDisk {
     pub present: bool,
 }
 
-pub(super) struct MetaState {
-    pub(super) disks: RefCell<Vec<MetaDisk>>,
+pub(crate) struct MetaState {
+    pub(crate) disks: RefCell<Vec<MetaDisk>>,
     /// Roles, events and resync_offset shared by the array (from the freshest superblock).
-    pub(super) reference: RefCell<Superblock>,
+    pub(crate) reference: RefCell<Superblock>,
     clean: Cell<bool>,
     /// Set only once the dirty mark is on every member: writes wait for it.
     dirty_on_disk: Cell<bool>,
@@ -70,7 +70,7 @@ impl MetaState {
 
 impl Array {
     /// The dev_numbers of every member the array holds (slots and spares).
-    pub(super) fn dev_numbers(&self) -> Vec<u32> {
+    pub(crate) fn dev_numbers(&self) -> Vec<u32> {
         self.meta
             .disks
             .borrow()
@@ -89,7 +89,7 @@ impl Array {
     }
 
     /// Persists faulty roles for every slot the engine has marked faulty.
-    pub(super) async fn record_failures(&self) -> Result<()> {
+    pub(crate) async fn record_failures(&self) -> Result<()> {
         let _guard = self.meta_lock.lock().await;
         let faulty: Vec<u32> = self
             .slots
@@ -127,7 +127,7 @@ impl Array {
     /// Marks the array dirty on disk before its first write (no-op when already dirty). Every
     /// write waits here until the mark is on the members, so none can land while the disks
     /// still call the array clean. (The bitmap bits of each write are set by `begin_write`.)
-    pub(super) async fn mark_dirty(&self) -> Result<()> {
+    pub(crate) async fn mark_dirty(&self) -> Result<()> {
         if self.meta.dirty_on_disk.get() {
             return Ok(());
         }
@@ -145,7 +145,7 @@ impl Array {
     /// Records a member's rebuild: `Some(slot)` with the bytes rebuilt so far (feature
     /// RECOVERY_OFFSET set on that member, role = the slot in every superblock), or `None` when
     /// it is complete (the feature cleared). Bumps events like every metadata update.
-    pub(super) async fn meta_recovery(
+    pub(crate) async fn meta_recovery(
         &self,
         dev_number: u32,
         slot: Option<usize>,
@@ -188,7 +188,7 @@ impl Array {
 
     /// Bumps events and writes the shared state into every present member's superblock.
     /// Caller holds the meta lock.
-    pub(super) async fn write_all_superblocks(&self) -> Result<()> {
+    pub(crate) async fn write_all_superblocks(&self) -> Result<()> {
         let attempts = self.meta.disks.borrow().len() + 1;
         for _attempt in 0..attempts {
             let now = std::time::SystemTime::now()

@@ -14,32 +14,31 @@
 //!     ├── shadow.rs   a replacement's shadow target below its copy cursor
 //!     └── events.rs   the engine's queues to the control plane: events, scheduler wake-ups
 //!
-//!   control/        the control plane: assemble, create, rebuild, scrub, replace, manage
 //! ```
+//!
+//! The control plane (`crate::control`: assembly, rebuild, scrub, replace, manage) holds an
+//! `Array` and drives it through its `pub(crate)` parts; nothing here calls it. It hears from
+//! the engine through the queues in `events.rs`, and its long jobs hold a [`Worker`] ticket
+//! so that `close` waits for them.
 //!
 //! Everything runs on the reactor thread, so state is in `Cell`/`RefCell`. Writes to redundant
 //! levels hold stripe locks ([`crate::reactor::KeyedLocks`]) for their whole read-compute-write,
 //! so concurrent overlapping writes never interleave on a stripe.
 
-mod badblocks;
-mod control;
-mod correct;
+pub(crate) mod badblocks;
+pub(crate) mod correct;
 pub mod events;
-mod intent;
-mod meta;
+pub(crate) mod intent;
+pub(crate) mod meta;
 mod raid5;
-mod shadow;
-mod slots;
+pub(crate) mod shadow;
+pub(crate) mod slots;
 mod striped;
 mod volume;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-pub use control::{
-    assemble, create, AssembleOptions, Assembled, CreateOptions, CreatedArray, RebuildState,
-    ScrubState,
-};
 pub use intent::BitmapReport;
 pub use slots::{Disk, SlotState};
 
@@ -72,54 +71,98 @@ pub enum ArrayState {
     Failed,
 }
 
-/// An assembled array on the current reactor.
+/// An assembled array on the current reactor: the engine. Its state is `pub(crate)` for the
+/// control plane, which changes it only through the engine's functions (`slots::set_slot`,
+/// the stripe locks, `meta`).
 pub struct Array {
-    name: String,
-    geo: Geometry,
-    slots: RefCell<Vec<SlotState>>,
-    spares: RefCell<Vec<Rc<Disk>>>,
-    locks: Rc<KeyedLocks>,
-    meta: meta::MetaState,
-    meta_lock: AsyncMutex,
+    pub(crate) name: String,
+    pub(crate) geo: Geometry,
+    pub(crate) slots: RefCell<Vec<SlotState>>,
+    pub(crate) spares: RefCell<Vec<Rc<Disk>>>,
+    pub(crate) locks: Rc<KeyedLocks>,
+    pub(crate) meta: meta::MetaState,
+    pub(crate) meta_lock: AsyncMutex,
     /// Member-space byte offset up to which redundancy is known to be consistent (md's
     /// resync_offset). Stripes at or past it are written with reconstruct-write only.
-    sync_offset: Cell<u64>,
-    failed: Cell<bool>,
-    read_only: bool,
-    counters: RefCell<IoCounters>,
+    pub(crate) sync_offset: Cell<u64>,
+    pub(crate) failed: Cell<bool>,
+    pub(crate) read_only: bool,
+    pub(crate) counters: RefCell<IoCounters>,
     /// Client requests inside the engine right now (`close` marks clean only at zero).
     in_flight: Cell<usize>,
-    subscribers: RefCell<Vec<events::Subscriber>>,
-    /// Events queued for the subscribers (the engine never calls them itself).
+    /// Events queued for the control plane (the engine never calls a subscriber itself).
     notices: events::Notices,
     /// Released whenever the scheduler should look at the array (failure, add, rebuild).
     attention: crate::reactor::Semaphore,
     /// Set by `close`: background work checkpoints and stops.
-    stopping: Cell<bool>,
-    /// Rebuild tasks running (close waits for them to checkpoint), and their slots.
-    rebuilds: Cell<usize>,
-    rebuilding: RefCell<std::collections::HashSet<usize>>,
-    /// Foreground requests counted, and when that count last changed (the throttle's idea of
-    /// a busy array).
-    foreground_seen: Cell<(u64, std::time::Instant)>,
-    /// Rebuild throttle in KiB/s (md's speed_limit_min / speed_limit_max).
-    speed_min_kib: Cell<u64>,
-    speed_max_kib: Cell<u64>,
-    checkpoint_every: Cell<(u64, std::time::Duration)>,
-    scrub: Cell<Option<ScrubState>>,
-    replacement: RefCell<Option<shadow::Replacement>>,
-    resync_wanted: Cell<bool>,
-    /// Our extension block as read at assembly (settings md has no field for).
-    extension: RefCell<crate::metadata::Extension>,
+    pub(crate) stopping: Cell<bool>,
+    /// Background jobs running (rebuilds, scrubs): `close` waits for them to checkpoint.
+    workers: Rc<Cell<usize>>,
+    pub(crate) replacement: RefCell<Option<shadow::Replacement>>,
     /// The write-intent bitmap, when the array has one.
-    intent: Option<Rc<intent::Intent>>,
-    /// Members re-added with the bitmap: only chunks it marks dirty are rebuilt on them. By
-    /// identity (a dev_number is reused once its member is removed), and forgotten whenever
-    /// their recovery ends, however it ends.
-    readded: RefCell<Vec<Rc<Disk>>>,
+    pub(crate) intent: Option<Rc<intent::Intent>>,
+}
+
+/// A background job's ticket: while one is alive, [`Array::close`] waits (the job checkpoints
+/// and drops it once it sees [`Array::is_stopping`]).
+pub struct Worker(Rc<Cell<usize>>);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl Array {
+    /// A fresh engine over placed members: no request seen, nothing running.
+    pub(crate) fn new(
+        name: String,
+        geo: Geometry,
+        slots: Vec<SlotState>,
+        spares: Vec<Rc<Disk>>,
+        meta: meta::MetaState,
+        intent: Option<Rc<intent::Intent>>,
+        read_only: bool,
+    ) -> Rc<Array> {
+        let resync = meta.reference().resync_offset;
+        let sync_offset = if resync == u64::MAX {
+            u64::MAX
+        } else {
+            resync.saturating_mul(512)
+        };
+        Rc::new(Array {
+            name,
+            geo,
+            slots: RefCell::new(slots),
+            spares: RefCell::new(spares),
+            locks: KeyedLocks::new(),
+            meta,
+            meta_lock: AsyncMutex::default(),
+            sync_offset: Cell::new(sync_offset),
+            failed: Cell::new(false),
+            read_only,
+            counters: RefCell::new(IoCounters::default()),
+            in_flight: Cell::new(0),
+            notices: Default::default(),
+            attention: crate::reactor::Semaphore::new(0),
+            stopping: Cell::new(false),
+            workers: Rc::new(Cell::new(0)),
+            replacement: RefCell::new(None),
+            intent,
+        })
+    }
+
+    /// A ticket that keeps [`Array::close`] waiting while a background job runs.
+    pub fn worker(&self) -> Worker {
+        self.workers.set(self.workers.get() + 1);
+        Worker(self.workers.clone())
+    }
+
+    /// Whether `close` has begun: background jobs checkpoint and stop.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -132,11 +175,6 @@ impl Array {
     pub fn level(&self) -> Level {
         self.geo.level()
     }
-    /// The spare group this array shares spares with, if any.
-    pub fn spare_group(&self) -> Option<String> {
-        self.extension.borrow().spare_group.clone()
-    }
-
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
@@ -273,7 +311,7 @@ impl Array {
         self.stopping.set(true);
         self.needs_attention();
         self.notices.wake();
-        while self.rebuilds.get() > 0 || self.scrub.get().is_some_and(|s| s.running) {
+        while self.workers.get() > 0 {
             crate::reactor::sleep(tick).await;
         }
         let since = std::time::Instant::now();
@@ -349,7 +387,7 @@ impl Array {
     }
 
     /// As [`Array::missing_description`], leaving out slot `except`.
-    fn missing_description_except(&self, except: usize) -> String {
+    pub(crate) fn missing_description_except(&self, except: usize) -> String {
         let parts: Vec<String> = self
             .slots
             .borrow()

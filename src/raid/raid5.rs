@@ -80,7 +80,7 @@ impl RowWrite {
 
 impl Array {
     /// Whether parity is known to match the data in every row below member offset `end`.
-    pub(super) fn parity_in_sync(&self, end: u64) -> bool {
+    pub(crate) fn parity_in_sync(&self, end: u64) -> bool {
         end <= self.sync_offset.get()
     }
 
@@ -155,7 +155,7 @@ impl Array {
 
     /// Fills `out` with the bytes of `missing_slot` at `member_offset`: the XOR of every other
     /// member's bytes at the same offset (data and parity alike).
-    pub(super) async fn reconstruct(
+    pub(crate) async fn reconstruct(
         &self,
         missing_slot: usize,
         member_offset: u64,

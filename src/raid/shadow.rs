@@ -13,7 +13,7 @@ use crate::buf::BufSlice;
 use crate::metadata::Role;
 
 /// A replacement being built.
-pub(super) struct Replacement {
+pub(crate) struct Replacement {
     pub slot: usize,
     pub old: Rc<Disk>,
     pub new: Rc<Disk>,
@@ -26,7 +26,7 @@ impl Array {
         self.replacement.borrow().as_ref().map(|r| r.new.clone())
     }
 
-    pub(super) fn is_replacement(&self, disk: &Rc<Disk>) -> bool {
+    pub(crate) fn is_replacement(&self, disk: &Rc<Disk>) -> bool {
         self.replacement
             .borrow()
             .as_ref()
@@ -35,7 +35,7 @@ impl Array {
 
     /// The replacement's new member and copy cursor when it is building `slot` and the old
     /// member is no longer active: the new member then carries the slot below its cursor.
-    pub(super) fn orphaned_replacement(&self, slot: usize) -> Option<(Rc<Disk>, u64)> {
+    pub(crate) fn orphaned_replacement(&self, slot: usize) -> Option<(Rc<Disk>, u64)> {
         let r = self.replacement.borrow();
         let r = r.as_ref().filter(|r| r.slot == slot)?;
         let old_active = matches!(
@@ -46,7 +46,7 @@ impl Array {
     }
 
     /// Whether a replacement is filling `slot` (a spare must not take it meanwhile).
-    pub(super) fn slot_being_replaced(&self, slot: usize) -> bool {
+    pub(crate) fn slot_being_replaced(&self, slot: usize) -> bool {
         self.replacement
             .borrow()
             .as_ref()
@@ -151,7 +151,7 @@ impl Array {
     /// Gives up. The new member goes back to being a spare, unless it failed (`new_failed`):
     /// then it is recorded as faulty and kept off the spare list. Either way the scheduler
     /// looks again (the slot may need a spare now).
-    pub(super) async fn abort_replacement(&self, reason: &str, new_failed: bool) {
+    pub(crate) async fn abort_replacement(&self, reason: &str, new_failed: bool) {
         let Some(r) = self.replacement.borrow_mut().take() else {
             return;
         };

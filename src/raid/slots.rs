@@ -82,7 +82,7 @@ impl SlotState {
 /// old member failed starts filling an empty slot (faulty or missing -> recovering), a rebuild
 /// ends (recovering -> active, same member), a failed member is removed (faulty -> missing),
 /// a replacement is swapped in (active or faulty -> active).
-pub(super) fn set_slot(slots: &mut [SlotState], slot: usize, to: SlotState) {
+pub(crate) fn set_slot(slots: &mut [SlotState], slot: usize, to: SlotState) {
     debug_assert!(
         allowed_transition(&slots[slot], &to),
         "slot {slot}: {} -> {} is not a transition the engine makes",
@@ -124,7 +124,7 @@ pub struct SlotGone;
 pub(super) type SlotResult = std::result::Result<(), SlotGone>;
 
 impl Array {
-    pub(super) fn active_disk(&self, slot: usize) -> Option<Rc<Disk>> {
+    pub(crate) fn active_disk(&self, slot: usize) -> Option<Rc<Disk>> {
         match self.slots.borrow().get(slot) {
             Some(SlotState::Active(d)) => Some(d.clone()),
             _ => None,
@@ -139,7 +139,7 @@ impl Array {
     /// bad, or the read fails. On a redundant array a media error (a bad sector, not a
     /// vanished device) leaves the member in: the caller uses redundancy, as md does; any
     /// other error fails the member first.
-    pub(super) async fn read_slot(
+    pub(crate) async fn read_slot(
         &self,
         slot: usize,
         member_offset: u64,
@@ -204,7 +204,7 @@ impl Array {
 
     /// Writes one member range. Ok only when the whole range reached the member; a member
     /// being filled takes only what lies below its cursor (the fill does the rest).
-    pub(super) async fn write_slot(
+    pub(crate) async fn write_slot(
         &self,
         slot: usize,
         member_offset: u64,
@@ -391,13 +391,13 @@ impl Array {
     }
 
     /// Whether every array byte still has at least one readable copy (or can be rebuilt).
-    pub(super) fn has_redundancy_for_all_data(&self) -> bool {
+    pub(crate) fn has_redundancy_for_all_data(&self) -> bool {
         self.has_redundancy_without(None)
     }
 
     /// Whether every array byte would keep a readable copy (or be rebuildable) if `without`
     /// were gone too.
-    pub(super) fn has_redundancy_without(&self, without: Option<usize>) -> bool {
+    pub(crate) fn has_redundancy_without(&self, without: Option<usize>) -> bool {
         let active: Vec<bool> = self
             .slots
             .borrow()

@@ -138,7 +138,7 @@ impl Array {
 
     /// Reads one piece (inside a chunk) at `array_offset` from the first copy other than
     /// `skip`'s that answers; false when none does.
-    pub(super) async fn read_a_copy(
+    pub(crate) async fn read_a_copy(
         &self,
         array_offset: u64,
         part: BufSlice,

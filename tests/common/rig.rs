@@ -4,10 +4,11 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use raidcore::control::{assemble, create, AssembleOptions, Assembled, Controller, CreateOptions};
 use raidcore::layout::{LayoutKind, Raid10Layout, Raid5Algorithm};
 use raidcore::member::{FaultHandle, FaultKind, FaultMember, FaultRule, MemMember, Member};
 use raidcore::raid::events::Event;
-use raidcore::raid::{assemble, create, Array, AssembleOptions, CreateOptions};
+use raidcore::raid::Array;
 
 /// RAID5 as mdadm creates it by default (left-symmetric).
 pub fn raid5() -> LayoutKind {
@@ -26,17 +27,18 @@ pub fn raid10() -> LayoutKind {
 /// Every event an array hands out from the moment it is recorded.
 pub type Recorded = Rc<RefCell<Vec<Event>>>;
 
-/// Records every event `array` hands out from now on.
-pub fn record_events(array: &Array) -> Recorded {
+/// Records every event the array hands out from now on.
+pub fn record_events(control: &Controller) -> Recorded {
     let events: Recorded = Rc::new(RefCell::new(Vec::new()));
     let sink = events.clone();
-    array.subscribe(move |e| sink.borrow_mut().push(e.clone()));
+    control.subscribe(move |e| sink.borrow_mut().push(e.clone()));
     events
 }
 
 /// An array on simulated members, each behind a fault wrapper, with its events recorded.
 pub struct Rig {
     pub array: Rc<Array>,
+    pub control: Rc<Controller>,
     /// Members then spares, by index: `m0..`, then `s0..`.
     pub sims: Vec<Rc<MemMember>>,
     pub faults: Vec<FaultHandle>,
@@ -56,10 +58,11 @@ impl Rig {
             .zip(&faults)
             .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
             .collect();
-        let array = assemble(wrapped, opts).await?.array;
-        let events = record_events(&array);
+        let assembled = assemble(wrapped, opts).await?;
+        let events = record_events(&assembled.control);
         Ok(Rig {
-            array,
+            array: assembled.array,
+            control: assembled.control,
             sims,
             faults,
             events,
@@ -181,7 +184,7 @@ pub fn reopened(sims: &[Rc<MemMember>], seed: u64) -> Vec<Rc<MemMember>> {
 pub async fn reassemble(
     sims: &[Rc<MemMember>],
     opts: &AssembleOptions,
-) -> raidcore::Result<Rc<Array>> {
+) -> raidcore::Result<Assembled> {
     let members: Vec<Rc<dyn Member>> = sims
         .iter()
         .enumerate()
@@ -189,7 +192,7 @@ pub async fn reassemble(
             Rc::new(MemMember::with_store(s.path(), s.store(), 1000 + i as u64)) as Rc<dyn Member>
         })
         .collect();
-    Ok(assemble(members, opts).await?.array)
+    assemble(members, opts).await
 }
 
 /// `kind` striking once, on whatever the member is asked first.

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use raidcore::raid::{Array, ScrubState};
+use raidcore::control::{Controller, ScrubState};
 use raidcore::reactor::sleep;
 
 /// Waits for the running check / repair / resync to end and returns its final state.
-pub async fn wait_scrub(array: &Array) -> ScrubState {
+pub async fn wait_scrub(control: &Controller) -> ScrubState {
     loop {
         sleep(Duration::from_millis(2)).await;
-        let s = array.scrub_state().expect("a check was started");
+        let s = control.scrub_state().expect("a check was started");
         if !s.running {
             return s;
         }
@@ -17,9 +17,10 @@ pub async fn wait_scrub(array: &Array) -> ScrubState {
 }
 
 /// Waits (bounded) until no slot is recovering and every slot is active.
-pub async fn wait_complete(array: &Array) {
+pub async fn wait_complete(control: &Controller) {
+    let array = control.array();
     for _ in 0..20_000 {
-        if array.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
+        if control.rebuild_states().is_empty() && array.slots().iter().all(|s| s.is_active()) {
             return;
         }
         sleep(Duration::from_millis(2)).await;

@@ -3,9 +3,10 @@
 //! (stale members, degraded without `--run`, dirty and degraded RAID5 without `--force`,
 //! features we do not implement), and build the [`Array`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
+use super::Controller;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Geometry, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
@@ -17,8 +18,7 @@ use crate::metadata::{
 };
 use crate::raid::meta::{MetaDisk, MetaState, SUPERBLOCK_OFFSET_BYTES};
 use crate::raid::slots::{Disk, SlotState};
-use crate::raid::{Array, IoCounters};
-use crate::reactor::{AsyncMutex, KeyedLocks};
+use crate::raid::Array;
 
 /// What the user allowed.
 #[derive(Clone, Debug, Default)]
@@ -38,7 +38,10 @@ pub struct AssembleOptions {
 
 /// An assembled array and what the user should be told about it.
 pub struct Assembled {
+    /// The engine: what to serve.
     pub array: Rc<Array>,
+    /// Its control plane: rebuilds, checks, members, settings, events.
+    pub control: Rc<Controller>,
     /// One line per member left out, and why.
     pub notes: Vec<String>,
 }
@@ -85,7 +88,7 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         .collect();
     let geo = geometry_of(kind, &reference, &data_bytes, &slots, &name)?;
 
-    let array = new_array(
+    let array = Array::new(
         name,
         geo,
         slots,
@@ -94,11 +97,12 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
         intent,
         opts.read_only,
     );
+    let control = Rc::new(Controller::new(array.clone()));
     if let Some(ext) = read_extension(&array).await {
-        array.set_speed_limits(ext.speed_min_kib, ext.speed_max_kib);
-        *array.extension.borrow_mut() = ext;
+        control.set_speed_limits(ext.speed_min_kib, ext.speed_max_kib);
+        *control.extension.borrow_mut() = ext;
     }
-    check_startable(&array, opts, &notes)?;
+    check_startable(&control, opts, &notes)?;
     for &i in &plan.forced {
         notes.push(format!(
             "{} was stale and is used anyway (--force)",
@@ -107,10 +111,14 @@ pub async fn assemble(members: Vec<Rc<dyn Member>>, opts: &AssembleOptions) -> R
     }
     if !plan.forced.is_empty() && !opts.read_only {
         // Bring the forced members' events up to the array's before anything else happens.
-        array.persist_now().await?;
+        control.persist_now().await?;
     }
-    start(&array, opts, &notes).await?;
-    Ok(Assembled { array, notes })
+    start(&control, opts, &notes).await?;
+    Ok(Assembled {
+        array,
+        control,
+        notes,
+    })
 }
 
 /// The array's geometry from the reference superblock (RAID0: each member's own data size,
@@ -229,60 +237,10 @@ fn check_member_sizes(geo: &Geometry, slots: &[SlotState], name: &str) -> Result
     Ok(())
 }
 
-/// A fresh engine over placed members: no request seen, nothing running, default settings.
-fn new_array(
-    name: String,
-    geo: Geometry,
-    slots: Vec<SlotState>,
-    spares: Vec<Rc<Disk>>,
-    meta: MetaState,
-    intent: Option<Rc<crate::raid::intent::Intent>>,
-    read_only: bool,
-) -> Rc<Array> {
-    let resync = meta.reference().resync_offset;
-    let sync_offset = if resync == u64::MAX {
-        u64::MAX
-    } else {
-        resync.saturating_mul(SECTOR)
-    };
-    Rc::new(Array {
-        name,
-        geo,
-        slots: RefCell::new(slots),
-        spares: RefCell::new(spares),
-        locks: KeyedLocks::new(),
-        meta,
-        meta_lock: AsyncMutex::default(),
-        sync_offset: Cell::new(sync_offset),
-        failed: Cell::new(false),
-        read_only,
-        counters: RefCell::new(IoCounters::default()),
-        in_flight: Cell::new(0),
-        subscribers: RefCell::new(Vec::new()),
-        notices: Default::default(),
-        attention: crate::reactor::Semaphore::new(0),
-        stopping: Cell::new(false),
-        rebuilds: Cell::new(0),
-        rebuilding: RefCell::new(std::collections::HashSet::new()),
-        foreground_seen: Cell::new((0, std::time::Instant::now())),
-        speed_min_kib: Cell::new(super::settings::SPEED_MIN_KIB_DEFAULT),
-        speed_max_kib: Cell::new(super::settings::SPEED_MAX_KIB_DEFAULT),
-        scrub: Cell::new(None),
-        replacement: RefCell::new(None),
-        resync_wanted: Cell::new(false),
-        extension: RefCell::new(crate::metadata::Extension::default()),
-        intent,
-        readded: RefCell::new(Vec::new()),
-        checkpoint_every: Cell::new((
-            super::settings::CHECKPOINT_BYTES_DEFAULT,
-            super::settings::CHECKPOINT_INTERVAL_DEFAULT,
-        )),
-    })
-}
-
 /// What md refuses to start: data missing, degraded without `--run`, and a dirty degraded
 /// RAID5 without `--force` (its parity may be stale: the write hole).
-fn check_startable(array: &Array, opts: &AssembleOptions, notes: &[String]) -> Result<()> {
+fn check_startable(control: &Controller, opts: &AssembleOptions, notes: &[String]) -> Result<()> {
+    let array = &control.array;
     let name = &array.name;
     let missing = array.missing_description();
     if !array.has_redundancy_for_all_data() {
@@ -294,7 +252,7 @@ fn check_startable(array: &Array, opts: &AssembleOptions, notes: &[String]) -> R
             ),
         ));
     }
-    let absent = array.has_absent_slot();
+    let absent = control.has_absent_slot();
     let recovering = array
         .slots
         .borrow()
@@ -326,30 +284,32 @@ fn check_startable(array: &Array, opts: &AssembleOptions, notes: &[String]) -> R
 
 /// Records absent members, tells the user what was decided, and starts the background work
 /// (hot spares, unfinished rebuilds, the bitmap daemon, a pending resync).
-async fn start(array: &Rc<Array>, opts: &AssembleOptions, notes: &[String]) -> Result<()> {
-    if array.has_absent_slot() && !opts.read_only {
-        array.record_absent_members().await?;
+async fn start(control: &Rc<Controller>, opts: &AssembleOptions, notes: &[String]) -> Result<()> {
+    let array = &control.array;
+    if control.has_absent_slot() && !opts.read_only {
+        control.record_absent_members().await?;
     }
     for n in notes {
         tracing::warn!(array = %array.name, "{n}");
     }
-    crate::reactor::spawn(array.clone().deliver_events());
+    crate::reactor::spawn(control.clone().deliver_events());
     if opts.read_only {
         return Ok(());
     }
-    crate::reactor::spawn(array.clone().run_scheduler());
+    crate::reactor::spawn(control.clone().run_scheduler());
     crate::reactor::spawn(array.clone().run_intent_daemon());
     array.needs_attention();
     if !opts.no_resync {
-        array.start_resync_if_needed();
+        control.start_resync_if_needed();
     }
     Ok(())
 }
 
-impl Array {
+impl Controller {
     /// A slot with no member in it, or a failed one.
     fn has_absent_slot(&self) -> bool {
-        self.slots
+        self.array
+            .slots
             .borrow()
             .iter()
             .any(|s| matches!(s, SlotState::Missing | SlotState::Faulty(_)))
@@ -515,15 +475,15 @@ fn layout_kind(
     })
 }
 
-impl Array {
+impl Controller {
     /// Starting degraded: members the superblocks still call active but that are not here
     /// are recorded as faulty (events bumped) before anything is written. Otherwise a crash
     /// later could let the out-of-date member back in as if it were current (md rewrites the
     /// roles the same way when it starts an array degraded).
     async fn record_absent_members(&self) -> Result<()> {
-        let present = self.dev_numbers();
+        let present = self.array.dev_numbers();
         let absent: Vec<u32> = {
-            let reference = self.meta.reference.borrow();
+            let reference = self.array.meta.reference.borrow();
             (0..reference.max_dev())
                 .filter(|dev| matches!(reference.role_of(*dev), crate::metadata::Role::Active(_)))
                 .filter(|dev| !present.contains(dev))
@@ -533,7 +493,7 @@ impl Array {
             return Ok(());
         }
         {
-            let mut reference = self.meta.reference.borrow_mut();
+            let mut reference = self.array.meta.reference.borrow_mut();
             for dev in &absent {
                 let _ = reference.set_role(*dev, crate::metadata::Role::Faulty);
             }
@@ -543,12 +503,12 @@ impl Array {
 
     /// Writes the current state to every member's superblock now (events bumped).
     pub(super) async fn persist_now(&self) -> Result<()> {
-        let _guard = self.meta_lock.lock().await;
-        self.write_all_superblocks().await
+        let _guard = self.array.meta_lock.lock().await;
+        self.array.write_all_superblocks().await
     }
 
     /// The array UUID as mdadm prints it.
     pub fn uuid_text(&self) -> String {
-        format_uuid(&self.meta.reference().set_uuid)
+        format_uuid(&self.array.meta.reference().set_uuid)
     }
 }

@@ -3,12 +3,12 @@
 
 use std::rc::Rc;
 
+use super::Controller;
 use crate::buf::BufSlice;
 use crate::layout::{Level, Reverse};
-use crate::raid::Array;
 use crate::reactor::KeyedLockGuard;
 
-impl Array {
+impl Controller {
     /// Stripe locks covering `len` bytes of `slot` at `member_offset`, in ascending order.
     pub(super) async fn lock_member_range(
         &self,
@@ -16,22 +16,22 @@ impl Array {
         member_offset: u64,
         len: u64,
     ) -> Vec<KeyedLockGuard> {
-        let mut keys: Vec<u64> = match self.geo.level() {
+        let mut keys: Vec<u64> = match self.array.geo.level() {
             Level::Raid5 => {
-                let chunk = self.geo.chunk_bytes();
+                let chunk = self.array.geo.chunk_bytes();
                 (member_offset / chunk..(member_offset + len - 1) / chunk + 1).collect()
             }
             Level::Raid1 => {
-                let unit = self.geo.stripe_bytes();
+                let unit = self.array.geo.stripe_bytes();
                 (member_offset / unit..(member_offset + len - 1) / unit + 1).collect()
             }
             _ => {
-                let chunk = self.geo.chunk_bytes();
+                let chunk = self.array.geo.chunk_bytes();
                 let mut keys = Vec::new();
                 let mut at = member_offset;
                 while at < member_offset + len {
-                    if let Reverse::Data { array_offset } = self.geo.reverse(slot, at) {
-                        keys.push(array_offset / self.geo.stripe_bytes());
+                    if let Reverse::Data { array_offset } = self.array.geo.reverse(slot, at) {
+                        keys.push(array_offset / self.array.geo.stripe_bytes());
                     }
                     at = (at / chunk + 1) * chunk;
                 }
@@ -42,7 +42,7 @@ impl Array {
         keys.dedup();
         let mut guards = Vec::with_capacity(keys.len());
         for k in keys {
-            guards.push(self.locks.lock(k).await);
+            guards.push(self.array.locks.lock(k).await);
         }
         guards
     }
@@ -63,6 +63,7 @@ impl Array {
     ) -> bool {
         let whole = (own_first
             && self
+                .array
                 .read_slot(slot, member_offset, buf.clone())
                 .await
                 .is_ok())
@@ -70,22 +71,22 @@ impl Array {
         if whole {
             return true;
         }
-        if self.failed.get() {
+        if self.array.failed.get() {
             return false;
         }
         const BLOCK: usize = 4096;
         for start in (0..buf.len()).step_by(BLOCK) {
             let part = buf.slice(start, BLOCK.min(buf.len() - start));
             let at = member_offset + start as u64;
-            let got = (own_first && self.read_slot(slot, at, part.clone()).await.is_ok())
+            let got = (own_first && self.array.read_slot(slot, at, part.clone()).await.is_ok())
                 || self.read_for_rebuild(slot, at, &part).await;
-            if self.failed.get() {
+            if self.array.failed.get() {
                 return false;
             }
             if !got {
                 // SAFETY: our own buffer; the reads into it have completed (and failed).
                 (unsafe { part.bytes_mut() }).fill(0);
-                if !self.record_bad(target, at, part.len() as u64).await {
+                if !self.array.record_bad(target, at, part.len() as u64).await {
                     return false;
                 }
             }
@@ -100,25 +101,26 @@ impl Array {
         member_offset: u64,
         buf: &BufSlice,
     ) -> bool {
-        match self.geo.level() {
+        match self.array.geo.level() {
             Level::Raid5 => self
+                .array
                 .reconstruct(slot, member_offset, buf.clone())
                 .await
                 .is_ok(),
             _ => {
-                let chunk = if self.geo.level() == Level::Raid1 {
+                let chunk = if self.array.geo.level() == Level::Raid1 {
                     buf.len() as u64
                 } else {
-                    self.geo.chunk_bytes()
+                    self.array.geo.chunk_bytes()
                 };
                 let mut done = 0u64;
                 while done < buf.len() as u64 {
                     let at = member_offset + done;
                     let n = (chunk - at % chunk).min(buf.len() as u64 - done);
                     let part = buf.slice(done as usize, n as usize);
-                    let array_offset = match self.geo.level() {
+                    let array_offset = match self.array.geo.level() {
                         Level::Raid1 => at,
-                        _ => match self.geo.reverse(slot, at) {
+                        _ => match self.array.geo.reverse(slot, at) {
                             Reverse::Data { array_offset } => array_offset,
                             _ => {
                                 done += n;
@@ -126,7 +128,7 @@ impl Array {
                             }
                         },
                     };
-                    if !self.read_a_copy(array_offset, part, Some(slot)).await {
+                    if !self.array.read_a_copy(array_offset, part, Some(slot)).await {
                         return false;
                     }
                     done += n;

@@ -3,16 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::raid::Array;
+use super::Controller;
 use crate::reactor::sleep;
 
-impl Array {
+impl Controller {
     /// Whether clients used the array in the last half second (md's "not idle"): a moment
     /// with no new request is not idleness, a queue-depth-32 client may simply be waiting.
     pub(super) fn foreground_busy(&self) -> bool {
         const HOLD: Duration = Duration::from_millis(500);
         let count = {
-            let c = self.counters.borrow();
+            let c = self.array.counters.borrow();
             c.reads + c.writes
         };
         let (seen, at) = self.foreground_seen.get();
@@ -43,7 +43,7 @@ impl Array {
             };
             let allowed = Duration::from_secs_f64(bytes as f64 / 1024.0 / rate_kib as f64);
             let elapsed = start.elapsed();
-            if allowed <= elapsed || self.stopping.get() {
+            if allowed <= elapsed || self.array.stopping.get() {
                 break;
             }
             sleep((allowed - elapsed).min(SLICE)).await;

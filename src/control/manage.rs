@@ -7,6 +7,7 @@
 use std::rc::Rc;
 
 use super::create::{random_bytes, read_superblock, write_member_metadata};
+use super::Controller;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::Member;
@@ -14,15 +15,15 @@ use crate::metadata::{format_uuid, Role, FEATURE_RECOVERY_OFFSET, FEATURE_REPLAC
 use crate::raid::events::Event;
 use crate::raid::meta::SUPERBLOCK_OFFSET_BYTES;
 use crate::raid::slots::{Disk, SlotState};
-use crate::raid::Array;
 
-impl Array {
+impl Controller {
     /// Members that failed and whose slot a spare has taken: md lists them as faulty until
     /// they are removed.
     pub fn replaced_faulty(&self) -> Vec<Rc<Disk>> {
-        let reference = self.meta.reference.borrow();
-        let slots = self.slots.borrow();
-        self.meta
+        let reference = self.array.meta.reference.borrow();
+        let slots = self.array.slots.borrow();
+        self.array
+            .meta
             .disks
             .borrow()
             .iter()
@@ -37,7 +38,8 @@ impl Array {
     }
 
     fn slot_of(&self, path: &str) -> Option<usize> {
-        self.slots
+        self.array
+            .slots
             .borrow()
             .iter()
             .position(|s| s.disk().is_some_and(|d| d.member.path() == path))
@@ -48,21 +50,27 @@ impl Array {
     /// (mdadm refuses the same; md keeps the last member of a mirror).
     pub async fn fail_member(&self, path: &str, force: bool) -> Result<()> {
         let Some(slot) = self.slot_of(path) else {
-            if self.spares.borrow().iter().any(|d| d.member.path() == path) {
+            if self
+                .array
+                .spares
+                .borrow()
+                .iter()
+                .any(|d| d.member.path() == path)
+            {
                 return Err(Error::invalid(format!(
                     "{path} is a spare, not an active member: use remove"
                 )));
             }
             return Err(Error::invalid(format!(
                 "{path} is not a member of array {}",
-                self.name
+                self.array.name
             )));
         };
         if !force {
             self.check_redundancy_floor(slot, path)?;
         }
         let disk = {
-            let mut slots = self.slots.borrow_mut();
+            let mut slots = self.array.slots.borrow_mut();
             match &slots[slot] {
                 SlotState::Active(d) | SlotState::Recovering(d, _) => {
                     let d = d.clone();
@@ -72,40 +80,40 @@ impl Array {
                 _ => return Err(Error::invalid(format!("{path} is already faulty"))),
             }
         };
-        if !self.has_redundancy_for_all_data() {
-            self.failed.set(true);
+        if !self.array.has_redundancy_for_all_data() {
+            self.array.failed.set(true);
         }
-        self.record_failures().await?;
-        self.emit(Event::MemberFailed {
+        self.array.record_failures().await?;
+        self.array.emit(Event::MemberFailed {
             slot,
             member: disk.member.path().to_string(),
         });
-        if self.failed.get() {
-            self.emit(Event::ArrayFailed {
-                missing: self.missing_description(),
+        if self.array.failed.get() {
+            self.array.emit(Event::ArrayFailed {
+                missing: self.array.missing_description(),
             });
         } else {
-            self.emit(Event::DegradedArray {
-                missing: self.missing_description(),
+            self.array.emit(Event::DegradedArray {
+                missing: self.array.missing_description(),
             });
         }
-        self.needs_attention();
+        self.array.needs_attention();
         Ok(())
     }
 
     /// Refuses to take `slot` (member `path`) away when some data would then have no copy.
     /// Members that are recovering or spares hold no copy of their own, so they never count.
     fn check_redundancy_floor(&self, slot: usize, path: &str) -> Result<()> {
-        if !self.slots.borrow()[slot].is_active() {
+        if !self.array.slots.borrow()[slot].is_active() {
             return Ok(()); // a recovering member holds no data the array relies on
         }
-        if self.has_redundancy_without(Some(slot)) {
+        if self.array.has_redundancy_without(Some(slot)) {
             return Ok(());
         }
-        let why = if self.geo.level() == crate::layout::Level::Raid0 {
+        let why = if self.array.geo.level() == crate::layout::Level::Raid0 {
             format!("RAID0 has no redundancy and {path} holds the only copy of its data")
         } else {
-            let others = self.missing_description_except(slot);
+            let others = self.array.missing_description_except(slot);
             if others == "none" {
                 format!("{path} holds the last copy of some data")
             } else {
@@ -116,7 +124,7 @@ impl Array {
             ErrorKind::Inconsistent,
             format!(
                 "array {} would fail: {why}; nothing changed (use --force to fail it anyway)",
-                self.name
+                self.array.name
             ),
         ))
     }
@@ -124,7 +132,7 @@ impl Array {
     /// Removes a faulty member or a spare from the array (an active one must be failed first).
     pub async fn remove_member(&self, path: &str) -> Result<()> {
         let disk = if let Some(slot) = self.slot_of(path) {
-            let mut slots = self.slots.borrow_mut();
+            let mut slots = self.array.slots.borrow_mut();
             match &slots[slot] {
                 SlotState::Faulty(d) => {
                     let d = d.clone();
@@ -134,7 +142,7 @@ impl Array {
                 _ => {
                     return Err(Error::invalid(format!(
                         "{path} is in use in slot {slot}: fail it first (raidctl fail {} {path})",
-                        self.name
+                        self.array.name
                     )))
                 }
             }
@@ -146,30 +154,32 @@ impl Array {
             // Failed and already replaced by a spare: only its metadata entry is left.
             d
         } else {
-            let mut spares = self.spares.borrow_mut();
+            let mut spares = self.array.spares.borrow_mut();
             let Some(i) = spares.iter().position(|d| d.member.path() == path) else {
                 return Err(Error::invalid(format!(
                     "{path} is not a member of array {}",
-                    self.name
+                    self.array.name
                 )));
             };
             spares.remove(i)
         };
         {
-            let _guard = self.meta_lock.lock().await;
+            let _guard = self.array.meta_lock.lock().await;
             // md's removed devices leave the roles table: their entry is "unused" again.
             let _ = self
+                .array
                 .meta
                 .reference
                 .borrow_mut()
                 .set_role(disk.dev_number, Role::Spare);
-            self.meta
+            self.array
+                .meta
                 .disks
                 .borrow_mut()
                 .retain(|m| !Rc::ptr_eq(&m.disk, &disk));
-            self.write_all_superblocks().await?;
+            self.array.write_all_superblocks().await?;
         }
-        self.emit(Event::MemberRemoved {
+        self.array.emit(Event::MemberRemoved {
             member: path.to_string(),
         });
         Ok(())
@@ -179,11 +189,12 @@ impl Array {
     /// ourselves. Returns its path; its claim is released when the last reference goes.
     pub async fn give_spare(&self, group: &str) -> Option<String> {
         if self.extension.borrow().spare_group.as_deref() != Some(group)
-            || self.slots.borrow().iter().any(|s| !s.is_active())
+            || self.array.slots.borrow().iter().any(|s| !s.is_active())
         {
             return None;
         }
         let path = self
+            .array
             .spares
             .borrow()
             .first()
@@ -197,13 +208,14 @@ impl Array {
     /// slot is empty and whose changes the bitmap still covers is re-added there instead.
     pub async fn add_spare(&self, member: Rc<dyn Member>, force: bool) -> Result<()> {
         let readd = self.check_new_member(member.as_ref(), force).await?;
-        let guard = self.meta_lock.lock().await;
+        let guard = self.array.meta_lock.lock().await;
         let (dev_number, role, readd) = self.choose_identity(readd);
         let mut sb =
             self.new_member_superblock(member.as_ref(), dev_number, role, readd.as_ref())?;
         let group = self.spare_group();
         // The new member's bitmap must have the array's chunk (which may not be the default).
         let chunk = self
+            .array
             .intent
             .as_ref()
             .map(|i| i.map.borrow().chunk_bytes() as u32);
@@ -215,15 +227,21 @@ impl Array {
         // this is a spare after all (write_all_superblocks below rewrites its superblock).
         let mut readd_slot = readd.map(|(slot, _)| slot);
         if let Some(slot) = readd_slot {
-            if !matches!(self.slots.borrow()[slot], SlotState::Missing) {
+            if !matches!(self.array.slots.borrow()[slot], SlotState::Missing) {
                 readd_slot = None;
                 sb.feature_map &= !FEATURE_RECOVERY_OFFSET;
                 sb.set_role(dev_number, Role::Spare).map_err(Error::from)?;
             }
         }
         let role = readd_slot.map_or(Role::Spare, |slot| Role::Active(slot as u16));
-        let _ = self.meta.reference.borrow_mut().set_role(dev_number, role);
-        self.meta
+        let _ = self
+            .array
+            .meta
+            .reference
+            .borrow_mut()
+            .set_role(dev_number, role);
+        self.array
+            .meta
             .disks
             .borrow_mut()
             .push(crate::raid::meta::MetaDisk {
@@ -236,11 +254,11 @@ impl Array {
             self.readded.borrow_mut().push(disk.clone());
             let cursor = Rc::new(std::cell::Cell::new(0));
             let recovering = SlotState::Recovering(disk.clone(), cursor);
-            crate::raid::slots::set_slot(&mut self.slots.borrow_mut(), slot, recovering);
+            crate::raid::slots::set_slot(&mut self.array.slots.borrow_mut(), slot, recovering);
         }
-        self.write_all_superblocks().await?;
+        self.array.write_all_superblocks().await?;
         // Its bitmap must carry the bits of everything written while it was away.
-        self.write_bitmaps().await?;
+        self.array.write_bitmaps().await?;
         drop(guard);
         self.announce_added(disk, readd_slot).await;
         Ok(())
@@ -255,14 +273,19 @@ impl Array {
     ) -> Result<Option<(usize, crate::metadata::Superblock)>> {
         let path = member.path();
         if self.slot_of(path).is_some()
-            || self.spares.borrow().iter().any(|d| d.member.path() == path)
+            || self
+                .array
+                .spares
+                .borrow()
+                .iter()
+                .any(|d| d.member.path() == path)
         {
             return Err(Error::invalid(format!(
                 "{path} is already a member of array {}",
-                self.name
+                self.array.name
             )));
         }
-        let reference = self.meta.reference();
+        let reference = self.array.meta.reference();
         let mut readd = None;
         if let Some(sb) = read_superblock(member).await? {
             if sb.set_uuid == reference.set_uuid {
@@ -278,11 +301,11 @@ impl Array {
                 ));
             }
         }
-        let needed = reference.data_offset_sectors * 512 + self.geo.member_used_bytes();
+        let needed = reference.data_offset_sectors * 512 + self.array.geo.member_used_bytes();
         if member.size_bytes() < needed {
             return Err(Error::invalid(format!(
                 "{path} is too small: array {} needs {needed} bytes per member, it has {}",
-                self.name,
+                self.array.name,
                 member.size_bytes()
             )));
         }
@@ -296,7 +319,7 @@ impl Array {
         &self,
         readd: Option<(usize, crate::metadata::Superblock)>,
     ) -> (u32, Role, Option<(usize, crate::metadata::Superblock)>) {
-        let used = self.dev_numbers();
+        let used = self.array.dev_numbers();
         match readd {
             // Checked again under the lock: the slot may have been filled meanwhile.
             Some((slot, old))
@@ -305,7 +328,7 @@ impl Array {
                 (old.dev_number, Role::Active(slot as u16), Some((slot, old)))
             }
             _ => {
-                let reference = self.meta.reference.borrow();
+                let reference = self.array.meta.reference.borrow();
                 let n = (0u32..)
                     .find(|n| !used.contains(n) && reference.role_of(*n) == Role::Spare)
                     .expect("a free dev_number exists");
@@ -323,7 +346,7 @@ impl Array {
         role: Role,
         readd: Option<&(usize, crate::metadata::Superblock)>,
     ) -> Result<crate::metadata::Superblock> {
-        let mut sb = self.meta.reference();
+        let mut sb = self.array.meta.reference();
         sb.dev_number = dev_number;
         sb.device_uuid = match readd {
             Some((_, old)) => old.device_uuid,
@@ -348,21 +371,21 @@ impl Array {
         let path = disk.member.path().to_string();
         let role = match readd_slot {
             Some(slot) => {
-                tracing::info!(array = %self.name, member = %path, "re-added to slot {slot}: only the chunks the write-intent bitmap marks dirty are rebuilt");
+                tracing::info!(array = %self.array.name, member = %path, "re-added to slot {slot}: only the chunks the write-intent bitmap marks dirty are rebuilt");
                 format!("re-added to slot {slot}")
             }
             None => {
-                self.spares.borrow_mut().push(disk);
+                self.array.spares.borrow_mut().push(disk);
                 "spare".into()
             }
         };
         // The new member's extension block was written fresh: give it the array's settings
         // (cache policy, speed limits), so any member read at the next assembly has them.
         if let Err(e) = self.update_extension(|_| {}).await {
-            tracing::warn!(array = %self.name, "settings not copied to {path}: {e}");
+            tracing::warn!(array = %self.array.name, "settings not copied to {path}: {e}");
         }
-        self.emit(Event::MemberAdded { member: path, role });
-        self.needs_attention();
+        self.array.emit(Event::MemberAdded { member: path, role });
+        self.array.needs_attention();
     }
 
     /// The slot a former member may return to with a bitmap-driven rebuild (md's re-add):
@@ -370,14 +393,14 @@ impl Array {
     /// and the bitmap has not been cleared since it left (events >= events_cleared), so every
     /// chunk written without it is still marked.
     fn readd_slot(&self, sb: &crate::metadata::Superblock) -> Option<usize> {
-        let intent = self.intent.as_ref()?;
-        let reference = self.meta.reference.borrow();
+        let intent = self.array.intent.as_ref()?;
+        let reference = self.array.meta.reference.borrow();
         let Role::Active(slot) = sb.role_of(sb.dev_number) else {
             return None;
         };
         let slot = slot as usize;
-        let empty = matches!(self.slots.borrow().get(slot)?, SlotState::Missing)
-            && !self.slot_being_replaced(slot);
+        let empty = matches!(self.array.slots.borrow().get(slot)?, SlotState::Missing)
+            && !self.array.slot_being_replaced(slot);
         // A member with recorded bad blocks is rebuilt in full: the partial rebuild would
         // skip ranges it never had the data for, and its log is rewritten empty.
         (empty

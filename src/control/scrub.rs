@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use futures::future::join_all;
 
+use super::Controller;
 use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::Level;
 use crate::parity::xor_into;
 use crate::raid::events::Event;
-use crate::raid::Array;
 
 const BLOCK: usize = 4096;
 
@@ -43,7 +43,7 @@ pub struct ScrubState {
     pub start_bytes: u64,
 }
 
-impl Array {
+impl Controller {
     pub fn scrub_state(&self) -> Option<ScrubState> {
         self.scrub.get()
     }
@@ -51,29 +51,32 @@ impl Array {
     /// Starts a check (or repair) in the background. Refused on a degraded, failed or
     /// RAID0 array, and while a rebuild or another scrub runs.
     pub fn start_scrub(self: &Rc<Self>, repair: bool) -> Result<()> {
-        if self.geo.level() == Level::Raid0 {
+        if self.array.geo.level() == Level::Raid0 {
             return Err(Error::invalid("RAID0 has no redundancy to check"));
         }
-        if self.slots.borrow().iter().any(|s| !s.is_active()) {
+        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
             return Err(Error::new(
                 ErrorKind::Inconsistent,
                 format!(
                     "array {} is not complete ({}): check needs every member; rebuild first",
-                    self.name,
-                    self.missing_description()
+                    self.array.name,
+                    self.array.missing_description()
                 ),
             ));
         }
         if self.scrub.get().is_some_and(|s| s.running) {
             return Err(Error::new(
                 ErrorKind::Busy,
-                format!("a check of array {} is already running", self.name),
+                format!("a check of array {} is already running", self.array.name),
             ));
         }
-        if repair && self.read_only {
+        if repair && self.array.read_only {
             return Err(Error::new(
                 ErrorKind::ReadOnly,
-                format!("array {} is read-only: check without --repair", self.name),
+                format!(
+                    "array {} is read-only: check without --repair",
+                    self.array.name
+                ),
             ));
         }
         self.begin_scrub(repair, false, 0);
@@ -83,10 +86,10 @@ impl Array {
     /// Resyncs from the sync point to the end if the array needs it and can (complete,
     /// writable, redundant, nothing else running). Called at assembly and after a rebuild.
     pub fn start_resync_if_needed(self: &Rc<Self>) {
-        let sync = self.sync_offset.get();
-        let busy =
-            self.scrub.get().is_some_and(|s| s.running) || self.replacement.borrow().is_some();
-        if sync == u64::MAX || self.read_only || self.geo.level() == Level::Raid0 {
+        let sync = self.array.sync_offset.get();
+        let busy = self.scrub.get().is_some_and(|s| s.running)
+            || self.array.replacement.borrow().is_some();
+        if sync == u64::MAX || self.array.read_only || self.array.geo.level() == Level::Raid0 {
             return;
         }
         // Deferred, not dropped: the scheduler starts it once the array is complete and idle
@@ -95,22 +98,22 @@ impl Array {
             self.resync_wanted.set(true);
             return;
         }
-        if self.slots.borrow().iter().any(|s| !s.is_active()) {
-            tracing::warn!(array = %self.name, "resync needed but the array is not complete: it runs once the rebuild has finished");
+        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
+            tracing::warn!(array = %self.array.name, "resync needed but the array is not complete: it runs once the rebuild has finished");
             self.resync_wanted.set(true);
             return;
         }
-        tracing::info!(array = %self.name, "resync from {sync} (after an unclean stop, or the initial sync)");
+        tracing::info!(array = %self.array.name, "resync from {sync} (after an unclean stop, or the initial sync)");
         let step = self.scrub_step();
         self.begin_scrub(true, true, sync / step * step);
     }
 
     /// The smallest region a scrub handles: a chunk of rows (RAID5), a stripe unit (mirrors).
     fn scrub_unit(&self) -> u64 {
-        let unit = if self.geo.level() == Level::Raid5 {
-            self.geo.chunk_bytes()
+        let unit = if self.array.geo.level() == Level::Raid5 {
+            self.array.geo.chunk_bytes()
         } else {
-            self.geo.stripe_bytes()
+            self.array.geo.stripe_bytes()
         };
         unit.max(1)
     }
@@ -121,9 +124,9 @@ impl Array {
     }
 
     fn begin_scrub(self: &Rc<Self>, repair: bool, resync: bool, from: u64) {
-        let total = match self.geo.level() {
-            Level::Raid5 => self.geo.member_used_bytes(),
-            _ => self.geo.array_bytes(),
+        let total = match self.array.geo.level() {
+            Level::Raid5 => self.array.geo.member_used_bytes(),
+            _ => self.array.geo.array_bytes(),
         };
         let from = from.min(total);
         let state = ScrubState {
@@ -137,30 +140,41 @@ impl Array {
             start_bytes: from,
         };
         self.scrub.set(Some(state));
-        crate::reactor::spawn(self.clone().scrub(repair, resync, from, total));
+        // Taken now, not in the task: a close from here on waits for the scrub to stop.
+        let worker = self.array.worker();
+        crate::reactor::spawn(self.clone().scrub(repair, resync, from, total, worker));
     }
 
-    async fn scrub(self: Rc<Self>, repair: bool, resync: bool, from: u64, total: u64) {
-        if repair && self.mark_dirty().await.is_err() {
+    async fn scrub(
+        self: Rc<Self>,
+        repair: bool,
+        resync: bool,
+        from: u64,
+        total: u64,
+        _worker: crate::raid::Worker,
+    ) {
+        if repair && self.array.mark_dirty().await.is_err() {
             return self.finish_scrub(false);
         }
         let step = self.scrub_step();
         let done = Cell::new(from);
         let mut window = (Instant::now(), 0u64, 0u64);
         while done.get() < total {
-            if self.stopping.get()
-                || self.failed.get()
-                || self.slots.borrow().iter().any(|s| !s.is_active())
+            if self.array.stopping.get()
+                || self.array.failed.get()
+                || self.array.slots.borrow().iter().any(|s| !s.is_active())
             {
                 return self.finish_scrub(false);
             }
             let mut len = step.min(total - done.get());
             if resync {
-                len = self.clip_to_bitmap_chunk(done.get(), len, self.scrub_unit());
+                len = self
+                    .array
+                    .clip_to_bitmap_chunk(done.get(), len, self.scrub_unit());
             }
             if resync && !self.resync_region_dirty(done.get(), len) {
                 done.set(done.get() + len);
-                self.sync_offset.set(done.get());
+                self.array.sync_offset.set(done.get());
                 if let Some(mut s) = self.scrub.get() {
                     s.done_bytes = done.get();
                     s.skipped_bytes += len;
@@ -168,7 +182,7 @@ impl Array {
                 }
                 continue;
             }
-            let found = match self.geo.level() {
+            let found = match self.array.geo.level() {
                 Level::Raid5 => self.scrub_rows(done.get(), len, repair).await,
                 _ => self.scrub_copies(done.get(), len, repair).await,
             };
@@ -178,7 +192,7 @@ impl Array {
             done.set(done.get() + len);
             if resync {
                 // Everything below here is consistent now: writes there may trust parity.
-                self.sync_offset.set(done.get());
+                self.array.sync_offset.set(done.get());
             }
             if let Some(mut s) = self.scrub.get() {
                 s.done_bytes = done.get();
@@ -188,7 +202,7 @@ impl Array {
             window = self.throttle(window, len).await;
         }
         if resync {
-            self.sync_offset.set(u64::MAX);
+            self.array.sync_offset.set(u64::MAX);
         }
         self.finish_scrub(true);
     }
@@ -196,23 +210,24 @@ impl Array {
     /// Whether a resync must look at resync-space bytes `at..at+len`: always without a
     /// bitmap, else only where a bit is set.
     fn resync_region_dirty(&self, at: u64, len: u64) -> bool {
-        self.intent
+        self.array
+            .intent
             .as_ref()
             .is_none_or(|i| i.map.borrow().any_set(at, at + len))
     }
 
     fn finish_scrub(&self, complete: bool) {
-        self.needs_attention();
+        self.array.needs_attention();
         if let Some(mut s) = self.scrub.get() {
             s.running = false;
             self.scrub.set(Some(s));
             if complete && s.resync {
-                self.emit(Event::ResyncFinished {
+                self.array.emit(Event::ResyncFinished {
                     mismatch_sectors: s.mismatch_sectors,
                     bytes_resynced: s.total_bytes - s.start_bytes - s.skipped_bytes,
                 });
             } else if complete {
-                self.emit(Event::CheckFinished {
+                self.array.emit(Event::CheckFinished {
                     repair: s.repair,
                     mismatch_sectors: s.mismatch_sectors,
                 });
@@ -222,21 +237,22 @@ impl Array {
 
     /// RAID5 rows covering member bytes `at..at+len`: returns mismatching sectors.
     async fn scrub_rows(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
-        let chunk = self.geo.chunk_bytes();
+        let chunk = self.array.geo.chunk_bytes();
         let _guards = self
+            .array
             .locks
             .lock_range(at / chunk..(at + len - 1) / chunk + 1)
             .await;
-        let bufs: Vec<BufSlice> = (0..self.geo.members())
+        let bufs: Vec<BufSlice> = (0..self.array.geo.members())
             .map(|_| BufSlice::zeroed(len as usize))
             .collect();
         let reads = bufs
             .iter()
             .enumerate()
-            .map(|(slot, b)| self.read_slot(slot, at, b.clone()));
+            .map(|(slot, b)| self.array.read_slot(slot, at, b.clone()));
         if join_all(reads).await.iter().any(|r| r.is_err()) {
             // A member gone ends the check; unreadable sectors are dealt with block by block.
-            if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
                 return None;
             }
             return self.scrub_rows_by_block(at, len, repair).await;
@@ -256,7 +272,7 @@ impl Array {
                 // The parity member of this row gets parity recomputed from the data.
                 let off = at + (i * BLOCK) as u64;
                 let stripe = off / chunk;
-                let pslot = self.geo.raid5_parity_slot(stripe);
+                let pslot = self.array.geo.raid5_parity_slot(stripe);
                 let fixed = BufSlice::filled(block.len(), |fixed| {
                     for (slot, b) in bufs.iter().enumerate() {
                         if slot != pslot {
@@ -264,7 +280,12 @@ impl Array {
                         }
                     }
                 });
-                if self.write_slot(pslot, off, fixed, false).await.is_err() {
+                if self
+                    .array
+                    .write_slot(pslot, off, fixed, false)
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
             }
@@ -277,19 +298,19 @@ impl Array {
     /// (a corrected read error, as md's check does); one with two is lost and recorded bad on
     /// both; the others are compared as usual.
     async fn scrub_rows_by_block(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
-        let chunk = self.geo.chunk_bytes();
+        let chunk = self.array.geo.chunk_bytes();
         let mut sectors = 0;
         for off in (at..at + len).step_by(BLOCK) {
             let n = (BLOCK as u64).min(at + len - off) as usize;
-            let bufs: Vec<BufSlice> = (0..self.geo.members())
+            let bufs: Vec<BufSlice> = (0..self.array.geo.members())
                 .map(|_| BufSlice::zeroed(n))
                 .collect();
             let reads = bufs
                 .iter()
                 .enumerate()
-                .map(|(slot, b)| self.read_slot(slot, off, b.clone()));
+                .map(|(slot, b)| self.array.read_slot(slot, off, b.clone()));
             let results = join_all(reads).await;
-            if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
                 return None;
             }
             let unreadable: Vec<usize> = (0..results.len())
@@ -306,10 +327,10 @@ impl Array {
                 [] if acc.bytes().iter().any(|&x| x != 0) => {
                     sectors += (n / 512) as u64;
                     if repair {
-                        let pslot = self.geo.raid5_parity_slot(off / chunk);
+                        let pslot = self.array.geo.raid5_parity_slot(off / chunk);
                         // SAFETY: our own buffer, not handed to any I/O yet.
                         xor_into(unsafe { acc.bytes_mut() }, bufs[pslot].bytes());
-                        if self.write_slot(pslot, off, acc, false).await.is_err() {
+                        if self.array.write_slot(pslot, off, acc, false).await.is_err() {
                             return None;
                         }
                     }
@@ -319,25 +340,25 @@ impl Array {
                 // this block of parity (it is not computed from the data; a later write of
                 // the row must not trust it).
                 [slot]
-                    if *slot != self.geo.raid5_parity_slot(off / chunk)
-                        && !self.parity_in_sync(off + n as u64) =>
+                    if *slot != self.array.geo.raid5_parity_slot(off / chunk)
+                        && !self.array.parity_in_sync(off + n as u64) =>
                 {
-                    let pslot = self.geo.raid5_parity_slot(off / chunk);
+                    let pslot = self.array.geo.raid5_parity_slot(off / chunk);
                     for s in [*slot, pslot] {
-                        if let Some(d) = self.active_disk(s) {
-                            self.record_bad(&d, off, n as u64).await;
+                        if let Some(d) = self.array.active_disk(s) {
+                            self.array.record_bad(&d, off, n as u64).await;
                         }
                     }
                 }
                 // The XOR of the others is exactly what the unreadable member holds.
                 [slot] => {
-                    let miss = self.miss_kind(*slot, off, n as u64);
-                    self.repair_range(*slot, off, acc, miss).await
+                    let miss = self.array.miss_kind(*slot, off, n as u64);
+                    self.array.repair_range(*slot, off, acc, miss).await
                 }
                 lost => {
                     for &slot in lost {
-                        if let Some(d) = self.active_disk(slot) {
-                            self.record_bad(&d, off, n as u64).await;
+                        if let Some(d) = self.array.active_disk(slot) {
+                            self.array.record_bad(&d, off, n as u64).await;
                         }
                     }
                 }
@@ -348,14 +369,15 @@ impl Array {
 
     /// Mirror chunks covering array bytes `at..at+len`: returns mismatching sectors.
     async fn scrub_copies(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
-        let unit = self.geo.stripe_bytes();
+        let unit = self.array.geo.stripe_bytes();
         let _guards = self
+            .array
             .locks
             .lock_range(at / unit..(at + len - 1) / unit + 1)
             .await;
         let mut sectors = 0;
-        for piece in self.geo.pieces(at, len) {
-            let copies = self.geo.map_copies(piece.array_offset);
+        for piece in self.array.geo.pieces(at, len) {
+            let copies = self.array.geo.map_copies(piece.array_offset);
             let bufs: Vec<BufSlice> = copies
                 .iter()
                 .map(|_| BufSlice::zeroed(piece.len as usize))
@@ -363,9 +385,9 @@ impl Array {
             let reads = copies
                 .iter()
                 .zip(&bufs)
-                .map(|(c, b)| self.read_slot(c.slot, c.member_offset, b.clone()));
+                .map(|(c, b)| self.array.read_slot(c.slot, c.member_offset, b.clone()));
             if join_all(reads).await.iter().any(|r| r.is_err()) {
-                if self.slots.borrow().iter().any(|s| !s.is_active()) {
+                if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
                     return None;
                 }
                 sectors += self
@@ -387,6 +409,7 @@ impl Array {
                         let c = copies.as_slice()[k];
                         let fixed = bufs[0].slice(range.start, block.len());
                         if self
+                            .array
                             .write_slot(c.slot, c.member_offset + range.start as u64, fixed, false)
                             .await
                             .is_err()
@@ -413,18 +436,20 @@ impl Array {
         for start in (0..len).step_by(BLOCK) {
             let n = (BLOCK as u64).min(len - start) as usize;
             let bufs: Vec<BufSlice> = copies.iter().map(|_| BufSlice::zeroed(n)).collect();
-            let reads = copies
-                .iter()
-                .zip(&bufs)
-                .map(|(c, b)| self.read_slot(c.slot, c.member_offset + start, b.clone()));
+            let reads = copies.iter().zip(&bufs).map(|(c, b)| {
+                self.array
+                    .read_slot(c.slot, c.member_offset + start, b.clone())
+            });
             let ok: Vec<bool> = join_all(reads).await.iter().map(|r| r.is_ok()).collect();
-            if self.slots.borrow().iter().any(|s| !s.is_active()) {
+            if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
                 return None;
             }
             let Some(good) = ok.iter().position(|&o| o) else {
                 for c in copies {
-                    if let Some(d) = self.active_disk(c.slot) {
-                        self.record_bad(&d, c.member_offset + start, n as u64).await;
+                    if let Some(d) = self.array.active_disk(c.slot) {
+                        self.array
+                            .record_bad(&d, c.member_offset + start, n as u64)
+                            .await;
                     }
                 }
                 continue;
@@ -434,12 +459,13 @@ impl Array {
                 let at = c.member_offset + start;
                 if !ok[k] {
                     let data = bufs[good].clone();
-                    let miss = self.miss_kind(c.slot, at, n as u64);
-                    self.repair_range(c.slot, at, data, miss).await;
+                    let miss = self.array.miss_kind(c.slot, at, n as u64);
+                    self.array.repair_range(c.slot, at, data, miss).await;
                 } else if bufs[k].bytes() != bufs[good].bytes() {
                     differs = true;
                     if repair
                         && self
+                            .array
                             .write_slot(c.slot, at, bufs[good].clone(), false)
                             .await
                             .is_err()

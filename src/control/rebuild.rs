@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 
+use super::Controller;
 use crate::buf::BufSlice;
 use crate::layout::Level;
 use crate::raid::events::Event;
 use crate::raid::slots::SlotState;
-use crate::raid::Array;
 use crate::reactor::{spawn, KeyedLockGuard};
 
 /// Member bytes rebuilt per step (whole chunks): large sequential reads and writes, while
@@ -62,8 +62,9 @@ struct Pacing {
 }
 
 impl Pacing {
-    fn new(array: &Array, start: u64, total: u64) -> Pacing {
-        let requests = array.counters.borrow().reads + array.counters.borrow().writes;
+    fn new(control: &Controller, start: u64, total: u64) -> Pacing {
+        let counters = control.array.counters();
+        let requests = counters.reads + counters.writes;
         Pacing {
             checkpointed: (start, Instant::now()),
             window: (Instant::now(), 0, requests),
@@ -75,7 +76,7 @@ impl Pacing {
     /// After a step moved the cursor to `cursor` having copied `moved` bytes.
     async fn after_step(
         &mut self,
-        array: &Array,
+        control: &Controller,
         slot: usize,
         disk: &Rc<crate::raid::Disk>,
         cursor: u64,
@@ -84,26 +85,27 @@ impl Pacing {
         let decile = (cursor * 10 / self.total.max(1)) as u32;
         if decile > self.last_decile && decile < 10 {
             self.last_decile = decile;
-            array.emit(Event::RebuildProgress {
+            control.array.emit(Event::RebuildProgress {
                 slot,
                 member: disk.member.path().to_string(),
                 percent: decile * 10,
             });
         }
-        let (every_bytes, every) = array.checkpoint_every.get();
+        let (every_bytes, every) = control.checkpoint_every.get();
         let (at, when) = self.checkpointed;
         if cursor - at >= every_bytes || when.elapsed() >= every {
-            array.checkpoint(slot, disk, cursor).await;
+            control.checkpoint(slot, disk, cursor).await;
             self.checkpointed = (cursor, Instant::now());
         }
-        self.window = array.throttle(self.window, moved).await;
+        self.window = control.throttle(self.window, moved).await;
     }
 }
 
-impl Array {
+impl Controller {
     /// Rebuilds in progress.
     pub fn rebuild_states(&self) -> Vec<RebuildState> {
-        self.slots
+        self.array
+            .slots
             .borrow()
             .iter()
             .enumerate()
@@ -111,7 +113,7 @@ impl Array {
                 s.recovered_bytes().map(|done| RebuildState {
                     slot,
                     done_bytes: done,
-                    total_bytes: self.geo.slot_used_bytes(slot),
+                    total_bytes: self.array.geo.slot_used_bytes(slot),
                 })
             })
             .collect()
@@ -120,20 +122,23 @@ impl Array {
     /// Runs until the array closes: promotes spares and starts rebuilds when woken.
     pub async fn run_scheduler(self: Rc<Self>) {
         loop {
-            self.attention.acquire().await;
-            if self.stopping.get() {
+            self.array.attention_wanted().await;
+            if self.array.stopping.get() {
                 return;
             }
-            if self.read_only || self.failed.get() || self.geo.level() == Level::Raid0 {
+            if self.array.read_only
+                || self.array.failed.get()
+                || self.array.geo.level() == Level::Raid0
+            {
                 continue;
             }
             self.promote_spares().await;
-            let complete = self.slots.borrow().iter().all(|s| s.is_active());
+            let complete = self.array.slots.borrow().iter().all(|s| s.is_active());
             if complete && self.resync_wanted.replace(false) {
                 self.start_resync_if_needed();
             }
-            let recovering: Vec<usize> = (0..self.geo.members())
-                .filter(|&s| matches!(self.slots.borrow()[s], SlotState::Recovering(..)))
+            let recovering: Vec<usize> = (0..self.array.geo.members())
+                .filter(|&s| matches!(self.array.slots.borrow()[s], SlotState::Recovering(..)))
                 .collect();
             for slot in recovering {
                 if self.rebuilding.borrow_mut().insert(slot) {
@@ -145,10 +150,10 @@ impl Array {
 
     /// Gives every failed or missing slot a spare, if there is one.
     async fn promote_spares(&self) {
-        let empty: Vec<usize> = (0..self.geo.members())
+        let empty: Vec<usize> = (0..self.array.geo.members())
             .filter(|&s| {
                 matches!(
-                    self.slots.borrow()[s],
+                    self.array.slots.borrow()[s],
                     SlotState::Faulty(_) | SlotState::Missing
                 )
             })
@@ -157,14 +162,14 @@ impl Array {
             // An earlier iteration awaited: the slot may have been filled (a re-add) since.
             // A slot whose replacement is under way is filled by it (see replace.rs).
             if !matches!(
-                self.slots.borrow()[slot],
+                self.array.slots.borrow()[slot],
                 SlotState::Faulty(_) | SlotState::Missing
-            ) || self.slot_being_replaced(slot)
+            ) || self.array.slot_being_replaced(slot)
             {
                 continue;
             }
             let spare = {
-                let mut spares = self.spares.borrow_mut();
+                let mut spares = self.array.spares.borrow_mut();
                 if spares.is_empty() {
                     None
                 } else {
@@ -172,19 +177,23 @@ impl Array {
                 }
             };
             let Some(disk) = spare else {
-                self.emit(Event::SparesMissing { slot });
+                self.array.emit(Event::SparesMissing { slot });
                 continue;
             };
             let cursor = Rc::new(Cell::new(0));
             crate::raid::slots::set_slot(
-                &mut self.slots.borrow_mut(),
+                &mut self.array.slots.borrow_mut(),
                 slot,
                 SlotState::Recovering(disk.clone(), cursor),
             );
-            if let Err(e) = self.meta_recovery(disk.dev_number, Some(slot), 0).await {
-                tracing::error!(array = %self.name, "could not record the spare's new role: {e}");
+            if let Err(e) = self
+                .array
+                .meta_recovery(disk.dev_number, Some(slot), 0)
+                .await
+            {
+                tracing::error!(array = %self.array.name, "could not record the spare's new role: {e}");
             }
-            self.emit(Event::SpareActivated {
+            self.array.emit(Event::SpareActivated {
                 slot,
                 member: disk.member.path().to_string(),
             });
@@ -193,30 +202,30 @@ impl Array {
 
     /// Rebuilds `slot` from its cursor to the end (or until stop / a failure).
     async fn recover(self: Rc<Self>, slot: usize) {
-        self.rebuilds.set(self.rebuilds.get() + 1);
-        let disk = self.slots.borrow()[slot].disk().cloned();
+        let worker = self.array.worker();
+        let disk = self.array.slots.borrow()[slot].disk().cloned();
         self.recover_inner(slot).await;
         // Finished, failed, aborted or stopped: a later recovery of this disk is a full one.
         if let Some(disk) = disk {
             self.readded.borrow_mut().retain(|d| !Rc::ptr_eq(d, &disk));
         }
         self.rebuilding.borrow_mut().remove(&slot);
-        self.rebuilds.set(self.rebuilds.get() - 1);
+        drop(worker);
         // Another disk may have taken the slot while this one was still winding down (an
         // aborted recovery): the scheduler must look again, or that one never starts. A
         // resync deferred until the array was complete starts from there too.
         self.resync_wanted.set(true);
-        self.needs_attention();
+        self.array.needs_attention();
     }
 
     async fn recover_inner(&self, slot: usize) {
-        let (disk, cursor) = match &self.slots.borrow()[slot] {
+        let (disk, cursor) = match &self.array.slots.borrow()[slot] {
             SlotState::Recovering(d, c) => (d.clone(), c.clone()),
             _ => return,
         };
-        let total = self.geo.slot_used_bytes(slot);
+        let total = self.array.geo.slot_used_bytes(slot);
         let start = cursor.get();
-        self.emit(Event::RebuildStarted {
+        self.array.emit(Event::RebuildStarted {
             slot,
             member: disk.member.path().to_string(),
             from_bytes: start,
@@ -241,7 +250,7 @@ impl Array {
     /// (RAID10 far/offset copies) recover one step at a time: a deeper pipeline could take
     /// keys out of order.
     fn max_recovery_depth(&self) -> usize {
-        match self.geo.kind() {
+        match self.array.geo.kind() {
             crate::layout::LayoutKind::Raid10(l) if l.far > 1 || l.offset => 1,
             _ => PIPELINE_DEPTH,
         }
@@ -249,10 +258,10 @@ impl Array {
 
     /// Member bytes per recovery step: whole chunks.
     fn recovery_step_bytes(&self) -> u64 {
-        match self.geo.level() {
+        match self.array.geo.level() {
             Level::Raid1 => STEP_BYTES,
             _ => {
-                let chunk = self.geo.chunk_bytes();
+                let chunk = self.array.geo.chunk_bytes();
                 (STEP_BYTES / chunk).max(1) * chunk
             }
         }
@@ -267,7 +276,7 @@ impl Array {
         cursor: &Rc<Cell<u64>>,
         partial: bool,
     ) -> Option<u64> {
-        let total = self.geo.slot_used_bytes(slot);
+        let total = self.array.geo.slot_used_bytes(slot);
         let step = self.recovery_step_bytes();
         let mut pacing = Pacing::new(self, cursor.get(), total);
         let mut copied = 0u64;
@@ -280,11 +289,11 @@ impl Array {
         let max_depth = self.max_recovery_depth();
         let mut depth = if self.foreground_busy() { 1 } else { max_depth };
         loop {
-            while pipeline.len() < depth && next < total && !self.stopping.get() {
+            while pipeline.len() < depth && next < total && !self.array.stopping.get() {
                 let mut len = step.min(total - next);
                 if partial {
-                    let unit = step.min(self.geo.chunk_bytes().max(4096));
-                    len = self.clip_to_bitmap_chunk(next, len, unit);
+                    let unit = step.min(self.array.geo.chunk_bytes().max(4096));
+                    len = self.array.clip_to_bitmap_chunk(next, len, unit);
                 }
                 // Locks are taken here, step after step, so every step holds its locks before
                 // the next asks for any: steps and foreground writes then take keys in one
@@ -296,8 +305,8 @@ impl Array {
             let Some(done) = pipeline.next().await else {
                 break;
             };
-            let still_ours = matches!(&self.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk));
-            let outcome = if !still_ours || self.failed.get() {
+            let still_ours = matches!(&self.array.slots.borrow()[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk));
+            let outcome = if !still_ours || self.array.failed.get() {
                 Err("a member failed during the rebuild".to_string())
             } else {
                 Ok(done)
@@ -342,7 +351,7 @@ impl Array {
         reason: String,
         its_fault: bool,
     ) -> Option<u64> {
-        self.emit(Event::RebuildAborted {
+        self.array.emit(Event::RebuildAborted {
             slot,
             member: disk.member.path().to_string(),
             reason,
@@ -373,26 +382,26 @@ impl Array {
         // Record the finished rebuild on disk first, and only then call the member in sync:
         // whoever sees it active (status, rebuild --wait) may rely on the superblocks. Until
         // then it is still "recovering" with its cursor at the end, so writes reach it.
-        let total = self.geo.slot_used_bytes(slot);
-        if let Err(e) = self.meta_recovery(disk.dev_number, None, total).await {
-            tracing::error!(array = %self.name, "could not record the finished rebuild: {e}");
+        let total = self.array.geo.slot_used_bytes(slot);
+        if let Err(e) = self.array.meta_recovery(disk.dev_number, None, total).await {
+            tracing::error!(array = %self.array.name, "could not record the finished rebuild: {e}");
             return;
         }
         {
-            let mut slots = self.slots.borrow_mut();
+            let mut slots = self.array.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
                 crate::raid::slots::set_slot(&mut slots, slot, SlotState::Active(disk.clone()));
             }
         }
-        tracing::info!(array = %self.name, member = %member, "rebuild of slot {slot} finished: {copied} of {walked} bytes copied{}",
+        tracing::info!(array = %self.array.name, member = %member, "rebuild of slot {slot} finished: {copied} of {walked} bytes copied{}",
             if partial { " (a re-added member: only what the bitmap marks dirty)" } else { "" });
-        self.emit(Event::RebuildFinished {
+        self.array.emit(Event::RebuildFinished {
             slot,
             member,
             bytes_rebuilt: copied,
         });
         // Another slot may still wait for a spare.
-        self.needs_attention();
+        self.array.needs_attention();
     }
 
     /// One region of a recovery, its locks held: skip it (a re-added member, nothing dirty
@@ -408,7 +417,7 @@ impl Array {
     ) -> Step {
         // Checked under the stripe locks: a write that sets a bit here after this has to wait
         // for them, and by then the cursor is past, so it reaches the member itself.
-        if partial && !self.member_range_dirty(slot, at, len) {
+        if partial && !self.array.member_range_dirty(slot, at, len) {
             return Step::Skipped(len, guards);
         }
         let buf = BufSlice::zeroed(len as usize);
@@ -426,19 +435,23 @@ impl Array {
         if disk.member.flush().await.is_err() {
             return self.fail_recovering(slot, disk).await;
         }
-        if let Err(e) = self.meta_recovery(disk.dev_number, Some(slot), done).await {
-            tracing::error!(array = %self.name, "rebuild checkpoint failed: {e}");
+        if let Err(e) = self
+            .array
+            .meta_recovery(disk.dev_number, Some(slot), done)
+            .await
+        {
+            tracing::error!(array = %self.array.name, "rebuild checkpoint failed: {e}");
         }
     }
 
     async fn fail_recovering(&self, slot: usize, disk: &Rc<crate::raid::Disk>) {
         {
-            let mut slots = self.slots.borrow_mut();
+            let mut slots = self.array.slots.borrow_mut();
             if matches!(&slots[slot], SlotState::Recovering(d, _) if Rc::ptr_eq(d, disk)) {
                 crate::raid::slots::set_slot(&mut slots, slot, SlotState::Faulty(disk.clone()));
             }
         }
-        let _ = self.record_failures().await;
-        self.needs_attention();
+        let _ = self.array.record_failures().await;
+        self.array.needs_attention();
     }
 }

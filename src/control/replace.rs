@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::Controller;
 use crate::buf::BufSlice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::member::Member;
@@ -24,17 +25,16 @@ use crate::metadata::Role;
 use crate::raid::events::Event;
 use crate::raid::shadow::Replacement;
 use crate::raid::slots::{Disk, SlotState};
-use crate::raid::Array;
 
-impl Array {
+impl Controller {
     /// The replacement under way, as (slot, new member path, bytes copied, total).
     pub fn replacement_state(&self) -> Option<(usize, String, u64, u64)> {
-        self.replacement.borrow().as_ref().map(|r| {
+        self.array.replacement.borrow().as_ref().map(|r| {
             (
                 r.slot,
                 r.new.member.path().to_string(),
                 r.cursor.get(),
-                self.geo.slot_used_bytes(r.slot),
+                self.array.geo.slot_used_bytes(r.slot),
             )
         })
     }
@@ -47,6 +47,7 @@ impl Array {
         force: bool,
     ) -> Result<()> {
         let slot = self
+            .array
             .slots
             .borrow()
             .iter()
@@ -54,40 +55,43 @@ impl Array {
             .ok_or_else(|| {
                 Error::invalid(format!(
                     "{path} is not an active member of array {}",
-                    self.name
+                    self.array.name
                 ))
             })?;
-        if self.replacement.borrow().is_some() {
+        if self.array.replacement.borrow().is_some() {
             return Err(Error::new(
                 ErrorKind::Busy,
-                format!("a replacement is already running in array {}", self.name),
+                format!(
+                    "a replacement is already running in array {}",
+                    self.array.name
+                ),
             ));
         }
-        if self.slots.borrow().iter().any(|s| !s.is_active()) {
+        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
             return Err(Error::new(
                 ErrorKind::Inconsistent,
                 format!(
                     "array {} is degraded ({}): rebuild it before replacing a member",
-                    self.name,
-                    self.missing_description()
+                    self.array.name,
+                    self.array.missing_description()
                 ),
             ));
         }
         let new_path = new.path().to_string();
         self.add_spare(new, force).await?;
         let new_disk = {
-            let mut spares = self.spares.borrow_mut();
+            let mut spares = self.array.spares.borrow_mut();
             let i = spares
                 .iter()
                 .position(|d| d.member.path() == new_path)
                 .expect("just added");
             spares.remove(i)
         };
-        let old = match &self.slots.borrow()[slot] {
+        let old = match &self.array.slots.borrow()[slot] {
             SlotState::Active(d) => d.clone(),
             _ => return Err(Error::invalid(format!("{path} is no longer active"))),
         };
-        *self.replacement.borrow_mut() = Some(Replacement {
+        *self.array.replacement.borrow_mut() = Some(Replacement {
             slot,
             old,
             new: new_disk,
@@ -102,37 +106,41 @@ impl Array {
     /// in one synchronous section, so writes see the slot filled by the same member with the
     /// same cursor before and after.
     async fn continue_as_recovery(&self) {
-        let Some(r) = self.replacement.borrow_mut().take() else {
+        let Some(r) = self.array.replacement.borrow_mut().take() else {
             return;
         };
         let from = r.cursor.get();
         crate::raid::slots::set_slot(
-            &mut self.slots.borrow_mut(),
+            &mut self.array.slots.borrow_mut(),
             r.slot,
             SlotState::Recovering(r.new.clone(), r.cursor),
         );
-        tracing::warn!(array = %self.name, slot = r.slot, member = r.new.member.path(),
+        tracing::warn!(array = %self.array.name, slot = r.slot, member = r.new.member.path(),
             "the replaced member failed during the copy: {from} bytes copied, rebuilding the rest from redundancy");
         // Recorded from 0: the copy has not been flushed yet, and recovery_offset must only
         // name durable data. The recovery's first checkpoint moves it up.
-        if let Err(e) = self.meta_recovery(r.new.dev_number, Some(r.slot), 0).await {
-            tracing::error!(array = %self.name, "could not record the new member's role: {e}");
+        if let Err(e) = self
+            .array
+            .meta_recovery(r.new.dev_number, Some(r.slot), 0)
+            .await
+        {
+            tracing::error!(array = %self.array.name, "could not record the new member's role: {e}");
         }
-        self.emit(Event::SpareActivated {
+        self.array.emit(Event::SpareActivated {
             slot: r.slot,
             member: r.new.member.path().to_string(),
         });
-        self.needs_attention();
+        self.array.needs_attention();
     }
 
     async fn replace_copy(self: Rc<Self>) {
-        self.rebuilds.set(self.rebuilds.get() + 1);
+        let _worker = self.array.worker();
         self.replace_copy_inner().await;
-        self.rebuilds.set(self.rebuilds.get() - 1);
     }
 
     async fn replace_copy_inner(&self) {
         let Some((slot, new, cursor)) = self
+            .array
             .replacement
             .borrow()
             .as_ref()
@@ -140,8 +148,8 @@ impl Array {
         else {
             return;
         };
-        let total = self.geo.slot_used_bytes(slot);
-        self.emit(Event::RebuildStarted {
+        let total = self.array.geo.slot_used_bytes(slot);
+        self.array.emit(Event::RebuildStarted {
             slot,
             member: new.member.path().to_string(),
             from_bytes: 0,
@@ -152,6 +160,7 @@ impl Array {
         }
         if let Err(e) = new.member.flush().await {
             return self
+                .array
                 .abort_replacement(&format!("flush of the new member failed: {e}"), true)
                 .await;
         }
@@ -162,24 +171,26 @@ impl Array {
     /// locks. False when the copy ended early: the replacement was given up (or turned into
     /// a recovery because the old member failed), and whoever ended it has said why.
     async fn copy_to_replacement(&self, slot: usize, new: &Rc<Disk>, cursor: &Cell<u64>) -> bool {
-        let total = self.geo.slot_used_bytes(slot);
-        let chunk = self.geo.chunk_bytes().max(1 << 16);
+        let total = self.array.geo.slot_used_bytes(slot);
+        let chunk = self.array.geo.chunk_bytes().max(1 << 16);
         let step = ((4u64 << 20) / chunk).max(1) * chunk;
         let mut window = (Instant::now(), 0u64, 0u64);
         while cursor.get() < total {
-            if !self.is_replacement(new) {
+            if !self.array.is_replacement(new) {
                 return false; // given up meanwhile
             }
-            if self.failed.get() {
-                self.abort_replacement("the array failed", false).await;
+            if self.array.failed.get() {
+                self.array
+                    .abort_replacement("the array failed", false)
+                    .await;
                 return false;
             }
-            if self.stopping.get() {
+            if self.array.stopping.get() {
                 let why = "the array is stopping; run replace again";
-                self.abort_replacement(why, false).await;
+                self.array.abort_replacement(why, false).await;
                 return false;
             }
-            if self.orphaned_replacement(slot).is_some() {
+            if self.array.orphaned_replacement(slot).is_some() {
                 self.continue_as_recovery().await;
                 return false;
             }
@@ -190,13 +201,13 @@ impl Array {
             if !self.fill_for(slot, new, at, &buf, true).await {
                 drop(guards);
                 let why = "no readable source for the data, and it could not be recorded as lost";
-                self.abort_replacement(why, true).await;
+                self.array.abort_replacement(why, true).await;
                 return false;
             }
             if let Err(e) = new.member.write(new.data_offset + at, buf, false).await {
                 drop(guards);
                 let why = format!("write to the new member failed: {e}");
-                self.abort_replacement(&why, true).await;
+                self.array.abort_replacement(&why, true).await;
                 return false;
             }
             cursor.set(at + len);
@@ -211,8 +222,9 @@ impl Array {
     /// synchronous section once the meta lock is held, so no write can find the replacement
     /// gone and the new member not yet in the slot.
     async fn finish_replacement(&self, slot: usize, new: &Rc<Disk>) {
-        let meta = self.meta_lock.lock().await;
+        let meta = self.array.meta_lock.lock().await;
         let Some(r) = self
+            .array
             .replacement
             .borrow_mut()
             .take_if(|r| Rc::ptr_eq(&r.new, new))
@@ -221,39 +233,39 @@ impl Array {
         };
         self.swap_in_replacement(slot, &r).await;
         drop(meta);
-        self.emit(Event::RebuildFinished {
+        self.array.emit(Event::RebuildFinished {
             slot,
             member: new.member.path().to_string(),
-            bytes_rebuilt: self.geo.slot_used_bytes(slot),
+            bytes_rebuilt: self.array.geo.slot_used_bytes(slot),
         });
-        self.emit(Event::MemberFailed {
+        self.array.emit(Event::MemberFailed {
             slot,
             member: r.old.member.path().to_string(),
         });
         // A resync deferred while the array was not complete may run now.
-        self.needs_attention();
+        self.array.needs_attention();
     }
 
     /// Makes the replacement's new member the slot's member and the old one faulty, in memory
     /// and on disk. The caller holds the meta lock and has just taken the replacement.
     async fn swap_in_replacement(&self, slot: usize, r: &Replacement) {
         {
-            let mut reference = self.meta.reference.borrow_mut();
+            let mut reference = self.array.meta.reference.borrow_mut();
             let _ = reference.set_role(r.new.dev_number, Role::Active(slot as u16));
             let _ = reference.set_role(r.old.dev_number, Role::Faulty);
         }
-        for m in self.meta.disks.borrow_mut().iter_mut() {
+        for m in self.array.meta.disks.borrow_mut().iter_mut() {
             if Rc::ptr_eq(&m.disk, &r.old) {
                 m.present = false;
             }
         }
         crate::raid::slots::set_slot(
-            &mut self.slots.borrow_mut(),
+            &mut self.array.slots.borrow_mut(),
             slot,
             SlotState::Active(r.new.clone()),
         );
-        if let Err(e) = self.write_all_superblocks().await {
-            tracing::error!(array = %self.name, "recording the replacement failed: {e}");
+        if let Err(e) = self.array.write_all_superblocks().await {
+            tracing::error!(array = %self.array.name, "recording the replacement failed: {e}");
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::raid::Array;
+use super::Controller;
 
 pub const SPEED_MIN_KIB_DEFAULT: u64 = 1_000;
 pub const SPEED_MAX_KIB_DEFAULT: u64 = 200_000;
@@ -12,7 +12,7 @@ pub const SPEED_MAX_KIB_DEFAULT: u64 = 200_000;
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 << 20;
 pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 
-impl Array {
+impl Controller {
     /// Sets the rebuild throttle (KiB/s); takes effect at the next step.
     pub fn set_speed_limits(&self, min_kib: Option<u64>, max_kib: Option<u64>) {
         if let Some(v) = min_kib {
@@ -55,12 +55,13 @@ impl Array {
             if ext.created_by.is_empty() {
                 ext.created_by = format!("raidctl {}", env!("CARGO_PKG_VERSION"));
             }
-            ext.encode(&self.meta.reference().set_uuid)
+            ext.encode(&self.array.meta.reference().set_uuid)
                 .map_err(crate::Error::from)?
         };
         // Only where our block has its own room below the data: on md-made arrays the place
         // may belong to md's bad-block log, which we must never overwrite.
         let targets: Vec<(Rc<crate::raid::Disk>, u64)> = self
+            .array
             .meta
             .disks
             .borrow()
@@ -78,7 +79,7 @@ impl Array {
         if targets.is_empty() {
             return Err(crate::Error::new(
                 crate::ErrorKind::Unsupported,
-                format!("array {} has no room for raidctl's settings block (made by mdadm?): settings stay in memory", self.name),
+                format!("array {} has no room for raidctl's settings block (made by mdadm?): settings stay in memory", self.array.name),
             ));
         }
         for (d, at) in targets {
@@ -90,7 +91,35 @@ impl Array {
         Ok(())
     }
 
+    /// The spare group this array shares spares with, if any.
+    pub fn spare_group(&self) -> Option<String> {
+        self.extension.borrow().spare_group.clone()
+    }
+
     pub fn speed_limits(&self) -> (u64, u64) {
         (self.speed_min_kib.get(), self.speed_max_kib.get())
+    }
+}
+
+/// The cache keeps its policy in our extension block.
+impl crate::cache::PolicyStore for Controller {
+    fn load(&self) -> crate::cache::SavedPolicy {
+        let ext = self.extension.borrow();
+        crate::cache::SavedPolicy {
+            mode: ext.cache_mode.clone(),
+            battery: ext.battery.clone(),
+            battery_file: ext.battery_file.clone(),
+        }
+    }
+
+    fn save(
+        &self,
+        policy: crate::cache::SavedPolicy,
+    ) -> futures::future::LocalBoxFuture<'_, crate::Result<()>> {
+        Box::pin(self.update_extension(move |ext| {
+            ext.cache_mode = policy.mode;
+            ext.battery = policy.battery;
+            ext.battery_file = policy.battery_file;
+        }))
     }
 }
