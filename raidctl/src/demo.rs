@@ -113,15 +113,9 @@ async fn create_array(paths: &[String]) -> Result<(Vec<Rc<dyn Member>>, Vec<Rc<d
     let members: Vec<Rc<dyn Member>> = paths[..4].iter().map(open).collect::<Result<_>>()?;
     let spare = vec![open(&paths[4])?];
     let opts = CreateOptions {
-        name: "demo".into(),
-        kind: LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
-        chunk_bytes: 512 << 10,
-        bitmap: true,
-        bitmap_chunk_bytes: None,
-        assume_clean: false,
         force: true,
         fresh: true,
-        spare_group: None,
+        ..CreateOptions::new("demo", LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric))
     };
     let created = create(&members, &spare, &opts).await?;
     println!(

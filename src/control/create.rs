@@ -39,6 +39,24 @@ pub struct CreateOptions {
     pub spare_group: Option<String>,
 }
 
+impl CreateOptions {
+    /// mdadm's defaults: 512 KiB chunks, an internal bitmap with mdadm's bit size, an initial
+    /// sync, no overwriting of another array's members, no spare group.
+    pub fn new(name: &str, kind: LayoutKind) -> CreateOptions {
+        CreateOptions {
+            name: name.into(),
+            kind,
+            chunk_bytes: 512 << 10,
+            bitmap: true,
+            bitmap_chunk_bytes: None,
+            assume_clean: false,
+            force: false,
+            fresh: false,
+            spare_group: None,
+        }
+    }
+}
+
 /// What was created.
 #[derive(Clone, Debug)]
 pub struct CreatedArray {

@@ -45,18 +45,36 @@ impl Controller {
             .position(|s| s.disk().is_some_and(|d| d.member.path() == path))
     }
 
+    /// Refuses, as "array NAME {state} (what is missing): {fix}", unless every slot is active.
+    pub(super) fn require_complete(&self, state: &str, fix: &str) -> Result<()> {
+        if self.array.slots.borrow().iter().all(|s| s.is_active()) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Inconsistent,
+            format!(
+                "array {} {state} ({}): {fix}",
+                self.array.name,
+                self.array.missing_description()
+            ),
+        ))
+    }
+
+    /// Whether `path` is one of the array's spares.
+    fn is_spare(&self, path: &str) -> bool {
+        self.array
+            .spares
+            .borrow()
+            .iter()
+            .any(|d| d.member.path() == path)
+    }
+
     /// Marks a member faulty, as if it had failed (the spare, if any, takes over). Refused,
     /// unless `force`, when the member holds the last copy of some data: the array would fail
     /// (mdadm refuses the same; md keeps the last member of a mirror).
     pub async fn fail_member(&self, path: &str, force: bool) -> Result<()> {
         let Some(slot) = self.slot_of(path) else {
-            if self
-                .array
-                .spares
-                .borrow()
-                .iter()
-                .any(|d| d.member.path() == path)
-            {
+            if self.is_spare(path) {
                 return Err(Error::invalid(format!(
                     "{path} is a spare, not an active member: use remove"
                 )));
@@ -272,14 +290,7 @@ impl Controller {
         force: bool,
     ) -> Result<Option<(usize, crate::metadata::Superblock)>> {
         let path = member.path();
-        if self.slot_of(path).is_some()
-            || self
-                .array
-                .spares
-                .borrow()
-                .iter()
-                .any(|d| d.member.path() == path)
-        {
+        if self.slot_of(path).is_some() || self.is_spare(path) {
             return Err(Error::invalid(format!(
                 "{path} is already a member of array {}",
                 self.array.name

@@ -67,16 +67,7 @@ impl Controller {
                 ),
             ));
         }
-        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
-            return Err(Error::new(
-                ErrorKind::Inconsistent,
-                format!(
-                    "array {} is degraded ({}): rebuild it before replacing a member",
-                    self.array.name,
-                    self.array.missing_description()
-                ),
-            ));
-        }
+        self.require_complete("is degraded", "rebuild it before replacing a member")?;
         let new_path = new.path().to_string();
         self.add_spare(new, force).await?;
         let new_disk = {

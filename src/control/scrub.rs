@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::Level;
 use crate::parity::xor_into;
 use crate::raid::events::Event;
+use crate::reactor::KeyedLockGuard;
 
 const BLOCK: usize = 4096;
 
@@ -54,16 +55,7 @@ impl Controller {
         if self.array.geo.level() == Level::Raid0 {
             return Err(Error::invalid("RAID0 has no redundancy to check"));
         }
-        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
-            return Err(Error::new(
-                ErrorKind::Inconsistent,
-                format!(
-                    "array {} is not complete ({}): check needs every member; rebuild first",
-                    self.array.name,
-                    self.array.missing_description()
-                ),
-            ));
-        }
+        self.require_complete("is not complete", "check needs every member; rebuild first")?;
         if self.scrub.get().is_some_and(|s| s.running) {
             return Err(Error::new(
                 ErrorKind::Busy,
@@ -235,14 +227,18 @@ impl Controller {
         }
     }
 
+    /// The stripe locks of units `at / unit ..= (at + len - 1) / unit` (`len` > 0).
+    async fn lock_units(&self, at: u64, len: u64, unit: u64) -> Vec<KeyedLockGuard> {
+        self.array
+            .locks
+            .lock_range(at / unit..(at + len - 1) / unit + 1)
+            .await
+    }
+
     /// RAID5 rows covering member bytes `at..at+len`: returns mismatching sectors.
     async fn scrub_rows(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
         let chunk = self.array.geo.chunk_bytes();
-        let _guards = self
-            .array
-            .locks
-            .lock_range(at / chunk..(at + len - 1) / chunk + 1)
-            .await;
+        let _guards = self.lock_units(at, len, chunk).await;
         let bufs: Vec<BufSlice> = (0..self.array.geo.members())
             .map(|_| BufSlice::zeroed(len as usize))
             .collect();
@@ -369,11 +365,8 @@ impl Controller {
 
     /// Mirror chunks covering array bytes `at..at+len`: returns mismatching sectors.
     async fn scrub_copies(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
-        let unit = self.array.geo.stripe_bytes();
         let _guards = self
-            .array
-            .locks
-            .lock_range(at / unit..(at + len - 1) / unit + 1)
+            .lock_units(at, len, self.array.geo.stripe_bytes())
             .await;
         let mut sectors = 0;
         for piece in self.array.geo.pieces(at, len) {

@@ -256,24 +256,22 @@ impl Array {
 
     /// Discards a range. Afterwards it reads back as zeroes (members punch holes where they can).
     pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        let _in_flight = InFlight::enter(&self.in_flight);
-        self.check_range(offset, len)?;
-        self.check_writable()?;
-        self.count(|c| c.trims += 1);
-        let _intent = self.begin_write(offset, len).await?;
-        let r = self.zero_range(offset, len, true).await;
-        self.count_error(&r);
-        r
+        self.zero(offset, len, true).await
     }
 
     /// Zeroes a range (allocating: later writes there will not fail for lack of space).
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero(offset, len, false).await
+    }
+
+    /// A trim (`discard`) or write-zeroes request, checked, counted and under its intent bits.
+    async fn zero(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
         let _in_flight = InFlight::enter(&self.in_flight);
         self.check_range(offset, len)?;
         self.check_writable()?;
-        self.count(|c| c.zeroes += 1);
+        self.count(|c| if discard { c.trims += 1 } else { c.zeroes += 1 });
         let _intent = self.begin_write(offset, len).await?;
-        let r = self.zero_range(offset, len, false).await;
+        let r = self.zero_range(offset, len, discard).await;
         self.count_error(&r);
         r
     }

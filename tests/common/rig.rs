@@ -99,15 +99,10 @@ pub fn as_members(sims: &[Rc<MemMember>]) -> Vec<Rc<dyn Member>> {
 /// size `create` picks, forced (no prompts), fresh members (nothing to resync).
 pub fn create_options(name: &str, kind: LayoutKind) -> CreateOptions {
     CreateOptions {
-        name: name.into(),
-        kind,
         chunk_bytes: 64 << 10,
-        bitmap: true,
-        bitmap_chunk_bytes: None,
-        assume_clean: false,
         force: true,
         fresh: true,
-        spare_group: None,
+        ..CreateOptions::new(name, kind)
     }
 }
 
