@@ -28,7 +28,7 @@ fn map_request(geometry: &Geometry, offset: u64, len: u64) -> u64 {
     let mut sum = 0;
     for piece in geometry.pieces(offset, len) {
         if let LayoutKind::Raid5(_) = geometry.kind() {
-            let loc = geometry.raid5_locate(piece.array_offset);
+            let loc = geometry.parity_locate(piece.array_offset);
             sum += loc.member_offset + (loc.slot ^ loc.parity_slot) as u64;
         } else {
             for place in &geometry.map_copies(piece.array_offset) {
@@ -83,7 +83,7 @@ fn mapping(c: &mut Criterion) {
             next = (next + 1) % OFFSETS;
             match geometry.reverse(next % 5, black_box(offsets[next])) {
                 Reverse::Data { array_offset } => array_offset,
-                Reverse::Parity { stripe } => stripe,
+                Reverse::Parity { stripe } | Reverse::Syndrome { stripe } => stripe,
                 Reverse::Unused => 0,
             }
         })

@@ -288,7 +288,7 @@ fn a_bad_sector_met_by_the_resync_is_recorded_not_rebuilt_from_stale_parity() {
         let at = 8 << 20;
         let row = data_in_row(&r.array, at);
         let (bad, bad_array) = row[0];
-        let parity = r.array.geometry().raid5_parity_slot(at / CHUNK);
+        let parity = r.array.geometry().p_slot(at / CHUNK);
         let data_offset = r.array.slots()[bad].disk().unwrap().data_offset;
         r.faults[bad].inject(common::on_range(
             FaultKind::ReadError,

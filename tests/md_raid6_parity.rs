@@ -1,12 +1,13 @@
 //! md's RAID6 parity, checked on an array md itself wrote (`shared/fixtures/md/raid6-5`, five
 //! members, left-symmetric, 64 KiB chunks): for every stripe row, P and Q computed by
-//! `parity::raid6` over the data chunks in md's syndrome order equal what md put on the
-//! parity members, and two data chunks wiped from a row come back byte for byte.
-//! A first step of issue 13; the engine does not run RAID6 yet.
+//! `parity::raid6` over the data chunks in md's syndrome order (placed by `layout::Geometry`)
+//! equal what md put on the parity members, and two data chunks wiped from a row come back
+//! byte for byte.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use raidcore::layout::{Geometry, LayoutKind};
 use raidcore::metadata::Superblock;
 use raidcore::parity::raid6::{gen_syndrome, recover, Lost};
 
@@ -49,16 +50,23 @@ fn md_raid6_p_and_q_are_ours_and_two_lost_chunks_come_back() {
     let n = sb.raid_disks as usize;
     let chunk = sb.chunk_sectors as usize * 512;
     let data_offset = sb.data_offset_sectors as usize * 512;
-    let rows = sb.size_sectors as usize * 512 / chunk;
+    let kind = LayoutKind::from_md(sb.level, sb.layout).expect("md's RAID6 layout");
+    let geo = Geometry::new(kind, chunk as u64, &vec![sb.size_sectors * 512; n]).unwrap();
+    let rows = geo.parity_rows() as usize;
     let mut checked = 0;
     for row in 0..rows {
-        // md's left-symmetric RAID6: P moves left one member per row, Q follows it, and the
-        // data chunks start after Q, in syndrome order.
-        let p_slot = n - 1 - row % n;
-        let q_slot = (p_slot + 1) % n;
+        let stripe = row as u64;
+        let p_slot = geo.p_slot(stripe);
+        let q_slot = geo.q_slot(stripe).expect("RAID6 has Q");
         let at = data_offset + row * chunk;
         let piece = |slot: usize| members[slot][at..at + chunk].to_vec();
-        let data: Vec<Vec<u8>> = (0..n - 2).map(|i| piece((q_slot + 1 + i) % n)).collect();
+        // The data chunks in md's syndrome order.
+        let mut data: Vec<Vec<u8>> = vec![Vec::new(); n - 2];
+        for slot in 0..n {
+            if let Some(i) = geo.syndrome_index(stripe, slot) {
+                data[i] = piece(slot);
+            }
+        }
         let view: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
         let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
         gen_syndrome(&view, &mut p, &mut q);

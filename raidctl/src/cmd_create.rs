@@ -1,7 +1,9 @@
 //! `raidctl create`: validate everything, then write superblocks. Bad input touches nothing.
 
 use raidcore::control::{create, CreateOptions};
-use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::{
+    LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm, Raid6Algorithm,
+};
 use raidcore::reactor::block_on;
 use raidcore::size::{format_size, parse_size};
 use raidcore::{Error, Result};
@@ -69,6 +71,7 @@ fn level_label(level: Level) -> &'static str {
         Level::Raid0 => "raid0",
         Level::Raid1 => "raid1",
         Level::Raid5 => "raid5",
+        Level::Raid6 => "raid6",
         Level::Raid10 => "raid10",
     }
 }
@@ -141,17 +144,23 @@ fn parse_layout(level: Level, layout: Option<&str>) -> Result<LayoutKind> {
         (Level::Raid0, None) => LayoutKind::Raid0(Raid0Layout::Original),
         (Level::Raid1, None) => LayoutKind::Raid1,
         (Level::Raid5, None) => LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+        (Level::Raid6, None) => LayoutKind::Raid6(Raid6Algorithm::LeftSymmetric),
         (Level::Raid10, None) => LayoutKind::Raid10(Raid10Layout { near: 2, far: 1, offset: false }),
         (Level::Raid5, Some(l)) => LayoutKind::Raid5(Raid5Algorithm::parse(l).map_err(|_| {
             Error::invalid(format!(
                 "unknown RAID5 layout {l:?}: use left-symmetric, right-symmetric, left-asymmetric, right-asymmetric, parity-first or parity-last"
             ))
         })?),
+        (Level::Raid6, Some(l)) => LayoutKind::Raid6(Raid6Algorithm::parse(l).map_err(|_| {
+            Error::invalid(format!(
+                "unknown RAID6 layout {l:?}: use left-symmetric, right-symmetric, left-asymmetric, right-asymmetric, parity-first, parity-last, or one of them with -6"
+            ))
+        })?),
         (Level::Raid10, Some(l)) => LayoutKind::Raid10(Raid10Layout::parse(l).map_err(|_| {
             Error::invalid(format!("unknown RAID10 layout {l:?}: use n2, f2, o2 (or n3, f3, ...)"))
         })?),
         (_, Some(l)) => {
-            return Err(Error::invalid(format!("--layout {l:?} applies to RAID5 and RAID10 only")));
+            return Err(Error::invalid(format!("--layout {l:?} applies to RAID5, RAID6 and RAID10 only")));
         }
     };
     Ok(kind)
@@ -164,6 +173,7 @@ fn check_device_counts(level: Level, kind: &LayoutKind, args: &CreateArgs) -> Re
         Level::Raid0 => (2, "RAID0 needs at least 2 members"),
         Level::Raid1 => (2, "RAID1 needs at least 2 members"),
         Level::Raid5 => (3, "RAID5 needs at least 3 members"),
+        Level::Raid6 => (4, "RAID6 needs at least 4 members"),
         Level::Raid10 => (2, "RAID10 needs at least 2 members"),
     };
     if args.devices.len() < min {

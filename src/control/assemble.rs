@@ -9,7 +9,9 @@ use std::rc::Rc;
 use super::Controller;
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{Geometry, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+use crate::layout::{
+    Geometry, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm, Raid6Algorithm,
+};
 use crate::member::Member;
 use crate::metadata::{
     format_uuid, plan_assembly, AssemblyOptions, BitmapSuper, Candidate, Superblock,
@@ -437,6 +439,7 @@ fn layout_kind(
     Ok(match level {
         Level::Raid1 => LayoutKind::Raid1,
         Level::Raid5 => LayoutKind::Raid5(Raid5Algorithm::from_md(sb.layout).map_err(bad)?),
+        Level::Raid6 => LayoutKind::Raid6(Raid6Algorithm::from_md(sb.layout).map_err(bad)?),
         Level::Raid10 => LayoutKind::Raid10(Raid10Layout::from_md(sb.layout).map_err(bad)?),
         Level::Raid0 => {
             if sb.has_feature(FEATURE_RAID0_LAYOUT) {

@@ -324,6 +324,7 @@ fn layout_code(kind: &LayoutKind) -> u32 {
         LayoutKind::Raid0(Raid0Layout::Alternate) => 2,
         LayoutKind::Raid1 => 0,
         LayoutKind::Raid5(a) => a.to_md(),
+        LayoutKind::Raid6(a) => a.to_md(),
         LayoutKind::Raid10(l) => l.to_md(),
     }
 }

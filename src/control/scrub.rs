@@ -268,7 +268,7 @@ impl Controller {
                 // The parity member of this row gets parity recomputed from the data.
                 let off = at + (i * BLOCK) as u64;
                 let stripe = off / chunk;
-                let pslot = self.array.geo.raid5_parity_slot(stripe);
+                let pslot = self.array.geo.p_slot(stripe);
                 let fixed = BufSlice::filled(block.len(), |fixed| {
                     for (slot, b) in bufs.iter().enumerate() {
                         if slot != pslot {
@@ -323,7 +323,7 @@ impl Controller {
                 [] if acc.bytes().iter().any(|&x| x != 0) => {
                     sectors += (n / 512) as u64;
                     if repair {
-                        let pslot = self.array.geo.raid5_parity_slot(off / chunk);
+                        let pslot = self.array.geo.p_slot(off / chunk);
                         // SAFETY: our own buffer, not handed to any I/O yet.
                         xor_into(unsafe { acc.bytes_mut() }, bufs[pslot].bytes());
                         if self.array.write_slot(pslot, off, acc, false).await.is_err() {
@@ -336,10 +336,10 @@ impl Controller {
                 // this block of parity (it is not computed from the data; a later write of
                 // the row must not trust it).
                 [slot]
-                    if *slot != self.array.geo.raid5_parity_slot(off / chunk)
+                    if *slot != self.array.geo.p_slot(off / chunk)
                         && !self.array.parity_in_sync(off + n as u64) =>
                 {
-                    let pslot = self.array.geo.raid5_parity_slot(off / chunk);
+                    let pslot = self.array.geo.p_slot(off / chunk);
                     for s in [*slot, pslot] {
                         if let Some(d) = self.array.active_disk(s) {
                             self.array.record_bad(&d, off, n as u64).await;

@@ -44,6 +44,8 @@ pub enum Level {
     Raid1,
     /// Striping with rotating XOR parity (md level 5).
     Raid5,
+    /// Striping with two rotating parities, P (XOR) and Q (Reed-Solomon) (md level 6).
+    Raid6,
     /// Striped mirrors: near, far and offset copies (md level 10).
     Raid10,
 }
@@ -55,8 +57,8 @@ impl Level {
             0 => Ok(Level::Raid0),
             1 => Ok(Level::Raid1),
             5 => Ok(Level::Raid5),
+            6 => Ok(Level::Raid6),
             10 => Ok(Level::Raid10),
-            6 => unsupported("RAID6 is not supported yet"),
             4 => unsupported("RAID4 (md level 4) is not supported"),
             -1 => unsupported("linear arrays (md level -1) are not supported"),
             -4 => unsupported("multipath arrays (md level -4) are not supported"),
@@ -71,6 +73,7 @@ impl Level {
             Level::Raid0 => 0,
             Level::Raid1 => 1,
             Level::Raid5 => 5,
+            Level::Raid6 => 6,
             Level::Raid10 => 10,
         }
     }
@@ -82,6 +85,16 @@ impl Level {
             Level::Raid0 => 1,
             Level::Raid1 | Level::Raid10 => 2,
             Level::Raid5 => 3,
+            Level::Raid6 => 4,
+        }
+    }
+
+    /// Parity chunks per stripe row: 1 for RAID5, 2 for RAID6, none for the others.
+    pub fn parities(self) -> usize {
+        match self {
+            Level::Raid5 => 1,
+            Level::Raid6 => 2,
+            _ => 0,
         }
     }
 
@@ -171,6 +184,110 @@ impl Raid5Algorithm {
         short
             .or_else(|| RAID5_ALGORITHMS.into_iter().find(|a| a.name() == text))
             .ok_or_else(|| LayoutError::Invalid(format!("unknown RAID5 layout name {text:?}")))
+    }
+}
+
+/// Where RAID6 puts P and Q of each stripe and in which order the data chunks follow (md's
+/// algorithms except the DDF ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Raid6Algorithm {
+    /// md 0: P rotates down from the last disk, Q after it (wrapping to disk 0).
+    LeftAsymmetric,
+    /// md 1: P rotates up from disk 0, Q after it.
+    RightAsymmetric,
+    /// md 2 (the md default): P rotates down, Q after it, data starts after Q.
+    LeftSymmetric,
+    /// md 3: P rotates up, Q after it, data starts after Q.
+    RightSymmetric,
+    /// md 4: P on disk 0, Q on disk 1.
+    ParityFirst,
+    /// md 5: P and Q on the last two disks.
+    ParityLast,
+    /// md 16: RAID5 left-asymmetric over the first N-1 disks, Q on the last.
+    LeftAsymmetric6,
+    /// md 17: RAID5 right-asymmetric over the first N-1 disks, Q on the last.
+    RightAsymmetric6,
+    /// md 18: RAID5 left-symmetric over the first N-1 disks, Q on the last.
+    LeftSymmetric6,
+    /// md 19: RAID5 right-symmetric over the first N-1 disks, Q on the last.
+    RightSymmetric6,
+    /// md 20: P on disk 0, Q on the last.
+    ParityFirst6,
+}
+
+impl Raid6Algorithm {
+    /// Every algorithm, in md code order.
+    pub const ALL: [Raid6Algorithm; 11] = [
+        Raid6Algorithm::LeftAsymmetric,
+        Raid6Algorithm::RightAsymmetric,
+        Raid6Algorithm::LeftSymmetric,
+        Raid6Algorithm::RightSymmetric,
+        Raid6Algorithm::ParityFirst,
+        Raid6Algorithm::ParityLast,
+        Raid6Algorithm::LeftAsymmetric6,
+        Raid6Algorithm::RightAsymmetric6,
+        Raid6Algorithm::LeftSymmetric6,
+        Raid6Algorithm::RightSymmetric6,
+        Raid6Algorithm::ParityFirst6,
+    ];
+
+    /// Decodes the superblock `layout` field of a RAID6 array.
+    pub fn from_md(layout: u32) -> Result<Raid6Algorithm, LayoutError> {
+        match layout {
+            0..=5 => Ok(Self::ALL[layout as usize]),
+            16..=20 => Ok(Self::ALL[layout as usize - 10]),
+            8..=10 => unsupported(format!(
+                "RAID6 layout {layout} is a DDF rotating layout (made for DDF containers)"
+            )),
+            other => invalid(format!("unknown RAID6 layout {other}")),
+        }
+    }
+
+    /// The superblock `layout` value.
+    pub fn to_md(self) -> u32 {
+        let i = Self::ALL.iter().position(|a| *a == self).expect("listed") as u32;
+        if i < 6 {
+            i
+        } else {
+            i + 10
+        }
+    }
+
+    /// The name mdadm prints and accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Raid6Algorithm::LeftAsymmetric => "left-asymmetric",
+            Raid6Algorithm::RightAsymmetric => "right-asymmetric",
+            Raid6Algorithm::LeftSymmetric => "left-symmetric",
+            Raid6Algorithm::RightSymmetric => "right-symmetric",
+            Raid6Algorithm::ParityFirst => "parity-first",
+            Raid6Algorithm::ParityLast => "parity-last",
+            Raid6Algorithm::LeftAsymmetric6 => "left-asymmetric-6",
+            Raid6Algorithm::RightAsymmetric6 => "right-asymmetric-6",
+            Raid6Algorithm::LeftSymmetric6 => "left-symmetric-6",
+            Raid6Algorithm::RightSymmetric6 => "right-symmetric-6",
+            Raid6Algorithm::ParityFirst6 => "parity-first-6",
+        }
+    }
+
+    /// Parses an mdadm name or one of the short forms `la`, `ra`, `ls`, `rs` (with `-6`).
+    pub fn parse(text: &str) -> Result<Raid6Algorithm, LayoutError> {
+        let text = text.trim();
+        let long = match text {
+            "la" => "left-asymmetric",
+            "ra" => "right-asymmetric",
+            "ls" | "default" => "left-symmetric",
+            "rs" => "right-symmetric",
+            "la-6" => "left-asymmetric-6",
+            "ra-6" => "right-asymmetric-6",
+            "ls-6" => "left-symmetric-6",
+            "rs-6" => "right-symmetric-6",
+            other => other,
+        };
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == long)
+            .ok_or_else(|| LayoutError::Invalid(format!("unknown RAID6 layout name {text:?}")))
     }
 }
 
@@ -349,6 +466,8 @@ pub enum LayoutKind {
     Raid1,
     /// Striping with parity.
     Raid5(Raid5Algorithm),
+    /// Striping with two parities.
+    Raid6(Raid6Algorithm),
     /// Striped mirrors.
     Raid10(Raid10Layout),
 }
@@ -361,6 +480,7 @@ impl LayoutKind {
             Level::Raid0 => LayoutKind::Raid0(Raid0Layout::from_md(layout)?),
             Level::Raid1 => LayoutKind::Raid1,
             Level::Raid5 => LayoutKind::Raid5(Raid5Algorithm::from_md(layout)?),
+            Level::Raid6 => LayoutKind::Raid6(Raid6Algorithm::from_md(layout)?),
             Level::Raid10 => LayoutKind::Raid10(Raid10Layout::from_md(layout)?),
         })
     }
@@ -371,6 +491,7 @@ impl LayoutKind {
             LayoutKind::Raid0(_) => Level::Raid0,
             LayoutKind::Raid1 => Level::Raid1,
             LayoutKind::Raid5(_) => Level::Raid5,
+            LayoutKind::Raid6(_) => Level::Raid6,
             LayoutKind::Raid10(_) => Level::Raid10,
         }
     }
@@ -381,6 +502,7 @@ impl LayoutKind {
             LayoutKind::Raid0(layout) => layout.to_md(),
             LayoutKind::Raid1 => 0,
             LayoutKind::Raid5(algorithm) => algorithm.to_md(),
+            LayoutKind::Raid6(algorithm) => algorithm.to_md(),
             LayoutKind::Raid10(layout) => layout.to_md(),
         }
     }

@@ -1,11 +1,11 @@
-//! Where every array byte lives: the md RAID0/1/5/10 data layouts as pure arithmetic.
+//! Where every array byte lives: the md RAID0/1/5/6/10 data layouts as pure arithmetic.
 //!
 //! The engine asks three questions, all answered here without I/O and, per request, without
 //! allocation:
 //!
 //! * how to cut a request into pieces that stay inside one chunk ([`Geometry::pieces`]),
 //! * where the copies of a byte are ([`Geometry::map_copies`], RAID0/1/10) or where its data
-//!   and parity chunks are ([`Geometry::raid5_locate`], RAID5),
+//!   and parity chunks are ([`Geometry::parity_locate`], RAID5/6),
 //! * and backwards, for rebuild and check, which array byte a member byte holds
 //!   ([`Geometry::reverse`]).
 //!
@@ -13,8 +13,8 @@
 //!   array offset ──pieces()──▶ Piece (never crosses a chunk)
 //!        │
 //!        ├─map_copies()──▶ [Placement { slot, member_offset }; copies()]   RAID0/1/10
-//!        └─raid5_locate()──▶ Raid5Loc { stripe, slot, parity_slot, .. }    RAID5
-//!   (slot, member_offset) ──reverse()──▶ Data { array_offset } | Parity { stripe } | Unused
+//!        └─parity_locate()──▶ ParityLoc { stripe, slot, parity_slot, q_slot, .. }  RAID5/6
+//!   (slot, member_offset) ──reverse()──▶ Data | Parity { stripe } | Syndrome { stripe } | Unused
 //! ```
 //!
 //! Sizes and offsets are bytes. Member offsets count from the member's data area; the caller
@@ -22,16 +22,21 @@
 //! mdadm read back byte for byte, and array sizes equal md's to the sector.
 
 mod kinds;
+mod place;
 mod raid0;
 mod raid10;
 mod raid5;
+mod raid6;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 use validate::{check_chunk, check_members, check_raid10, invalid, overflow};
 
-pub use kinds::{LayoutError, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+pub use kinds::{
+    LayoutError, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm, Raid6Algorithm,
+};
+pub use place::{Copies, Piece, Pieces, Placement};
 
 /// RAID1 has no chunk; requests are still split and locked in units of this size.
 pub const RAID1_UNIT_BYTES: u64 = 64 * 1024;
@@ -42,125 +47,19 @@ pub const MAX_MEMBERS: usize = 1920;
 const SECTOR_BYTES: u64 = 512;
 const PAGE_BYTES: u64 = 4096;
 
-/// One part of a request that stays inside one chunk (RAID1: one 64 KiB unit).
+/// Where a RAID5/6 array byte lives, with its stripe's parity slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// First array byte of the piece.
-    pub array_offset: u64,
-    /// Length in bytes, at least 1.
-    pub len: u64,
-}
-
-/// Iterator returned by [`Geometry::pieces`].
-#[derive(Clone, Debug)]
-pub struct Pieces {
-    next: u64,
-    end: u64,
-    unit: u64,
-}
-
-impl Iterator for Pieces {
-    type Item = Piece;
-
-    fn next(&mut self) -> Option<Piece> {
-        if self.next >= self.end {
-            return None;
-        }
-        let unit_start = self.next - self.next % self.unit;
-        let piece_end = unit_start.saturating_add(self.unit).min(self.end);
-        let piece = Piece {
-            array_offset: self.next,
-            len: piece_end - self.next,
-        };
-        self.next = piece_end;
-        Some(piece)
-    }
-}
-
-impl std::iter::FusedIterator for Pieces {}
-
-/// A place on one member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Placement {
-    /// Member slot (raid role), `0..members`.
-    pub slot: usize,
-    /// Byte offset from the start of the member's data area.
-    pub member_offset: u64,
-}
-
-/// All copies of one byte, held inline so that mapping never allocates.
-#[derive(Clone, Copy, Debug)]
-pub struct Copies {
-    len: usize,
-    places: [Placement; MAX_COPIES],
-}
-
-impl Copies {
-    fn new() -> Copies {
-        Copies {
-            len: 0,
-            places: [Placement {
-                slot: 0,
-                member_offset: 0,
-            }; MAX_COPIES],
-        }
-    }
-
-    fn push(&mut self, place: Placement) {
-        // Geometry::new caps copies at MAX_COPIES, so this index is always in range.
-        self.places[self.len] = place;
-        self.len += 1;
-    }
-
-    /// The places, first copy first (md's order).
-    pub fn as_slice(&self) -> &[Placement] {
-        &self.places[..self.len]
-    }
-
-    /// Iterates over the places.
-    pub fn iter(&self) -> std::slice::Iter<'_, Placement> {
-        self.as_slice().iter()
-    }
-
-    /// Number of places (equals [`Geometry::copies`]).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when there are no places (never for a mapped byte).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl PartialEq for Copies {
-    fn eq(&self, other: &Copies) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for Copies {}
-
-impl<'a> IntoIterator for &'a Copies {
-    type Item = &'a Placement;
-    type IntoIter = std::slice::Iter<'a, Placement>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-/// Where a RAID5 array byte lives, with its stripe's parity slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Raid5Loc {
+pub struct ParityLoc {
     /// Stripe (row) number; every chunk of the stripe sits at `stripe * chunk` on its member.
     pub stripe: u64,
-    /// Position of the byte's chunk among the stripe's data chunks, `0..members-1`.
+    /// Position of the byte's chunk among the stripe's data chunks, `0..members-parities`.
     pub data_index: usize,
     /// Member slot holding the byte.
     pub slot: usize,
-    /// Member slot holding the stripe's parity.
+    /// Member slot holding the stripe's parity (RAID6: P).
     pub parity_slot: usize,
+    /// RAID6: the member slot holding the stripe's Q syndrome.
+    pub q_slot: Option<usize>,
     /// `stripe * chunk + offset in chunk`.
     pub member_offset: u64,
 }
@@ -173,8 +72,13 @@ pub enum Reverse {
         /// The array byte stored there.
         array_offset: u64,
     },
-    /// Parity of this RAID5 stripe.
+    /// Parity of this RAID5 stripe (RAID6: its P).
     Parity {
+        /// The stripe.
+        stripe: u64,
+    },
+    /// The Q syndrome of this RAID6 stripe.
+    Syndrome {
         /// The stripe.
         stripe: u64,
     },
@@ -187,6 +91,7 @@ enum Detail {
     Raid0(raid0::Zones),
     Raid1,
     Raid5(Raid5Algorithm),
+    Raid6(Raid6Algorithm),
     Raid10(raid10::Raid10Map),
 }
 
@@ -243,6 +148,12 @@ impl Geometry {
                 let array_bytes = array_bytes.ok_or_else(|| overflow(level))?;
                 (Detail::Raid5(*algorithm), array_bytes, used, 1)
             }
+            LayoutKind::Raid6(algorithm) => {
+                let used = size - size % chunk_bytes;
+                let array_bytes = used.checked_mul(members as u64 - 2);
+                let array_bytes = array_bytes.ok_or_else(|| overflow(level))?;
+                (Detail::Raid6(*algorithm), array_bytes, used, 1)
+            }
             LayoutKind::Raid10(layout) => {
                 let copies = check_raid10(*layout, members)?;
                 let (map, array_bytes) =
@@ -258,8 +169,8 @@ impl Geometry {
         }
         let stripe_bytes = match level {
             Level::Raid1 => RAID1_UNIT_BYTES,
-            Level::Raid5 => chunk_bytes
-                .checked_mul(members as u64 - 1)
+            Level::Raid5 | Level::Raid6 => chunk_bytes
+                .checked_mul((members - level.parities()) as u64)
                 .ok_or_else(|| overflow(level))?,
             Level::Raid0 | Level::Raid10 => chunk_bytes,
         };
@@ -300,7 +211,12 @@ impl Geometry {
         self.array_bytes
     }
 
-    /// How many places hold each array byte: RAID0 and RAID5 1, RAID1 members, RAID10
+    /// Parity chunks per stripe row: 1 for RAID5, 2 for RAID6, else 0.
+    pub fn parities(&self) -> usize {
+        self.level().parities()
+    }
+
+    /// How many places hold each array byte: RAID0, RAID5 and RAID6 1, RAID1 members, RAID10
     /// near * far.
     pub fn copies(&self) -> usize {
         self.copies
@@ -327,20 +243,20 @@ impl Geometry {
     }
 
     /// Unit of locking and splitting: the chunk for RAID0/10, a full stripe row's data bytes
-    /// (`chunk * (members - 1)`) for RAID5, 64 KiB for RAID1.
+    /// (`chunk * (members - parities)`) for RAID5/6, 64 KiB for RAID1.
     pub fn stripe_bytes(&self) -> u64 {
         self.stripe_bytes
     }
 
     /// The write that covers a whole row of data, touching each member's chunk once: no
-    /// read-modify-write on RAID5 (`chunk * (members - 1)`), every member busy on RAID0/10.
+    /// read-modify-write on RAID5/6 (`stripe_bytes`), every member busy on RAID0/10.
     /// RAID1 has no rows: a 4 KiB block.
     pub fn full_row_bytes(&self) -> u64 {
         let chunk = self.chunk_bytes;
         let members = self.members as u64;
         match self.level() {
             Level::Raid1 => 4096,
-            Level::Raid5 => chunk * (members - 1),
+            Level::Raid5 | Level::Raid6 => self.stripe_bytes,
             Level::Raid0 => chunk * members,
             Level::Raid10 => chunk * members / self.copies() as u64,
         }
@@ -371,7 +287,8 @@ impl Geometry {
 
     /// Every place that holds `array_offset` (exactly [`Geometry::copies`] of them). Each stays
     /// valid for the rest of the byte's piece: `array_offset + d` is at `member_offset + d`.
-    /// For RAID5 this is the single data place; parity is found with [`Geometry::raid5_locate`].
+    /// For RAID5/6 this is the single data place; parity is found with
+    /// [`Geometry::parity_locate`].
     ///
     /// # Panics
     /// If `array_offset` is not inside the array.
@@ -386,8 +303,8 @@ impl Geometry {
                     member_offset: array_offset,
                 })
             }),
-            Detail::Raid5(_) => {
-                let loc = self.raid5_locate(array_offset);
+            Detail::Raid5(_) | Detail::Raid6(_) => {
+                let loc = self.parity_locate(array_offset);
                 out.push(Placement {
                     slot: loc.slot,
                     member_offset: loc.member_offset,
@@ -398,77 +315,97 @@ impl Geometry {
         out
     }
 
-    /// RAID5: where `array_offset` lives and where its stripe's parity is.
+    /// RAID5/6: where `array_offset` lives and where its stripe's parity chunks are.
     ///
     /// # Panics
-    /// If the geometry is not RAID5 or `array_offset` is not inside the array.
-    pub fn raid5_locate(&self, array_offset: u64) -> Raid5Loc {
-        let algorithm = self.raid5_algorithm();
+    /// If the geometry is not RAID5/6 or `array_offset` is not inside the array.
+    pub fn parity_locate(&self, array_offset: u64) -> ParityLoc {
+        let rows = self.rows();
         self.assert_in_array(array_offset);
         let chunk = self.chunk_bytes;
         let chunk_number = array_offset / chunk;
-        let data_chunks = self.members as u64 - 1;
+        let data_chunks = (self.members - self.parities()) as u64;
         let stripe = chunk_number / data_chunks;
         let data_index = (chunk_number % data_chunks) as usize;
-        Raid5Loc {
+        let (parity_slot, q_slot) = rows.parity_slots(self.members, stripe);
+        ParityLoc {
             stripe,
             data_index,
-            slot: raid5::data_slot(algorithm, self.members, stripe, data_index),
-            parity_slot: raid5::parity_slot(algorithm, self.members, stripe),
+            slot: rows.data_slot(self.members, stripe, data_index),
+            parity_slot,
+            q_slot,
             member_offset: stripe * chunk + array_offset % chunk,
         }
     }
 
-    /// RAID5: the slot of data chunk `data_index` (`0..members-1`) of `stripe`.
+    /// RAID5/6: the slot of data chunk `data_index` (`0..members-parities`) of `stripe`.
     ///
     /// # Panics
-    /// If the geometry is not RAID5 or `data_index` is out of range.
-    pub fn raid5_data_slot(&self, stripe: u64, data_index: usize) -> usize {
-        let algorithm = self.raid5_algorithm();
+    /// If the geometry is not RAID5/6 or `data_index` is out of range.
+    pub fn parity_data_slot(&self, stripe: u64, data_index: usize) -> usize {
+        let rows = self.rows();
         assert!(
-            data_index < self.members - 1,
+            data_index < self.members - self.parities(),
             "data index {data_index} out of range"
         );
-        raid5::data_slot(algorithm, self.members, stripe, data_index)
+        rows.data_slot(self.members, stripe, data_index)
     }
 
-    /// RAID5: the slot holding the parity of `stripe`.
+    /// RAID5/6: the slot holding the parity (RAID6: P) of `stripe`.
     ///
     /// # Panics
-    /// If the geometry is not RAID5.
-    pub fn raid5_parity_slot(&self, stripe: u64) -> usize {
-        raid5::parity_slot(self.raid5_algorithm(), self.members, stripe)
+    /// If the geometry is not RAID5/6.
+    pub fn p_slot(&self, stripe: u64) -> usize {
+        self.rows().parity_slots(self.members, stripe).0
     }
 
-    /// RAID5: the data index `slot` holds in `stripe`, or `None` if it holds the parity.
+    /// RAID6: the slot holding the Q syndrome of `stripe`; None for RAID5.
     ///
     /// # Panics
-    /// If the geometry is not RAID5 or `slot` is out of range.
-    pub fn raid5_data_index(&self, stripe: u64, slot: usize) -> Option<usize> {
-        let algorithm = self.raid5_algorithm();
+    /// If the geometry is not RAID5/6.
+    pub fn q_slot(&self, stripe: u64) -> Option<usize> {
+        self.rows().parity_slots(self.members, stripe).1
+    }
+
+    /// RAID5/6: the data index `slot` holds in `stripe`, or `None` if it holds parity.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5/6 or `slot` is out of range.
+    pub fn parity_data_index(&self, stripe: u64, slot: usize) -> Option<usize> {
+        let rows = self.rows();
         assert!(slot < self.members, "slot {slot} out of range");
-        raid5::data_index(algorithm, self.members, stripe, slot)
+        rows.data_index(self.members, stripe, slot)
     }
 
-    /// RAID5: number of stripes (rows) in the array.
+    /// RAID6: the position of data slot `slot` in md's syndrome order for `stripe` (its Q
+    /// coefficient is g^position), or None for P and Q. RAID5: the data index.
     ///
     /// # Panics
-    /// If the geometry is not RAID5.
-    pub fn raid5_stripes(&self) -> u64 {
-        self.raid5_algorithm();
+    /// If the geometry is not RAID5/6 or `slot` is out of range.
+    pub fn syndrome_index(&self, stripe: u64, slot: usize) -> Option<usize> {
+        assert!(slot < self.members, "slot {slot} out of range");
+        match self.rows() {
+            Rows::Raid6(a) => raid6::syndrome_index(a, self.members, stripe, slot),
+            rows => rows.data_index(self.members, stripe, slot),
+        }
+    }
+
+    /// RAID5/6: number of stripes (rows) in the array.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5/6.
+    pub fn parity_rows(&self) -> u64 {
+        self.rows();
         self.member_used_bytes / self.chunk_bytes
     }
 
-    /// RAID5: array offset of the first byte of `stripe` (`stripe * stripe_bytes()`);
-    /// `stripe == raid5_stripes()` gives the array end.
+    /// RAID5/6: array offset of the first byte of `stripe` (`stripe * stripe_bytes()`);
+    /// `stripe == parity_rows()` gives the array end.
     ///
     /// # Panics
-    /// If the geometry is not RAID5 or `stripe` is past the end.
-    pub fn raid5_stripe_offset(&self, stripe: u64) -> u64 {
-        assert!(
-            stripe <= self.raid5_stripes(),
-            "stripe {stripe} out of range"
-        );
+    /// If the geometry is not RAID5/6 or `stripe` is past the end.
+    pub fn parity_row_offset(&self, stripe: u64) -> u64 {
+        assert!(stripe <= self.parity_rows(), "stripe {stripe} out of range");
         stripe * self.stripe_bytes
     }
 
@@ -486,10 +423,11 @@ impl Geometry {
             Detail::Raid1 => Reverse::Data {
                 array_offset: member_offset,
             },
-            Detail::Raid5(algorithm) => {
+            Detail::Raid5(_) | Detail::Raid6(_) => {
                 let chunk = self.chunk_bytes;
                 let stripe = member_offset / chunk;
-                match raid5::data_index(*algorithm, self.members, stripe, slot) {
+                match self.rows().data_index(self.members, stripe, slot) {
+                    None if self.q_slot(stripe) == Some(slot) => Reverse::Syndrome { stripe },
                     None => Reverse::Parity { stripe },
                     Some(index) => Reverse::Data {
                         array_offset: stripe * self.stripe_bytes
@@ -501,10 +439,11 @@ impl Geometry {
         }
     }
 
-    fn raid5_algorithm(&self) -> Raid5Algorithm {
+    fn rows(&self) -> Rows {
         match self.detail {
-            Detail::Raid5(algorithm) => algorithm,
-            _ => panic!("RAID5 mapping asked of a {} geometry", self.level()),
+            Detail::Raid5(algorithm) => Rows::Raid5(algorithm),
+            Detail::Raid6(algorithm) => Rows::Raid6(algorithm),
+            _ => panic!("parity mapping asked of a {} geometry", self.level()),
         }
     }
 
@@ -527,5 +466,39 @@ pub fn used_dev_bytes(level: Level, chunk_bytes: u64, smallest_available_bytes: 
     match unit {
         0 => 0,
         unit => smallest_available_bytes - smallest_available_bytes % unit,
+    }
+}
+
+/// The parity rotation of a RAID5 or RAID6 geometry.
+#[derive(Clone, Copy)]
+enum Rows {
+    Raid5(Raid5Algorithm),
+    Raid6(Raid6Algorithm),
+}
+
+impl Rows {
+    /// (parity or P, Q) of `stripe`.
+    fn parity_slots(self, members: usize, stripe: u64) -> (usize, Option<usize>) {
+        match self {
+            Rows::Raid5(a) => (raid5::parity_slot(a, members, stripe), None),
+            Rows::Raid6(a) => {
+                let (p, q) = raid6::parity_slots(a, members, stripe);
+                (p, Some(q))
+            }
+        }
+    }
+
+    fn data_slot(self, members: usize, stripe: u64, data_index: usize) -> usize {
+        match self {
+            Rows::Raid5(a) => raid5::data_slot(a, members, stripe, data_index),
+            Rows::Raid6(a) => raid6::data_slot(a, members, stripe, data_index),
+        }
+    }
+
+    fn data_index(self, members: usize, stripe: u64, slot: usize) -> Option<usize> {
+        match self {
+            Rows::Raid5(a) => raid5::data_index(a, members, stripe, slot),
+            Rows::Raid6(a) => raid6::data_index(a, members, stripe, slot),
+        }
     }
 }

@@ -64,9 +64,9 @@ impl RowWrite {
         );
         RowWrite {
             base: stripe * chunk,
-            parity_slot: array.geo.raid5_parity_slot(stripe),
+            parity_slot: array.geo.p_slot(stripe),
             data_slots: (0..writes.len())
-                .map(|k| array.geo.raid5_data_slot(stripe, k))
+                .map(|k| array.geo.parity_data_slot(stripe, k))
                 .collect(),
             lo: pieces().map(|w| w.chunk_offset).min().unwrap_or(0),
             hi: pieces().map(|w| w.end()).max().unwrap_or(0),
@@ -124,7 +124,7 @@ impl Array {
     }
 
     async fn read_raid5_piece(&self, array_offset: u64, buf: BufSlice) -> Result<()> {
-        let loc = self.geo.raid5_locate(array_offset);
+        let loc = self.geo.parity_locate(array_offset);
         let miss = match self
             .read_slot_correctable(loc.slot, loc.member_offset, buf.clone())
             .await
@@ -216,7 +216,7 @@ impl Array {
         let chunk = self.geo.chunk_bytes();
         let mut writes: Vec<Option<ChunkWrite>> = vec![None; self.geo.members() - 1];
         for p in self.geo.pieces(array_offset, data.len() as u64) {
-            let loc = self.geo.raid5_locate(p.array_offset);
+            let loc = self.geo.parity_locate(p.array_offset);
             debug_assert_eq!(loc.stripe, stripe);
             writes[loc.data_index] = Some(ChunkWrite {
                 chunk_offset: loc.member_offset - stripe * chunk,
@@ -241,7 +241,7 @@ impl Array {
                     let degraded = self.slots.borrow().iter().any(|s| !s.is_active());
                     // A data member's part of a row not yet resynced cannot be had from its
                     // parity (see read_raid5_piece).
-                    let untrusted = slot != self.geo.raid5_parity_slot(stripe)
+                    let untrusted = slot != self.geo.p_slot(stripe)
                         && !self.parity_in_sync((stripe + 1) * self.geo.chunk_bytes());
                     if degraded || unreadable.is_some() || untrusted {
                         return Err(self.lost_error(array_offset));

@@ -9,7 +9,7 @@ use raidcore::raid::Array;
 use super::read_array;
 
 /// Redundancy read straight from the simulated members' data areas: every RAID5 row XORs to
-/// zero, every RAID1/RAID10 copy is equal. `sims` are found by path, so a member may have
+/// zero, every RAID6 row's P and Q are those of its data, every RAID1/RAID10 copy is equal. `sims` are found by path, so a member may have
 /// moved slots (spares, replacements). Panics with `context` and the first bad offset.
 pub fn assert_redundancy_consistent(array: &Array, sims: &[Rc<MemMember>], context: &str) {
     let geo = array.geometry();
@@ -40,6 +40,28 @@ pub fn assert_redundancy_consistent(array: &Array, sims: &[Rc<MemMember>], conte
                     "{context}: parity inconsistent at member offset {i} (row {})",
                     i as u64 / geo.chunk_bytes()
                 );
+            }
+        }
+        Level::Raid6 => {
+            let chunk = geo.chunk_bytes() as usize;
+            let held: Vec<(Vec<u8>, usize)> = (0..geo.members()).map(member).collect();
+            for stripe in 0..geo.parity_rows() {
+                let at = stripe as usize * chunk;
+                let piece = |slot: usize| &held[slot].0[held[slot].1 + at..][..chunk];
+                let mut data: Vec<&[u8]> = vec![&[]; geo.members() - 2];
+                for slot in 0..geo.members() {
+                    if let Some(i) = geo.syndrome_index(stripe, slot) {
+                        data[i] = piece(slot);
+                    }
+                }
+                let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
+                raidcore::parity::raid6::gen_syndrome(&data, &mut p, &mut q);
+                let q_slot = geo.q_slot(stripe).expect("RAID6 has Q");
+                assert!(
+                    p == piece(geo.p_slot(stripe)),
+                    "{context}: P wrong in row {stripe}"
+                );
+                assert!(q == piece(q_slot), "{context}: Q wrong in row {stripe}");
             }
         }
         Level::Raid1 | Level::Raid10 => {

@@ -137,7 +137,7 @@ pub(crate) fn recorded_lost(array: &Array, at: u64) -> bool {
     };
     let geo = array.geometry();
     if geo.level() == Level::Raid5 {
-        let loc = geo.raid5_locate(at);
+        let loc = geo.parity_locate(at);
         let off = loc.member_offset / BLOCK * BLOCK;
         gone(loc.slot, off) && (0..geo.members()).any(|s| s != loc.slot && gone(s, off))
     } else {
@@ -181,7 +181,7 @@ pub(crate) fn trace_sector(array: &Array, sims: &[Rc<MemMember>], m: &Model, s: 
 
 pub(crate) fn write_hole_exposed(array: &Array, at: u64, absent: &[usize]) -> bool {
     array.geometry().level() == Level::Raid5
-        && absent.contains(&array.geometry().raid5_locate(at).slot)
+        && absent.contains(&array.geometry().parity_locate(at).slot)
 }
 
 pub(crate) fn check_redundancy(array: &Array, sims: &[Rc<MemMember>]) {

@@ -136,7 +136,7 @@ fn raid5_four_members_match_hand_tables() {
                 let got = geometry.reverse(slot, stripe * C + 3);
                 if entry == P {
                     assert_eq!(got, Reverse::Parity { stripe }, "{algorithm:?}");
-                    assert_eq!(geometry.raid5_parity_slot(stripe), slot);
+                    assert_eq!(geometry.p_slot(stripe), slot);
                     continue;
                 }
                 let array_offset = entry as u64 * C + 3;
@@ -145,7 +145,7 @@ fn raid5_four_members_match_hand_tables() {
                     Reverse::Data { array_offset },
                     "{algorithm:?} {stripe}"
                 );
-                let loc = geometry.raid5_locate(array_offset);
+                let loc = geometry.parity_locate(array_offset);
                 assert_eq!((loc.stripe, loc.slot), (stripe, slot), "{algorithm:?}");
                 assert_eq!(loc.member_offset, stripe * C + 3);
             }
@@ -237,12 +237,7 @@ fn capacities_of_typical_arrays() {
 
 #[test]
 fn levels_decode_and_refuse_clearly() {
-    assert_eq!(
-        Level::from_md(6),
-        Err(LayoutError::Unsupported(
-            "RAID6 is not supported yet".into()
-        ))
-    );
+    assert_eq!(Level::from_md(6), Ok(Level::Raid6));
     for level in [-1, 4, -4, 7] {
         assert!(matches!(
             Level::from_md(level),

@@ -1,8 +1,9 @@
-//! Layout tests: hand-worked examples from the md format notes (`examples`) and exhaustive
-//! sector-by-sector checks over random geometries (`properties`).
+//! Layout tests: hand-worked examples from the md format notes (`examples`, `raid6`) and
+//! exhaustive sector-by-sector checks over random geometries (`properties`).
 
 mod examples;
 mod properties;
+mod raid6;
 
 use super::*;
 

@@ -24,6 +24,7 @@ fn md_capacity_sectors(kind: &LayoutKind, chunk_sectors: u64, member_sectors: &[
             .sum(),
         LayoutKind::Raid1 => size,
         LayoutKind::Raid5(_) => size / chunk_sectors * chunk_sectors * (n - 1),
+        LayoutKind::Raid6(_) => size / chunk_sectors * chunk_sectors * (n - 2),
         LayoutKind::Raid10(layout) => {
             let (near, far) = (u64::from(layout.near), u64::from(layout.far));
             ((size / chunk_sectors) / far) * n / near * chunk_sectors
@@ -77,11 +78,11 @@ fn check_exhaustively(geometry: &Geometry, member_bytes: &[u64]) {
                 "{place:?}"
             );
         }
-        if geometry.level() == Level::Raid5 {
-            check_raid5_locate(geometry, offset, &copies);
+        if geometry.parities() > 0 {
+            check_parity_locate(geometry, offset, &copies);
         }
     }
-    if geometry.level() == Level::Raid5 {
+    if geometry.parities() > 0 {
         mark_parity(geometry, &mut hits);
     }
     let mut total = 0u64;
@@ -92,58 +93,69 @@ fn check_exhaustively(geometry: &Geometry, member_bytes: &[u64]) {
             if hit == 0 {
                 assert_eq!(geometry.reverse(slot, member_offset), Reverse::Unused);
             }
-            if geometry.level() == Level::Raid5 && member_offset < used {
-                assert_eq!(hit, 1, "RAID5 slot {slot} sector {sector} not tiled");
+            if geometry.parities() > 0 && member_offset < used {
+                assert_eq!(hit, 1, "RAID5/6 slot {slot} sector {sector} not tiled");
             }
         }
     }
     let array_sectors = geometry.array_bytes() / SECTOR;
-    let parity_sectors = match geometry.level() {
-        Level::Raid5 => array_sectors / (members as u64 - 1),
-        _ => 0,
-    };
+    let parities = geometry.parities() as u64;
+    let parity_sectors = array_sectors / (members as u64 - parities).max(1) * parities;
     assert_eq!(
         total,
         array_sectors * geometry.copies() as u64 + parity_sectors
     );
 }
 
-fn check_raid5_locate(geometry: &Geometry, offset: u64, copies: &Copies) {
-    let loc = geometry.raid5_locate(offset);
+fn check_parity_locate(geometry: &Geometry, offset: u64, copies: &Copies) {
+    let loc = geometry.parity_locate(offset);
     assert_ne!(loc.slot, loc.parity_slot);
+    assert_eq!(loc.q_slot, geometry.q_slot(loc.stripe));
+    assert_ne!(Some(loc.slot), loc.q_slot, "data on Q");
+    assert_ne!(Some(loc.parity_slot), loc.q_slot, "P and Q on one member");
     assert_eq!(copies.as_slice()[0].slot, loc.slot);
     assert_eq!(loc.member_offset, copies.as_slice()[0].member_offset);
     assert_eq!(
-        geometry.raid5_data_slot(loc.stripe, loc.data_index),
+        geometry.parity_data_slot(loc.stripe, loc.data_index),
         loc.slot
     );
-    assert_eq!(geometry.raid5_parity_slot(loc.stripe), loc.parity_slot);
+    assert_eq!(geometry.p_slot(loc.stripe), loc.parity_slot);
     assert_eq!(
-        geometry.raid5_data_index(loc.stripe, loc.slot),
+        geometry.parity_data_index(loc.stripe, loc.slot),
         Some(loc.data_index)
     );
-    assert_eq!(geometry.raid5_data_index(loc.stripe, loc.parity_slot), None);
-    let stripe_start = geometry.raid5_stripe_offset(loc.stripe);
+    assert_eq!(
+        geometry.parity_data_index(loc.stripe, loc.parity_slot),
+        None
+    );
+    if let Some(q) = loc.q_slot {
+        assert_eq!(geometry.parity_data_index(loc.stripe, q), None);
+        assert_eq!(geometry.syndrome_index(loc.stripe, q), None);
+    }
+    let stripe_start = geometry.parity_row_offset(loc.stripe);
     assert!(stripe_start <= offset && offset < stripe_start + geometry.stripe_bytes());
 }
 
-/// Adds every stripe's parity chunk to `hits`, refusing any place already used by data.
+/// Adds every stripe's parity chunks (P, and Q for RAID6) to `hits`, refusing any place
+/// already used by data.
 fn mark_parity(geometry: &Geometry, hits: &mut [Vec<u8>]) {
     let chunk = geometry.chunk_bytes();
     assert_eq!(
-        geometry.raid5_stripe_offset(geometry.raid5_stripes()),
+        geometry.parity_row_offset(geometry.parity_rows()),
         geometry.array_bytes()
     );
-    for stripe in 0..geometry.raid5_stripes() {
-        let slot = geometry.raid5_parity_slot(stripe);
-        for member_offset in (stripe * chunk..(stripe + 1) * chunk).step_by(SECTOR as usize) {
-            let hit = &mut hits[slot][(member_offset / SECTOR) as usize];
-            *hit += 1;
-            assert_eq!(*hit, 1, "parity of stripe {stripe} lands on data");
-            assert_eq!(
-                geometry.reverse(slot, member_offset),
-                Reverse::Parity { stripe }
-            );
+    for stripe in 0..geometry.parity_rows() {
+        let p = (geometry.p_slot(stripe), Reverse::Parity { stripe });
+        let q = geometry
+            .q_slot(stripe)
+            .map(|q| (q, Reverse::Syndrome { stripe }));
+        for (slot, holds) in std::iter::once(p).chain(q) {
+            for member_offset in (stripe * chunk..(stripe + 1) * chunk).step_by(SECTOR as usize) {
+                let hit = &mut hits[slot][(member_offset / SECTOR) as usize];
+                *hit += 1;
+                assert_eq!(*hit, 1, "parity of stripe {stripe} lands on data");
+                assert_eq!(geometry.reverse(slot, member_offset), holds);
+            }
         }
     }
 }
@@ -240,6 +252,18 @@ proptest! {
     }
 
     #[test]
+    fn raid6_every_sector(
+        members in 4usize..=9,
+        which in 0usize..11,
+        shift in 3u32..=11,
+        raw in raw_sizes(),
+    ) {
+        let algorithm = Raid6Algorithm::ALL[which];
+        let member_sectors = vec![sizes(&raw, 1, 1 << shift)[0]; members];
+        check_small(LayoutKind::Raid6(algorithm), 1 << shift, &member_sectors);
+    }
+
+    #[test]
     fn raid10_every_sector(
         (near, far, members) in (1u32..=4, 1u32..=4)
             .prop_filter("2..=8 copies", |(n, f)| (2..=8).contains(&(n * f)))
@@ -298,8 +322,8 @@ proptest! {
 
     #[test]
     fn large_geometries_map_and_reverse_agree(
-        level in 0usize..4,
-        members in 3usize..=16,
+        level in 0usize..5,
+        members in 4usize..=16,
         variant in 0u32..6,
         shift in 12u32..=24,
         member_sectors in 1u64 << 20..1 << 40,
@@ -309,6 +333,7 @@ proptest! {
             0 => LayoutKind::Raid0(Raid0Layout::Alternate),
             1 => LayoutKind::Raid1,
             2 => LayoutKind::Raid5(Raid5Algorithm::from_md(variant).unwrap()),
+            4 => LayoutKind::Raid6(Raid6Algorithm::ALL[variant as usize * 2 % 11]),
             _ => LayoutKind::Raid10([
                 Raid10Layout::parse("n2").unwrap(), Raid10Layout::parse("f2").unwrap(),
                 Raid10Layout::parse("o2").unwrap(), Raid10Layout::parse("n3").unwrap(),
@@ -339,7 +364,11 @@ proptest! {
                     prop_assert!(geometry.map_copies(array_offset).iter().any(|p| *p == wanted));
                 }
                 Reverse::Parity { stripe } => {
-                    prop_assert_eq!(geometry.raid5_parity_slot(stripe), slot);
+                    prop_assert_eq!(geometry.p_slot(stripe), slot);
+                    prop_assert_eq!(member_offset / geometry.chunk_bytes(), stripe);
+                }
+                Reverse::Syndrome { stripe } => {
+                    prop_assert_eq!(geometry.q_slot(stripe), Some(slot));
                     prop_assert_eq!(member_offset / geometry.chunk_bytes(), stripe);
                 }
                 // RAID10 far layouts also leave the tail of each far region unused.
