@@ -192,7 +192,7 @@ impl Cache {
     fn whole_row_pays(&self, stripe: u64, dirty_blocks: usize) -> bool {
         let per_stripe = self.index.borrow().blocks_per_stripe();
         let geo = self.array.geometry();
-        geo.level() == crate::layout::Level::Raid5
+        geo.parities() > 0
             && dirty_blocks as u64 * 8 >= per_stripe
             && (stripe + 1) * per_stripe * BLOCK_SIZE <= self.array.size_bytes()
     }

@@ -270,7 +270,7 @@ fn check_startable(control: &Controller, opts: &AssembleOptions, notes: &[String
         ));
     }
     if (absent || recovering)
-        && array.geo.level() == Level::Raid5
+        && array.geo.parities() > 0
         && array.meta.reference().resync_offset != u64::MAX
         && !opts.force
     {
@@ -401,12 +401,6 @@ fn check_supported(sb: &Superblock, name: &str) -> Result<()> {
             format!("array {name}: {what} is not supported yet"),
         ))
     };
-    if sb.level == 6 {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("array {name} is RAID6: RAID6 is not supported yet"),
-        ));
-    }
     if sb.has_feature(FEATURE_RESHAPE_ACTIVE) {
         return unsupported("an interrupted reshape (finish it with mdadm --grow --continue)");
     }

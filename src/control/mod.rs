@@ -17,6 +17,7 @@ mod rebuild;
 mod region;
 mod replace;
 mod scrub;
+mod scrub6;
 mod settings;
 mod throttle;
 

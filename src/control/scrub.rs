@@ -100,9 +100,9 @@ impl Controller {
         self.begin_scrub(true, true, sync / step * step);
     }
 
-    /// The smallest region a scrub handles: a chunk of rows (RAID5), a stripe unit (mirrors).
-    fn scrub_unit(&self) -> u64 {
-        let unit = if self.array.geo.level() == Level::Raid5 {
+    /// The smallest region a scrub handles: a chunk of rows (RAID5/6), a stripe unit (mirrors).
+    pub(super) fn scrub_unit(&self) -> u64 {
+        let unit = if self.array.geo.parities() > 0 {
             self.array.geo.chunk_bytes()
         } else {
             self.array.geo.stripe_bytes()
@@ -116,9 +116,9 @@ impl Controller {
     }
 
     fn begin_scrub(self: &Rc<Self>, repair: bool, resync: bool, from: u64) {
-        let total = match self.array.geo.level() {
-            Level::Raid5 => self.array.geo.member_used_bytes(),
-            _ => self.array.geo.array_bytes(),
+        let total = match self.array.geo.parities() {
+            0 => self.array.geo.array_bytes(),
+            _ => self.array.geo.member_used_bytes(),
         };
         let from = from.min(total);
         let state = ScrubState {
@@ -176,6 +176,7 @@ impl Controller {
             }
             let found = match self.array.geo.level() {
                 Level::Raid5 => self.scrub_rows(done.get(), len, repair).await,
+                Level::Raid6 => self.scrub_rows6(done.get(), len, repair).await,
                 _ => self.scrub_copies(done.get(), len, repair).await,
             };
             let Some(found) = found else {
@@ -228,7 +229,7 @@ impl Controller {
     }
 
     /// The stripe locks of units `at / unit ..= (at + len - 1) / unit` (`len` > 0).
-    async fn lock_units(&self, at: u64, len: u64, unit: u64) -> Vec<KeyedLockGuard> {
+    pub(super) async fn lock_units(&self, at: u64, len: u64, unit: u64) -> Vec<KeyedLockGuard> {
         self.array
             .locks
             .lock_range(at / unit..(at + len - 1) / unit + 1)

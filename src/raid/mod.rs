@@ -31,6 +31,7 @@ pub mod events;
 pub(crate) mod intent;
 pub(crate) mod meta;
 mod raid5;
+mod raid6;
 pub(crate) mod shadow;
 pub(crate) mod slots;
 mod striped;
@@ -216,7 +217,7 @@ impl Array {
             c.read_bytes += buf.len() as u64
         });
         let r = match self.geo.level() {
-            Level::Raid5 => self.read_raid5(offset, buf).await,
+            Level::Raid5 | Level::Raid6 => self.read_raid5(offset, buf).await,
             _ => self.read_striped(offset, buf).await,
         };
         self.count_error(&r);
@@ -238,7 +239,7 @@ impl Array {
         }
         let _intent = self.begin_write(offset, data.len() as u64).await?;
         let r = match self.geo.level() {
-            Level::Raid5 => self.write_raid5(offset, data, fua).await,
+            Level::Raid5 | Level::Raid6 => self.write_raid5(offset, data, fua).await,
             _ => self.write_striped(offset, data, fua).await,
         };
         self.count_error(&r);
@@ -280,7 +281,7 @@ impl Array {
     /// zeroes whole stripe rows without a read-modify-write.
     pub fn zeroes_fast(&self, offset: u64, len: u64) -> bool {
         match self.geo.level() {
-            Level::Raid5 => {
+            Level::Raid5 | Level::Raid6 => {
                 let row = self.geo.stripe_bytes();
                 offset.is_multiple_of(row) && len.is_multiple_of(row)
             }
@@ -293,7 +294,7 @@ impl Array {
             return Ok(());
         }
         match self.geo.level() {
-            Level::Raid5 => self.zero_raid5(offset, len, discard).await,
+            Level::Raid5 | Level::Raid6 => self.zero_raid5(offset, len, discard).await,
             _ => self.zero_striped(offset, len, discard).await,
         }
     }

@@ -1,4 +1,6 @@
 //! RAID5: one parity chunk per stripe row, rotating over the members (md's six algorithms).
+//! The row-level paths here (reads, row locks, zeroing) serve RAID6 too; its parity and
+//! reconstruction are in `raid6.rs`.
 //!
 //! Writes, per stripe row and under that row's lock, pick the cheapest safe way:
 //! - full-stripe write: every data chunk is new, parity = XOR of the new data, no reads;
@@ -22,13 +24,13 @@ use crate::parity::{xor_all, xor_into};
 
 /// A write's part in one data chunk of a row: `chunk_offset..+len` from `src`.
 #[derive(Clone)]
-struct ChunkWrite {
-    chunk_offset: u64,
-    src: BufSlice,
+pub(super) struct ChunkWrite {
+    pub(super) chunk_offset: u64,
+    pub(super) src: BufSlice,
 }
 
 impl ChunkWrite {
-    fn end(&self) -> u64 {
+    pub(super) fn end(&self) -> u64 {
         self.chunk_offset + self.src.len() as u64
     }
 }
@@ -37,25 +39,27 @@ impl ChunkWrite {
 /// longer active, so the next attempt is degraded), or `unreadable` could not deliver a read
 /// but is still in (a bad sector: the next attempt treats it as missing for this row, and
 /// writing it repairs it).
-struct Retry {
-    unreadable: Option<usize>,
+pub(super) struct Retry {
+    pub(super) unreadable: Option<usize>,
 }
 
 /// Where a row write goes: the row's slots and the span `lo..hi` of chunk offsets it covers.
-struct RowWrite {
+pub(super) struct RowWrite {
     /// Member offset of the row.
-    base: u64,
-    parity_slot: usize,
+    pub(super) base: u64,
+    pub(super) parity_slot: usize,
+    /// RAID6: the Q slot.
+    pub(super) q_slot: Option<usize>,
     /// Data slot of each data index.
-    data_slots: Vec<usize>,
-    lo: u64,
-    hi: u64,
+    pub(super) data_slots: Vec<usize>,
+    pub(super) lo: u64,
+    pub(super) hi: u64,
     /// Every data chunk written whole: parity from the new data alone.
-    full: bool,
+    pub(super) full: bool,
 }
 
 impl RowWrite {
-    fn new(array: &Array, stripe: u64, writes: &[Option<ChunkWrite>]) -> RowWrite {
+    pub(super) fn new(array: &Array, stripe: u64, writes: &[Option<ChunkWrite>]) -> RowWrite {
         let chunk = array.geo.chunk_bytes();
         let pieces = || writes.iter().flatten();
         debug_assert!(
@@ -65,6 +69,7 @@ impl RowWrite {
         RowWrite {
             base: stripe * chunk,
             parity_slot: array.geo.p_slot(stripe),
+            q_slot: array.geo.q_slot(stripe),
             data_slots: (0..writes.len())
                 .map(|k| array.geo.parity_data_slot(stripe, k))
                 .collect(),
@@ -85,7 +90,7 @@ impl Array {
     }
 
     /// The outcome of a row's member reads, `(slot, result)` each.
-    fn row_reads_ok(
+    pub(super) fn row_reads_ok(
         &self,
         reads: impl IntoIterator<Item = (usize, std::result::Result<(), SlotGone>)>,
     ) -> std::result::Result<(), Retry> {
@@ -153,14 +158,17 @@ impl Array {
         Ok(())
     }
 
-    /// Fills `out` with the bytes of `missing_slot` at `member_offset`: the XOR of every other
-    /// member's bytes at the same offset (data and parity alike).
+    /// Fills `out` with the bytes of `missing_slot` at `member_offset` from the other
+    /// members: RAID5 the XOR of all of them (data and parity alike), RAID6 solved row by row.
     pub(crate) async fn reconstruct(
         &self,
         missing_slot: usize,
         member_offset: u64,
         out: BufSlice,
     ) -> std::result::Result<(), SlotGone> {
+        if self.geo.level() == crate::layout::Level::Raid6 {
+            return self.reconstruct6(missing_slot, member_offset, out).await;
+        }
         let len = out.len();
         let others: Vec<usize> = (0..self.geo.members())
             .filter(|&s| s != missing_slot)
@@ -214,7 +222,8 @@ impl Array {
         fua: bool,
     ) -> Result<()> {
         let chunk = self.geo.chunk_bytes();
-        let mut writes: Vec<Option<ChunkWrite>> = vec![None; self.geo.members() - 1];
+        let data_chunks = self.geo.members() - self.geo.parities();
+        let mut writes: Vec<Option<ChunkWrite>> = vec![None; data_chunks];
         for p in self.geo.pieces(array_offset, data.len() as u64) {
             let loc = self.geo.parity_locate(p.array_offset);
             debug_assert_eq!(loc.stripe, stripe);
@@ -222,6 +231,9 @@ impl Array {
                 chunk_offset: loc.member_offset - stripe * chunk,
                 src: data.slice((p.array_offset - array_offset) as usize, p.len as usize),
             });
+        }
+        if self.geo.level() == crate::layout::Level::Raid6 {
+            return self.write_row6(stripe, array_offset, &writes, fua).await;
         }
         // Each failure removes a member; after two the array has failed and we stop. One
         // member that cannot be read in this row is treated as missing for it (its part is
