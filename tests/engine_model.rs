@@ -10,7 +10,9 @@ use std::rc::Rc;
 
 use raidcore::buf::BufSlice;
 use raidcore::control::{assemble, AssembleOptions, CreateOptions};
-use raidcore::layout::{LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm};
+use raidcore::layout::{
+    LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm, Raid6Algorithm,
+};
 use raidcore::member::{FaultKind, MemMember};
 use raidcore::raid::Array;
 use raidcore::reactor::{block_on, spawn};
@@ -25,12 +27,13 @@ struct Config {
     kind: LayoutKind,
     chunk: u64,
     sizes: Vec<u64>,
-    fail_at: Option<(usize, usize)>,
+    /// Members that fail, and the batch at which each does (RAID6: up to two).
+    fail_at: Vec<(usize, usize)>,
 }
 
 fn random_config(seed: u64) -> Config {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let (kind, members) = match rng.gen_range(0..4) {
+    let (kind, members) = match rng.gen_range(0..5) {
         0 => (
             LayoutKind::Raid0(Raid0Layout::Original),
             rng.gen_range(2..=5),
@@ -39,6 +42,10 @@ fn random_config(seed: u64) -> Config {
         2 => {
             let alg = Raid5Algorithm::ALL[rng.gen_range(0..6)];
             (LayoutKind::Raid5(alg), rng.gen_range(3..=6))
+        }
+        3 => {
+            let alg = Raid6Algorithm::ALL[rng.gen_range(0..11)];
+            (LayoutKind::Raid6(alg), rng.gen_range(4..=7))
         }
         _ => {
             let members = rng.gen_range(2..=5);
@@ -66,11 +73,14 @@ fn random_config(seed: u64) -> Config {
             ((base + jitter) / 4096) * 4096 + (3 << 20)
         })
         .collect();
-    let fail_at = if rng.gen_bool(0.6) && !matches!(kind, LayoutKind::Raid0(_)) {
-        Some((rng.gen_range(0..members), rng.gen_range(20..200)))
-    } else {
-        None
-    };
+    let mut fail_at = Vec::new();
+    if rng.gen_bool(0.6) && !matches!(kind, LayoutKind::Raid0(_)) {
+        fail_at.push((rng.gen_range(0..members), rng.gen_range(20..200)));
+        if matches!(kind, LayoutKind::Raid6(_)) && rng.gen_bool(0.7) {
+            let other = (fail_at[0].0 + rng.gen_range(1..members)) % members;
+            fail_at.push((other, rng.gen_range(20..200)));
+        }
+    }
     Config {
         seed,
         kind,
@@ -207,7 +217,7 @@ fn run_model(seed: u64, batches: usize) {
         let mut model = vec![0u8; size as usize];
         let mut rng = SmallRng::seed_from_u64(seed ^ 0xABCD);
         for batch in 0..batches {
-            if let Some((slot, at)) = cfg.fail_at {
+            for &(slot, at) in &cfg.fail_at {
                 if batch == at {
                     // Half the time the disk vanishes, half the time one write errors.
                     if seed.is_multiple_of(2) {
@@ -244,20 +254,25 @@ fn run_model(seed: u64, batches: usize) {
         if let Some(i) = first_difference(&all, &model) {
             panic!("seed {seed} {cfg:?}: final read differs at array offset {i}");
         }
-        let failed_slot = cfg.fail_at.filter(|&(_, at)| at < batches).map(|(s, _)| s);
-        match failed_slot {
-            Some(slot) => {
-                // The write-error variant fires only if a write reached that member.
-                if rig.faults[slot].fired() > 0 {
-                    assert!(!array.slots()[slot].is_active(), "seed {seed}: failed member still active");
-                    assert_ne!(
-                        array.superblock().role_of(slot as u32),
-                        raidcore::metadata::Role::Active(slot as u16),
-                        "seed {seed}: failure not recorded in the superblock"
-                    );
-                }
+        let failed: Vec<usize> = cfg
+            .fail_at
+            .iter()
+            .filter(|&&(_, at)| at < batches)
+            .map(|&(s, _)| s)
+            .collect();
+        for &slot in &failed {
+            // The write-error variant fires only if a write reached that member.
+            if rig.faults[slot].fired() > 0 {
+                assert!(!array.slots()[slot].is_active(), "seed {seed}: failed member still active");
+                assert_ne!(
+                    array.superblock().role_of(slot as u32),
+                    raidcore::metadata::Role::Active(slot as u16),
+                    "seed {seed}: failure not recorded in the superblock"
+                );
             }
-            None => common::assert_redundancy_consistent(&array, &rig.sims, &format!("seed {}", cfg.seed)),
+        }
+        if failed.is_empty() {
+            common::assert_redundancy_consistent(&array, &rig.sims, &format!("seed {}", cfg.seed));
         }
         if array.level() != Level::Raid0 {
             for (i, m) in rig.sims.iter().enumerate() {

@@ -112,7 +112,7 @@ pub enum BitmapChoice {
 pub struct CreateArgs {
     /// Array name (letters, digits, '.', '_' and '-'; at most 32 characters).
     pub name: String,
-    /// RAID level: 0, 1, 5 or 10.
+    /// RAID level: 0, 1, 5, 6 or 10.
     #[arg(long, short = 'l')]
     pub level: String,
     /// Chunk size (power of two, at least 4K).

@@ -83,13 +83,10 @@ pub fn parse_level(text: &str) -> Result<Level> {
         "0" => Ok(Level::Raid0),
         "1" => Ok(Level::Raid1),
         "5" => Ok(Level::Raid5),
+        "6" => Ok(Level::Raid6),
         "10" => Ok(Level::Raid10),
-        "6" => Err(Error::new(
-            raidcore::ErrorKind::Unsupported,
-            "RAID6 is not supported yet: use --level 5 or 10",
-        )),
         _ => Err(Error::invalid(format!(
-            "unknown RAID level {text:?}: use --level 0, 1, 5 or 10"
+            "unknown RAID level {text:?}: use --level 0, 1, 5, 6 or 10"
         ))),
     }
 }

@@ -698,7 +698,8 @@ const CREATE_REFUSALS: &[Refusal] = &[
     Refusal("refuses_bad_bitmap_chunks (lots)", 3, &["x", "--level", "5", "--bitmap-chunk", "lots", "{members}"], &["--bitmap-chunk", "lots"]),
     Refusal("refuses_bad_bitmap_chunks (no bitmap)", 3, &["x", "--level", "5", "--bitmap", "none", "--bitmap-chunk", "1M", "{members}"], &["--bitmap-chunk needs a bitmap"]),
     Refusal("refuses_level_7", 3, &["x", "--level", "7", "{members}"], &["unknown RAID level", "7"]),
-    Refusal("refuses_level_6_as_not_supported_yet", 4, &["x", "--level", "6", "{members}"], &["RAID6 is not supported yet"]),
+    Refusal("refuses_raid6_with_three_members", 3, &["x", "--level", "6", "{members}"], &["RAID6", "at least 4"]),
+    Refusal("refuses_unknown_raid6_layout", 4, &["x", "--level", "6", "--layout", "diagonal", "{members}"], &["RAID6 layout", "diagonal", "-6"]),
     Refusal("refuses_bad_chunk_sizes (3K)", 3, &["x", "--level", "5", "--chunk", "3K", "{members}"], &["chunk size", "3K"]),
     Refusal("refuses_bad_chunk_sizes (1000)", 3, &["x", "--level", "5", "--chunk", "1000", "{members}"], &["chunk size", "1000"]),
     Refusal("refuses_bad_chunk_sizes (0)", 3, &["x", "--level", "5", "--chunk", "0", "{members}"], &["chunk size", "0"]),
@@ -706,7 +707,7 @@ const CREATE_REFUSALS: &[Refusal] = &[
     Refusal("refuses_raid1_with_one_member", 1, &["x", "--level", "1", "{members}"], &["RAID1", "at least 2"]),
     Refusal("refuses_raid10_f3_with_two_members", 2, &["x", "--level", "10", "--layout", "f3", "{members}"], &["RAID10", "3 copies"]),
     Refusal("refuses_unknown_raid5_layout", 3, &["x", "--level", "5", "--layout", "diagonal", "{members}"], &["layout", "diagonal"]),
-    Refusal("refuses_layout_for_raid1", 2, &["x", "--level", "1", "--layout", "n2", "{members}"], &["--layout", "RAID5 and RAID10"]),
+    Refusal("refuses_layout_for_raid1", 2, &["x", "--level", "1", "--layout", "n2", "{members}"], &["--layout", "RAID5, RAID6 and RAID10"]),
     Refusal("refuses_member_given_twice", 3, &["x", "--level", "5", "{members}", "{dir}/m1.img"], &["{dir}/m1.img", "twice"]),
     // The same file under another spelling, and a member repeated as a spare.
     Refusal("refuses_member_given_twice (spelt otherwise)", 3, &["x", "--level", "5", "{members}", "{dir}/./m0.img"], &["twice"]),

@@ -15,6 +15,11 @@ pub fn raid5() -> LayoutKind {
     LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric)
 }
 
+/// RAID6 as mdadm creates it by default (left-symmetric).
+pub fn raid6() -> LayoutKind {
+    LayoutKind::Raid6(raidcore::layout::Raid6Algorithm::LeftSymmetric)
+}
+
 /// RAID10 with two near copies (mdadm's default, n2): on 4 members, m0/m1 and m2/m3 mirror.
 pub fn raid10() -> LayoutKind {
     LayoutKind::Raid10(Raid10Layout {

@@ -27,7 +27,7 @@ pub(crate) use rand::{Rng, SeedableRng};
 pub(crate) use raidcore::buf::BufSlice;
 pub(crate) use raidcore::cache::{Battery, Cache, CacheConfig};
 pub(crate) use raidcore::control::AssembleOptions;
-pub(crate) use raidcore::layout::{LayoutKind, Level};
+pub(crate) use raidcore::layout::LayoutKind;
 pub(crate) use raidcore::member::{FaultKind, FaultRule, MemMember, Member};
 pub(crate) use raidcore::raid::{Array, SlotState};
 pub(crate) use raidcore::reactor::{block_on, sleep, spawn};
@@ -61,9 +61,10 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup(rng: &mut SmallRng) -> Setup {
-    let (kind, members) = match rng.gen_range(0..4) {
+    let (kind, members) = match rng.gen_range(0..5) {
         0 => (LayoutKind::Raid1, rng.gen_range(2..4)),
         1 | 2 => (common::raid5(), rng.gen_range(3..6)),
+        3 => (common::raid6(), rng.gen_range(4..7)),
         _ => (common::raid10(), 4),
     };
     Setup {

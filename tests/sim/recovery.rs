@@ -136,10 +136,14 @@ pub(crate) fn recorded_lost(array: &Array, at: u64) -> bool {
         _ => true,
     };
     let geo = array.geometry();
-    if geo.level() == Level::Raid5 {
+    if geo.parities() > 0 {
+        // Lost when the data member and more others than there are parities are gone.
         let loc = geo.parity_locate(at);
         let off = loc.member_offset / BLOCK * BLOCK;
-        gone(loc.slot, off) && (0..geo.members()).any(|s| s != loc.slot && gone(s, off))
+        let others = (0..geo.members())
+            .filter(|&s| s != loc.slot && gone(s, off))
+            .count();
+        gone(loc.slot, off) && others >= geo.parities()
     } else {
         geo.map_copies(at)
             .iter()
@@ -180,8 +184,7 @@ pub(crate) fn trace_sector(array: &Array, sims: &[Rc<MemMember>], m: &Model, s: 
 }
 
 pub(crate) fn write_hole_exposed(array: &Array, at: u64, absent: &[usize]) -> bool {
-    array.geometry().level() == Level::Raid5
-        && absent.contains(&array.geometry().parity_locate(at).slot)
+    array.geometry().parities() > 0 && absent.contains(&array.geometry().parity_locate(at).slot)
 }
 
 pub(crate) fn check_redundancy(array: &Array, sims: &[Rc<MemMember>]) {

@@ -250,8 +250,8 @@ fn levels_decode_and_refuse_clearly() {
     assert_eq!(Level::Raid5.min_members(), 3);
     assert_eq!(Level::Raid0.min_members(), 1);
     assert_eq!(Level::Raid0.min_create_members(), 2);
-    let shown = LayoutError::Unsupported("RAID6 is not supported yet".into()).to_string();
-    assert_eq!(shown, "unsupported layout: RAID6 is not supported yet");
+    let shown = LayoutError::Unsupported("RAID4 is not supported".into()).to_string();
+    assert_eq!(shown, "unsupported layout: RAID4 is not supported");
 }
 
 #[test]
