@@ -1,5 +1,7 @@
-//! XOR parity throughput: P from 4 or 8 data chunks (`xor_all`), next to a memcpy of the same
-//! data bytes, so the report shows how close parity runs to plain memory bandwidth.
+//! Parity throughput: P from 4 or 8 data chunks (`xor_all`), RAID6's P+Q of the same stripes
+//! (`gen_syndrome`) and RAID6's recovery multiply (`c * chunk`), next to a memcpy of the same
+//! data bytes, so the report shows how close parity runs to plain memory bandwidth and what Q
+//! costs on top of P.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use raidcore::parity;
@@ -13,19 +15,34 @@ fn filled(seed: usize, len: usize) -> Vec<u8> {
 }
 
 fn xor_parity(c: &mut Criterion) {
-    let mut group = c.benchmark_group(format!("parity/{}", parity::implementation_name()));
+    let mut group = c.benchmark_group(format!(
+        "parity/{}+{}",
+        parity::implementation_name(),
+        parity::gf_implementation_name()
+    ));
     for data_chunks in [4usize, 8] {
         for chunk_kib in [64usize, 512] {
             let chunk_bytes = chunk_kib * 1024;
             let data: Vec<Vec<u8>> = (0..data_chunks).map(|i| filled(i, chunk_bytes)).collect();
             let srcs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-            let label = format!("{data_chunks}+1/{chunk_kib}KiB");
+            let label = format!("{data_chunks}data/{chunk_kib}KiB");
             // Both lines count the data bytes read, so their GB/s compare directly.
             group.throughput(Throughput::Bytes((data_chunks * chunk_bytes) as u64));
 
             let mut parity_chunk = vec![0u8; chunk_bytes];
             group.bench_function(BenchmarkId::new("xor_all", &label), |b| {
                 b.iter(|| parity::xor_all(black_box(&mut parity_chunk), black_box(&srcs)))
+            });
+
+            let mut q_chunk = vec![0u8; chunk_bytes];
+            group.bench_function(BenchmarkId::new("raid6_pq", &label), |b| {
+                b.iter(|| {
+                    parity::raid6::gen_syndrome(
+                        black_box(&srcs),
+                        black_box(&mut parity_chunk),
+                        black_box(&mut q_chunk),
+                    )
+                })
             });
 
             let mut copy = vec![0u8; data_chunks * chunk_bytes];

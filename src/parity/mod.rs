@@ -17,7 +17,10 @@
 
 use std::sync::OnceLock;
 
+mod gf;
 pub mod raid6;
+
+pub use gf::implementation_name as gf_implementation_name;
 #[cfg(test)]
 mod tests;
 

@@ -3,8 +3,9 @@
 //! `i` is the chunk's index in the stripe's syndrome order. Any two missing chunks of a stripe
 //! (data and data, data and P, data and Q, P and Q) can be had again from the others.
 //!
-//! Pure byte arithmetic, no I/O: the portable reference every faster path is to be checked
-//! against (recovery allocates its scratch rows). The engine does not use it yet.
+//! Pure arithmetic, no I/O. The bulk work (P+Q generation, multiplying by a constant) runs in
+//! the kernels of `gf.rs`, picked for the CPU at run time; the field itself (`mul`, `inv`,
+//! `pow_g`) is here, by log tables. Recovery allocates its scratch rows.
 
 /// The field's reduction polynomial without its x^8 term.
 const POLY: u16 = 0x11d;
@@ -59,13 +60,6 @@ pub fn inv(a: u8) -> u8 {
     EXP[255 - LOG[a as usize] as usize]
 }
 
-/// `dst[j] = c * dst[j]` for every byte.
-fn scale(dst: &mut [u8], c: u8) {
-    for d in dst {
-        *d = mul(*d, c);
-    }
-}
-
 /// Computes P and Q of `data` (in syndrome order, all the same length as `p` and `q`).
 pub fn gen_syndrome(data: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
     assert!(!data.is_empty(), "a stripe has data");
@@ -74,25 +68,16 @@ pub fn gen_syndrome(data: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
         "chunks of one length"
     );
     // Horner from the highest index down: q = (...(D_{n-1} * g + D_{n-2}) * g ...) + D_0.
-    p.fill(0);
-    q.fill(0);
-    for d in data.iter().rev() {
-        for j in 0..p.len() {
-            p[j] ^= d[j];
-            q[j] = mul(q[j], 2) ^ d[j];
-        }
-    }
+    super::gf::gen_syndrome(data, p, q);
 }
 
 /// Updates P and Q for data chunk `i` changing from `old` to `new` (md's read-modify-write):
 /// `P ^= old ^ new`, `Q ^= g^i * (old ^ new)`.
 pub fn update(i: usize, old: &[u8], new: &[u8], p: &mut [u8], q: &mut [u8]) {
-    let g = pow_g(i);
-    for j in 0..p.len() {
-        let delta = old[j] ^ new[j];
-        p[j] ^= delta;
-        q[j] ^= mul(g, delta);
-    }
+    let mut delta = old.to_vec();
+    super::xor_into(&mut delta, new);
+    super::xor_into(p, &delta);
+    super::gf::mul_const::<true>(q, &delta, pow_g(i));
 }
 
 /// What a stripe has lost, by syndrome index (`P` and `Q` are the parity chunks).
@@ -153,8 +138,7 @@ fn from_q(data: &mut [&mut [u8]], q: &[u8], x: usize) {
     data[x].fill(0);
     let mut out = q_of(data);
     super::xor_into(&mut out, q);
-    scale(&mut out, inv(pow_g(x)));
-    data[x].copy_from_slice(&out);
+    super::gf::mul_const::<false>(data[x], &out, inv(pow_g(x)));
 }
 
 /// Two data chunks x < y (md's raid6_2data_recov): with Pxy = P ^ (other data) = D_x ^ D_y
@@ -173,22 +157,19 @@ fn two_data(data: &mut [&mut [u8]], p: &[u8], q: &[u8], x: usize, y: usize) {
     let denom = inv(gyx ^ 1);
     let a = mul(gyx, denom);
     let b = mul(inv(pow_g(x)), denom);
-    for j in 0..pxy.len() {
-        let dx = mul(a, pxy[j]) ^ mul(b, qxy[j]);
-        data[x][j] = dx;
-        data[y][j] = pxy[j] ^ dx;
-    }
+    super::gf::mul_const::<false>(data[x], &pxy, a);
+    super::gf::mul_const::<true>(data[x], &qxy, b);
+    // D_y = Pxy ^ D_x, computed in Pxy (no longer needed) and copied over.
+    super::xor_into(&mut pxy, data[x]);
+    data[y].copy_from_slice(&pxy);
 }
 
 /// Q of `data` alone.
 fn q_of(data: &[&mut [u8]]) -> Vec<u8> {
     let len = data[0].len();
-    let mut q = vec![0u8; len];
-    for d in data.iter().rev() {
-        for j in 0..len {
-            q[j] = mul(q[j], 2) ^ d[j];
-        }
-    }
+    let view: Vec<&[u8]> = data.iter().map(|d| &**d).collect();
+    let (mut p, mut q) = (vec![0u8; len], vec![0u8; len]);
+    super::gf::gen_syndrome(&view, &mut p, &mut q);
     q
 }
 
