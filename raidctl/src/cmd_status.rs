@@ -164,6 +164,12 @@ fn print_heading(r: &StatusReport) {
         r.state,
         if r.read_only { ", read-only" } else { "" }
     );
+    if !r.placement.is_empty() {
+        println!(
+            "  placement by row (slot 0 first): {}",
+            r.placement.join(" | ")
+        );
+    }
     println!(
         "  uuid {}  events {}  {}",
         r.uuid,

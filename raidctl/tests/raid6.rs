@@ -22,6 +22,10 @@ fn raid6_survives_two_failures_and_two_spares_rebuild_it() {
     assert_eq!(ex.get("Raid Level"), "raid6", "{}", ex.text);
     assert_eq!(ex.get("Layout"), "left-symmetric-6", "{}", ex.text);
     assert_eq!(ex.get("Raid Devices"), "5", "{}", ex.text);
+    // Our examine shows where P and Q go (left-symmetric-6: Q stays on the last member).
+    let ours = a.ok(&["examine", &a.members[0]]).stdout;
+    assert!(ours.contains("row 0 : D0 D1 D2 P Q"), "{ours}");
+    assert!(ours.contains("row 1 : D4 D5 P D3 Q"), "{ours}");
     let md_kib: u64 = ex
         .get("Array Size")
         .split_whitespace()
@@ -30,6 +34,11 @@ fn raid6_survives_two_failures_and_two_spares_rebuild_it() {
         .parse()
         .unwrap();
     a.assemble();
+    let shown = a.ok(&["status", "r6"]).stdout;
+    assert!(
+        shown.contains("placement by row (slot 0 first): D0 D1 D2 P Q | D4 D5 P D3 Q"),
+        "{shown}"
+    );
     let size = a.size();
     assert_eq!(
         size,

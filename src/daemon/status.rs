@@ -44,10 +44,13 @@ pub struct StatusReport {
     pub uuid: String,
     /// "clean", "active", "degraded" or "failed".
     pub state: String,
-    /// "raid0", "raid1", "raid5" or "raid10".
+    /// "raid0", "raid1", "raid5", "raid6" or "raid10".
     pub level: String,
     /// md's layout name ("left-symmetric", "near=2", "original"); empty for RAID1.
     pub layout: String,
+    /// RAID5/6: what each slot holds in the first rows of the rotation ("Q D0 D1 D2 P").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
     pub size_bytes: u64,
     pub chunk_bytes: u64,
     pub raid_devices: usize,
@@ -96,6 +99,7 @@ impl StatusReport {
             uuid: control.uuid_text(),
             state: format!("{:?}", array.state()).to_lowercase(),
             level: geo.level().to_string(),
+            placement: geo.placement(),
             layout: crate::metadata::layout_name(
                 sb.level,
                 sb.layout,

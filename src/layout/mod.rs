@@ -390,6 +390,33 @@ impl Geometry {
         }
     }
 
+    /// RAID5/6: what each slot holds in row `stripe`, as md's notes draw it: `P`, `Q`, or
+    /// `D<n>` for the array's data chunk number n.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID5/6.
+    pub fn row_picture(&self, stripe: u64) -> Vec<String> {
+        let data = (self.members - self.parities()) as u64;
+        (0..self.members)
+            .map(|slot| match self.parity_data_index(stripe, slot) {
+                Some(k) => format!("D{}", stripe * data + k as u64),
+                None if self.q_slot(stripe) == Some(slot) => "Q".into(),
+                None => "P".into(),
+            })
+            .collect()
+    }
+
+    /// The first rows of a RAID5/6 rotation (at most eight), each as `row_picture` joined by
+    /// spaces ("Q D0 D1 D2 P"); empty for the other levels. What `examine` and `status` show.
+    pub fn placement(&self) -> Vec<String> {
+        if self.parities() == 0 {
+            return Vec::new();
+        }
+        (0..self.parity_rows().min(self.members as u64).min(8))
+            .map(|row| self.row_picture(row).join(" "))
+            .collect()
+    }
+
     /// RAID5/6: number of stripes (rows) in the array.
     ///
     /// # Panics

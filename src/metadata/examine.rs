@@ -121,6 +121,9 @@ pub struct ExamineReport {
     pub layout: Option<String>,
     /// Chunk size, where there is one.
     pub chunk_size_kib: Option<u32>,
+    /// RAID5/6: what each slot holds in the first rows ("Q D0 D1 D2 P"), one row a line.
+    #[serde(default)]
+    pub placement: Vec<String>,
     /// Permanent device index.
     pub dev_number: u32,
     /// "Active device N", "Replacement device N", "spare", "faulty", "Journal".
@@ -240,6 +243,7 @@ impl ExamineReport {
             events: sb.events,
             layout: layout_name(sb.level, sb.layout, sb.has_feature(FEATURE_RAID0_LAYOUT)),
             chunk_size_kib: Some(sb.chunk_sectors / 2).filter(|_| sb.chunk_sectors != 0),
+            placement: placement(sb),
             dev_number: sb.dev_number,
             device_role: device_role(sb),
             array_state: sb.array_state_string(),
@@ -254,6 +258,18 @@ impl ExamineReport {
         self.extension_error = Some(error.to_string());
         self
     }
+}
+
+/// The first rows of a RAID5/6 layout (`Geometry::placement`), or nothing.
+fn placement(sb: &Superblock) -> Vec<String> {
+    let Ok(kind) = crate::layout::LayoutKind::from_md(sb.level, sb.layout) else {
+        return Vec::new();
+    };
+    let members = vec![sb.size_sectors * SECTOR_BYTES; sb.raid_disks as usize];
+    let chunk = u64::from(sb.chunk_sectors) * SECTOR_BYTES;
+    crate::layout::Geometry::new(kind, chunk, &members)
+        .map(|geo| geo.placement())
+        .unwrap_or_default()
 }
 
 /// One "label : value" line with mdadm's right-aligned labels.
@@ -385,6 +401,18 @@ impl ExamineReport {
         );
         line(f, "Rebuild Speed", speeds)
     }
+
+    fn fmt_placement(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.placement.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(f, "raidctl placement : slot 0 first, one row per line")?;
+        for (row, picture) in self.placement.iter().enumerate() {
+            line(f, &format!("row {row}"), picture)?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for ExamineReport {
@@ -392,6 +420,7 @@ impl fmt::Display for ExamineReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_array(f)?;
         self.fmt_member(f)?;
-        self.fmt_extension(f)
+        self.fmt_extension(f)?;
+        self.fmt_placement(f)
     }
 }

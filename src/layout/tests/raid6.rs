@@ -13,15 +13,8 @@ fn raid6(algorithm: Raid6Algorithm, members: usize) -> Geometry {
     .unwrap()
 }
 
-/// Row `stripe` as md's notes draw it: "P", "Q" or "D<data index>" per slot.
 fn row(g: &Geometry, stripe: u64) -> Vec<String> {
-    (0..g.members())
-        .map(|slot| match g.parity_data_index(stripe, slot) {
-            Some(k) => format!("D{}", stripe * (g.members() as u64 - 2) + k as u64),
-            None if g.q_slot(stripe) == Some(slot) => "Q".into(),
-            None => "P".into(),
-        })
-        .collect()
+    g.row_picture(stripe)
 }
 
 #[test]
@@ -123,4 +116,21 @@ fn raid6_codes_and_names_round_trip() {
         &[1024 * KIB; 3]
     )
     .is_err());
+}
+
+#[test]
+fn placement_shows_one_rotation() {
+    let g = raid6(Raid6Algorithm::LeftSymmetric, 5);
+    assert_eq!(
+        g.placement(),
+        [
+            "Q D0 D1 D2 P",
+            "D3 D4 D5 P Q",
+            "D7 D8 P Q D6",
+            "D11 P Q D9 D10",
+            "P Q D12 D13 D14"
+        ]
+    );
+    let mirror = Geometry::new(LayoutKind::Raid1, 0, &[1024 * KIB; 2]).unwrap();
+    assert!(mirror.placement().is_empty());
 }
