@@ -39,6 +39,16 @@ async fn scribble(r: &Rig, model: &mut [u8], seed: u64) {
     }
 }
 
+/// A left-symmetric RAID6 of five members, filled with `seed` and flushed: the rig, the model
+/// and where data starts on the members.
+async fn filled_left_symmetric(seed: u64) -> (Rig, Vec<u8>, u64) {
+    let r = rig(raid6(Raid6Algorithm::LeftSymmetric), 5, 0, MEMBER).await;
+    let model = common::fill(&r.array, seed).await;
+    r.array.flush().await.unwrap();
+    let data_offset = r.array.slots()[0].disk().unwrap().data_offset;
+    (r, model, data_offset)
+}
+
 #[test]
 fn every_layout_keeps_p_and_q_and_reads_back_with_two_members_gone() {
     for algorithm in Raid6Algorithm::ALL {
@@ -112,11 +122,8 @@ fn two_spares_rebuild_two_failed_members_at_once() {
 #[test]
 fn check_counts_p_and_q_mismatches_and_repair_fixes_them() {
     block_on(async {
-        let r = rig(raid6(Raid6Algorithm::LeftSymmetric), 5, 0, MEMBER).await;
-        let model = common::fill(&r.array, 4).await;
-        r.array.flush().await.unwrap();
+        let (r, model, data_offset) = filled_left_symmetric(4).await;
         let geo = r.array.geometry().clone();
-        let data_offset = r.array.slots()[0].disk().unwrap().data_offset;
         // One byte of P in row 0, one of Q in row 1: a 4 KiB block each.
         for (slot, at) in [(geo.p_slot(0), 100), (geo.q_slot(1).unwrap(), CHUNK + 5000)] {
             let store = r.sims[slot].store();
@@ -140,11 +147,8 @@ fn check_counts_p_and_q_mismatches_and_repair_fixes_them() {
 #[test]
 fn an_unreadable_sector_with_one_member_gone_is_rebuilt_from_q_and_rewritten() {
     block_on(async {
-        let r = rig(raid6(Raid6Algorithm::LeftSymmetric), 5, 0, MEMBER).await;
-        let model = common::fill(&r.array, 5).await;
-        r.array.flush().await.unwrap();
+        let (r, model, data_offset) = filled_left_symmetric(5).await;
         let geo = r.array.geometry().clone();
-        let data_offset = r.array.slots()[0].disk().unwrap().data_offset;
         // Row 0 (Q D0 D1 D2 P): m4 (P) gone, and D1 on m2 unreadable: only Q can give it.
         r.faults[4].vanish();
         let bad = 8192;

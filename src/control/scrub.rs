@@ -236,10 +236,13 @@ impl Controller {
             .await
     }
 
-    /// RAID5 rows covering member bytes `at..at+len`: returns mismatching sectors.
-    async fn scrub_rows(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
-        let chunk = self.array.geo.chunk_bytes();
-        let _guards = self.lock_units(at, len, chunk).await;
+    /// Every member's bytes `at..at+len` and the slots that could not read them; None when a
+    /// member dropped out (a scrub ends then, as md's does).
+    pub(super) async fn read_all_members(
+        &self,
+        at: u64,
+        len: u64,
+    ) -> Option<(Vec<BufSlice>, Vec<usize>)> {
         let bufs: Vec<BufSlice> = (0..self.array.geo.members())
             .map(|_| BufSlice::zeroed(len as usize))
             .collect();
@@ -247,11 +250,23 @@ impl Controller {
             .iter()
             .enumerate()
             .map(|(slot, b)| self.array.read_slot(slot, at, b.clone()));
-        if join_all(reads).await.iter().any(|r| r.is_err()) {
-            // A member gone ends the check; unreadable sectors are dealt with block by block.
-            if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
-                return None;
-            }
+        let results = join_all(reads).await;
+        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
+            return None;
+        }
+        let unreadable = (0..results.len())
+            .filter(|&i| results[i].is_err())
+            .collect();
+        Some((bufs, unreadable))
+    }
+
+    /// RAID5 rows covering member bytes `at..at+len`: returns mismatching sectors.
+    async fn scrub_rows(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
+        let chunk = self.array.geo.chunk_bytes();
+        let _guards = self.lock_units(at, len, chunk).await;
+        // A member gone ends the check; unreadable sectors are dealt with block by block.
+        let (bufs, unreadable) = self.read_all_members(at, len).await?;
+        if !unreadable.is_empty() {
             return self.scrub_rows_by_block(at, len, repair).await;
         }
         let acc = BufSlice::filled(len as usize, |acc| {
@@ -299,20 +314,7 @@ impl Controller {
         let mut sectors = 0;
         for off in (at..at + len).step_by(BLOCK) {
             let n = (BLOCK as u64).min(at + len - off) as usize;
-            let bufs: Vec<BufSlice> = (0..self.array.geo.members())
-                .map(|_| BufSlice::zeroed(n))
-                .collect();
-            let reads = bufs
-                .iter()
-                .enumerate()
-                .map(|(slot, b)| self.array.read_slot(slot, off, b.clone()));
-            let results = join_all(reads).await;
-            if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
-                return None;
-            }
-            let unreadable: Vec<usize> = (0..results.len())
-                .filter(|&i| results[i].is_err())
-                .collect();
+            let (bufs, unreadable) = self.read_all_members(off, n as u64).await?;
             let acc = BufSlice::filled(n, |acc| {
                 for (slot, b) in bufs.iter().enumerate() {
                     if !unreadable.contains(&slot) {

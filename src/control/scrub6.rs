@@ -4,8 +4,6 @@
 //! read are rebuilt from the rest of the row and rewritten there (up to two per row), as md's
 //! check does; a data sector that cannot be had is recorded in that member's bad-block log.
 
-use futures::future::join_all;
-
 use super::Controller;
 use crate::buf::BufSlice;
 
@@ -30,20 +28,7 @@ impl Controller {
     async fn scrub_row6(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
         let geo = &self.array.geo;
         let stripe = at / geo.chunk_bytes();
-        let bufs: Vec<BufSlice> = (0..geo.members())
-            .map(|_| BufSlice::zeroed(len as usize))
-            .collect();
-        let reads = bufs
-            .iter()
-            .enumerate()
-            .map(|(slot, b)| self.array.read_slot(slot, at, b.clone()));
-        let results = join_all(reads).await;
-        if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
-            return None;
-        }
-        let unreadable: Vec<usize> = (0..results.len())
-            .filter(|&i| results[i].is_err())
-            .collect();
+        let (bufs, unreadable) = self.read_all_members(at, len).await?;
         if !unreadable.is_empty() {
             return self.scrub_row6_by_block(stripe, at, len, repair).await;
         }
@@ -106,20 +91,7 @@ impl Controller {
         let mut sectors = 0;
         for off in (at..at + len).step_by(BLOCK) {
             let n = (BLOCK as u64).min(at + len - off);
-            let bufs: Vec<BufSlice> = (0..geo.members())
-                .map(|_| BufSlice::zeroed(n as usize))
-                .collect();
-            let reads = bufs
-                .iter()
-                .enumerate()
-                .map(|(slot, b)| self.array.read_slot(slot, off, b.clone()));
-            let results = join_all(reads).await;
-            if self.array.slots.borrow().iter().any(|s| !s.is_active()) {
-                return None;
-            }
-            let unreadable: Vec<usize> = (0..results.len())
-                .filter(|&i| results[i].is_err())
-                .collect();
+            let (bufs, unreadable) = self.read_all_members(off, n).await?;
             if unreadable.is_empty() {
                 sectors += self.check_parity6(stripe, off, &bufs, repair).await?;
                 continue;

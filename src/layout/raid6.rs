@@ -75,10 +75,7 @@ pub(super) fn data_index(
     stripe: u64,
     slot: usize,
 ) -> Option<usize> {
-    let (p, q) = parity_slots(algorithm, members, stripe);
-    if slot == p || slot == q {
-        return None;
-    }
+    let (p, q) = data_slot_beside(algorithm, members, stripe, slot)?;
     Some(match algorithm {
         Raid6Algorithm::LeftAsymmetric | Raid6Algorithm::RightAsymmetric => {
             if q == 0 {
@@ -106,14 +103,22 @@ pub(super) fn syndrome_index(
     stripe: u64,
     slot: usize,
 ) -> Option<usize> {
-    let (p, q) = parity_slots(algorithm, members, stripe);
-    if slot == p || slot == q {
-        return None;
-    }
+    let (p, q) = data_slot_beside(algorithm, members, stripe, slot)?;
     let first = if q == members - 1 { 0 } else { q + 1 };
     let walked = |s: usize| (s + members - first) % members;
     let at = walked(slot);
     Some(at - usize::from(walked(p) < at) - usize::from(walked(q) < at))
+}
+
+/// P and Q of `stripe`, or None when `slot` is one of them.
+fn data_slot_beside(
+    algorithm: Raid6Algorithm,
+    members: usize,
+    stripe: u64,
+    slot: usize,
+) -> Option<(usize, usize)> {
+    let (p, q) = parity_slots(algorithm, members, stripe);
+    (slot != p && slot != q).then_some((p, q))
 }
 
 /// The RAID5 algorithm a `-6` algorithm uses over the first N-1 members.

@@ -232,33 +232,39 @@ impl Array {
                 src: data.slice((p.array_offset - array_offset) as usize, p.len as usize),
             });
         }
-        if self.geo.level() == crate::layout::Level::Raid6 {
-            return self.write_row6(stripe, array_offset, &writes, fua).await;
-        }
-        // Each failure removes a member; after two the array has failed and we stop. One
-        // member that cannot be read in this row is treated as missing for it (its part is
-        // rebuilt from the others and rewritten); a second one leaves no way to compute parity,
-        // and the write fails without touching anything.
-        let mut unreadable = None;
-        for _ in 0..self.geo.members() + 1 {
+        // Each failure removes a member; past the parity count the array has failed and we
+        // stop. A member that cannot be read in this row is treated as missing for it (its part
+        // is rebuilt from the others and rewritten); one more than the parities can cover
+        // leaves no way to compute parity, and the write fails without touching anything.
+        let mut unreadable: Vec<usize> = Vec::new();
+        for _ in 0..self.geo.members() + 2 {
             if self.failed.get() {
                 return Err(self.failed_error());
             }
-            match self.write_row_once(stripe, &writes, fua, unreadable).await {
+            let attempt = if self.geo.level() == crate::layout::Level::Raid6 {
+                self.write_row6_once(stripe, &writes, fua, &unreadable)
+                    .await
+            } else {
+                self.write_row_once(stripe, &writes, fua, unreadable.first().copied())
+                    .await
+            };
+            match attempt {
                 Ok(()) if self.failed.get() => return Err(self.failed_error()),
                 Ok(()) => return Ok(()),
                 Err(Retry {
                     unreadable: Some(slot),
                 }) => {
-                    let degraded = self.slots.borrow().iter().any(|s| !s.is_active());
+                    let absent = (0..self.geo.members())
+                        .filter(|&s| !self.is_slot_active(s))
+                        .count();
                     // A data member's part of a row not yet resynced cannot be had from its
                     // parity (see read_raid5_piece).
-                    let untrusted = slot != self.geo.p_slot(stripe)
+                    let untrusted = self.geo.parity_data_index(stripe, slot).is_some()
                         && !self.parity_in_sync((stripe + 1) * self.geo.chunk_bytes());
-                    if degraded || unreadable.is_some() || untrusted {
+                    if absent + unreadable.len() + 1 > self.geo.parities() || untrusted {
                         return Err(self.lost_error(array_offset));
                     }
-                    unreadable = Some(slot);
+                    unreadable.push(slot);
                 }
                 Err(Retry { unreadable: None }) => {}
             }

@@ -132,45 +132,10 @@ impl Array {
         Ok(())
     }
 
-    /// Writes `writes` into RAID6 row `stripe` (its lock held). Up to two members of the row
-    /// may be missing or unreadable; an unreadable one is rebuilt and rewritten.
-    pub(super) async fn write_row6(
-        &self,
-        stripe: u64,
-        array_offset: u64,
-        writes: &[Option<ChunkWrite>],
-        fua: bool,
-    ) -> crate::Result<()> {
-        let mut unreadable: Vec<usize> = Vec::new();
-        for _ in 0..self.geo.members() + 2 {
-            if self.failed.get() {
-                return Err(self.failed_error());
-            }
-            match self.write_row6_once(stripe, writes, fua, &unreadable).await {
-                Ok(()) if self.failed.get() => return Err(self.failed_error()),
-                Ok(()) => return Ok(()),
-                Err(Retry {
-                    unreadable: Some(slot),
-                }) => {
-                    let absent = (0..self.geo.members())
-                        .filter(|&s| !self.is_slot_active(s))
-                        .count();
-                    // A data chunk of a row not yet resynced cannot be had from its parity.
-                    let untrusted = self.geo.parity_data_index(stripe, slot).is_some()
-                        && !self.parity_in_sync((stripe + 1) * self.geo.chunk_bytes());
-                    if absent + unreadable.len() + 1 > 2 || untrusted {
-                        return Err(self.lost_error(array_offset));
-                    }
-                    unreadable.push(slot);
-                }
-                Err(Retry { unreadable: None }) => {}
-            }
-        }
-        Err(self.failed_error())
-    }
-
-    /// One attempt at a row write, treating `unreadable` as missing.
-    async fn write_row6_once(
+    /// One attempt at writing `writes` into RAID6 row `stripe` (its lock held), treating
+    /// `unreadable` as missing (up to two members of the row may be missing or unreadable;
+    /// an unreadable one is rebuilt and rewritten). The retries are `write_row`'s.
+    pub(super) async fn write_row6_once(
         &self,
         stripe: u64,
         writes: &[Option<ChunkWrite>],
