@@ -86,10 +86,9 @@ pub fn rebuild(args: RebuildArgs, run_dir: Option<&str>) -> Result<i32> {
 /// Shows progress until no member is recovering: a bar with rate and ETA on a terminal, a
 /// plain line per 10 % otherwise.
 fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
-    let tty = std::io::stdout().is_terminal();
+    let mut progress = Progress::new();
     let start = Instant::now();
     let mut first: Option<u64> = None;
-    let mut last_decile = None;
     loop {
         let status = query(run_dir, name)?;
         let rec: Vec<_> = status
@@ -98,9 +97,7 @@ fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
             .filter(|m| m.state == "recovering")
             .collect();
         if rec.is_empty() {
-            if tty {
-                println!();
-            }
+            progress.finish();
             println!("array {name}: no rebuild running, state {}", status.state);
             return Ok(if status.state == "failed" { 1 } else { 0 });
         }
@@ -119,28 +116,20 @@ fn wait_for_rebuild(run_dir: &RunDir, name: &str) -> Result<i32> {
             0
         };
         let pct = done as f64 * 100.0 / total as f64;
-        if tty {
-            print!(
-                "\r{} {pct:5.1}%  {}/s  ETA {}:{:02}   ",
-                bar(pct),
-                format_size(rate as u64),
-                eta / 60,
-                eta % 60
-            );
-            let _ = std::io::stdout().flush();
-        } else {
-            let decile = (pct / 10.0) as u64;
-            if last_decile != Some(decile) {
-                last_decile = Some(decile);
-                println!(
-                    "rebuild {name}: {pct:.1}% ({} of {}), {}/s",
-                    format_size(done),
-                    format_size(total),
+        progress.show(
+            pct,
+            || {
+                let (rate, m, s) = (format_size(rate as u64), eta / 60, eta % 60);
+                format!("{rate}/s  ETA {m}:{s:02}")
+            },
+            || {
+                let (done, total) = (format_size(done), format_size(total));
+                format!(
+                    "rebuild {name}: {pct:.1}% ({done} of {total}), {}/s",
                     format_size(rate as u64)
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(if tty { 250 } else { 500 }));
+                )
+            },
+        );
     }
 }
 
@@ -168,9 +157,8 @@ pub fn check(args: CheckArgs, run_dir: Option<&str>) -> Result<i32> {
 /// `check --wait`: shows progress (a bar on a terminal, a line per 10% otherwise) until the
 /// scrub ends, then its result.
 fn wait_for_check(run_dir: &RunDir, args: &CheckArgs, what: &str) -> Result<i32> {
-    let tty = std::io::stdout().is_terminal();
+    let mut progress = Progress::new();
     let start = Instant::now();
-    let mut last_decile = None;
     loop {
         let status = query(run_dir, &args.name)?;
         let Some(s) = status.check else {
@@ -178,31 +166,24 @@ fn wait_for_check(run_dir: &RunDir, args: &CheckArgs, what: &str) -> Result<i32>
         };
         let pct = s.done_bytes as f64 * 100.0 / s.total_bytes.max(1) as f64;
         if !s.running {
-            if tty {
-                println!();
-            }
+            progress.finish();
             return Ok(check_finished(args, what, &s));
         }
         let rate = s.done_bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
-        if tty {
-            print!(
-                "\r{} {pct:5.1}%  {}/s  {} mismatched   ",
-                bar(pct),
-                format_size(rate as u64),
-                s.mismatch_sectors
-            );
-            let _ = std::io::stdout().flush();
-        } else {
-            let decile = (pct / 10.0) as u64;
-            if last_decile != Some(decile) {
-                last_decile = Some(decile);
-                println!(
-                    "{what} {}: {pct:.1}%, {} mismatched sectors",
-                    args.name, s.mismatch_sectors
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(if tty { 250 } else { 500 }));
+        progress.show(
+            pct,
+            || {
+                format!(
+                    "{}/s  {} mismatched",
+                    format_size(rate as u64),
+                    s.mismatch_sectors
+                )
+            },
+            || {
+                let (name, bad) = (&args.name, s.mismatch_sectors);
+                format!("{what} {name}: {pct:.1}%, {bad} mismatched sectors")
+            },
+        );
     }
 }
 
@@ -258,4 +239,42 @@ pub fn replace(args: ReplaceArgs, run_dir: Option<&str>) -> Result<i32> {
 fn bar(pct: f64) -> String {
     let filled = ((pct / 5.0) as usize).min(20);
     format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
+/// How a `--wait` shows progress: a bar redrawn in place on a terminal, else a line per 10%.
+struct Progress {
+    tty: bool,
+    last_decile: Option<u64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            tty: std::io::stdout().is_terminal(),
+            last_decile: None,
+        }
+    }
+
+    /// Shows `pct` (with `detail` after the bar, or `line` once per decile), then waits
+    /// before the next look.
+    fn show(&mut self, pct: f64, detail: impl FnOnce() -> String, line: impl FnOnce() -> String) {
+        if self.tty {
+            print!("\r{} {pct:5.1}%  {}   ", bar(pct), detail());
+            let _ = std::io::stdout().flush();
+        } else {
+            let decile = (pct / 10.0) as u64;
+            if self.last_decile != Some(decile) {
+                self.last_decile = Some(decile);
+                println!("{}", line());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(if self.tty { 250 } else { 500 }));
+    }
+
+    /// Ends the bar's line (on a terminal) before the final message.
+    fn finish(&self) {
+        if self.tty {
+            println!();
+        }
+    }
 }

@@ -87,7 +87,7 @@ pub(crate) struct Report {
 }
 
 #[test]
-pub(crate) fn simulator() {
+fn simulator() {
     let seeds: Vec<u64> = if let Ok(s) = std::env::var("RAIDCTL_SIM_SEED") {
         vec![s.parse().expect("RAIDCTL_SIM_SEED is a number")]
     } else {

@@ -46,7 +46,7 @@ pub(crate) fn assert_fio_ok(status: Option<ExitStatus>, out: &str, what: &str) {
 }
 
 #[test]
-pub(crate) fn battery_loss_during_random_writes_drains_and_reports() {
+fn battery_loss_during_random_writes_drains_and_reports() {
     let mut h = raid5("bl", &[]);
     // The monitor is subscribed once it reports an event: flip until it has one.
     let monitor = h
@@ -173,7 +173,7 @@ pub(crate) fn wait_for_policy(h: &Array, expected: &str) -> Value {
 }
 
 #[test]
-pub(crate) fn battery_file_switches_within_seconds() {
+fn battery_file_switches_within_seconds() {
     let h = raid5("bf", &[]);
     set_cache(&h, &["--battery", "present"]); // the manual flag the file overrides
     let file = h.path("battery");
@@ -237,7 +237,7 @@ pub(crate) fn battery_file_switches_within_seconds() {
 }
 
 #[test]
-pub(crate) fn policy_persists_across_restart() {
+fn policy_persists_across_restart() {
     let mut h = raid5("pp", &[]);
     let c = set_cache(&h, &["--mode", "write-through"]);
     assert_policy(
@@ -302,7 +302,7 @@ pub(crate) fn policy_persists_across_restart() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-pub(crate) fn read_hits_come_from_the_cache() {
+fn read_hits_come_from_the_cache() {
     let h = raid5("rh", &["--cache-size", "16M"]);
     let c = set_cache(&h, &["--battery", "present"]);
     assert_eq!(str_of(&c, "effective"), "write-back", "{c:#}");

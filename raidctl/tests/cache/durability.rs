@@ -5,7 +5,7 @@
 use crate::*;
 
 #[test]
-pub(crate) fn write_through_write_survives_kill_9() {
+fn write_through_write_survives_kill_9() {
     let mut h = raid5("wt", &[]);
     let c = set_cache(&h, &[]);
     assert_policy(&c, "write-back write-through absent -", "a new array");
@@ -31,7 +31,7 @@ pub(crate) fn write_through_write_survives_kill_9() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-pub(crate) fn write_back_flushed_data_survives_kill_9() {
+fn write_back_flushed_data_survives_kill_9() {
     // Dense (half the blocks of 21 RAID5 rows): rows are destaged with many dirty blocks.
     const REGION: u64 = 4 * MIB;
     const WRITES: usize = 256;
@@ -108,7 +108,7 @@ pub(crate) fn write_back_flushed_data_survives_kill_9() {
 }
 
 #[test]
-pub(crate) fn flush_on_one_connection_covers_writes_on_another() {
+fn flush_on_one_connection_covers_writes_on_another() {
     let mut h = raid5("fl", &[]);
     assert_eq!(
         str_of(&set_cache(&h, &["--battery", "present"]), "effective"),

@@ -10,33 +10,16 @@
 //! one fails the test saying what to install. Nothing here asserts a duration; timeouts only
 //! stop hangs.
 
-pub(crate) use std::collections::HashMap;
-pub(crate) use std::fs;
-pub(crate) use std::path::{Path, PathBuf};
-pub(crate) use std::process::{Command, ExitStatus};
-pub(crate) use std::sync::OnceLock;
-pub(crate) use std::thread;
-pub(crate) use std::time::{Duration, Instant};
-
-pub(crate) use serde_json::Value;
-
-pub(crate) use common::array::{Array, Spec};
-pub(crate) use common::process::{run, run_with_timeout, COMMAND_TIMEOUT};
-pub(crate) use common::rng::Rng;
-pub(crate) use common::status::{str_of, u64_of};
-pub(crate) use common::tools::{find_tool, require, require_root};
-pub(crate) use common::wait::wait_for;
-pub(crate) use common::{s, tail};
+pub(crate) use common::prelude::*;
 
 mod battery;
 #[path = "../common/mod.rs"]
 mod common;
 mod durability;
 
+// Topic modules reach each other's helpers through the crate root.
 #[allow(unused_imports)]
-pub(crate) use battery::*;
-#[allow(unused_imports)]
-pub(crate) use durability::*;
+pub(crate) use self::{battery::*, durability::*};
 
 pub(crate) const MIB: u64 = 1 << 20;
 pub(crate) const BLOCK: u64 = 4096;

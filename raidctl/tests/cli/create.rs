@@ -146,7 +146,7 @@ pub(crate) fn create_and_check(case: &Case) -> (Fixture, Vec<PathBuf>) {
 }
 
 #[test]
-pub(crate) fn create_raid0_four_members() {
+fn create_raid0_four_members() {
     create_and_check(&Case {
         name: "r0",
         level: "0",
@@ -160,7 +160,7 @@ pub(crate) fn create_raid0_four_members() {
 }
 
 #[test]
-pub(crate) fn create_raid1_two_members() {
+fn create_raid1_two_members() {
     create_and_check(&Case {
         name: "r1",
         level: "1",
@@ -174,7 +174,7 @@ pub(crate) fn create_raid1_two_members() {
 }
 
 #[test]
-pub(crate) fn create_raid5_default_layout_with_spare() {
+fn create_raid5_default_layout_with_spare() {
     create_and_check(&Case {
         name: "r5",
         level: "5",
@@ -188,7 +188,7 @@ pub(crate) fn create_raid5_default_layout_with_spare() {
 }
 
 #[test]
-pub(crate) fn create_raid5_right_asymmetric() {
+fn create_raid5_right_asymmetric() {
     create_and_check(&Case {
         name: "r5-ra",
         level: "5",
@@ -202,7 +202,7 @@ pub(crate) fn create_raid5_right_asymmetric() {
 }
 
 #[test]
-pub(crate) fn create_raid10_default_near2() {
+fn create_raid10_default_near2() {
     create_and_check(&Case {
         name: "r10",
         level: "10",
@@ -216,7 +216,7 @@ pub(crate) fn create_raid10_default_near2() {
 }
 
 #[test]
-pub(crate) fn create_raid10_far2() {
+fn create_raid10_far2() {
     create_and_check(&Case {
         name: "r10-f2",
         level: "10",
@@ -230,7 +230,7 @@ pub(crate) fn create_raid10_far2() {
 }
 
 #[test]
-pub(crate) fn create_raid10_offset2_three_members() {
+fn create_raid10_offset2_three_members() {
     create_and_check(&Case {
         name: "r10-o2",
         level: "10",
@@ -263,7 +263,7 @@ pub(crate) fn create_raid5_and_examine(
 }
 
 #[test]
-pub(crate) fn raid5_has_internal_bitmap_by_default() {
+fn raid5_has_internal_bitmap_by_default() {
     create_raid5_and_examine("bm", &[], |md, j| {
         assert_eq!(
             md.get("Internal Bitmap"),
@@ -276,7 +276,7 @@ pub(crate) fn raid5_has_internal_bitmap_by_default() {
 }
 
 #[test]
-pub(crate) fn raid5_with_bitmap_none_has_no_bitmap() {
+fn raid5_with_bitmap_none_has_no_bitmap() {
     create_raid5_and_examine("nobm", &["--bitmap", "none"], |md, j| {
         assert!(
             !md.has("Internal Bitmap"),
@@ -289,7 +289,7 @@ pub(crate) fn raid5_with_bitmap_none_has_no_bitmap() {
 }
 
 #[test]
-pub(crate) fn bitmap_chunk_is_honoured_and_mdadm_reads_it() {
+fn bitmap_chunk_is_honoured_and_mdadm_reads_it() {
     let fx = Fixture::new();
     let devs = fx.members(&["a", "b", "c"]);
     raidctl_ok(&create_args(
@@ -313,7 +313,7 @@ pub(crate) fn bitmap_chunk_is_honoured_and_mdadm_reads_it() {
 }
 
 #[test]
-pub(crate) fn refuses_a_cache_larger_than_half_the_memory() {
+fn refuses_a_cache_larger_than_half_the_memory() {
     let (fx, devs) = pattern_members(3);
     raidctl_ok(&create_args("x", &["--level", "5"], &devs));
     let run = s(&fx.dir().join("run"));

@@ -4,7 +4,7 @@
 use crate::*;
 
 #[test]
-pub(crate) fn demo_leaves_md_readable_members() {
+fn demo_leaves_md_readable_members() {
     let fx = Fixture::new();
     let dir = fx.path("demo");
     let a = args(&["demo", "--dir", &s(&dir)]);
@@ -71,7 +71,7 @@ pub(crate) fn run_dir() -> tempfile::TempDir {
 }
 
 #[test]
-pub(crate) fn assemble_refuses_bad_input_and_touches_no_member() {
+fn assemble_refuses_bad_input_and_touches_no_member() {
     let (fx, devs) = pattern_members(3);
     let other = [
         fx.member("n0.img"),
@@ -140,7 +140,7 @@ pub(crate) fn assemble_refuses_bad_input_and_touches_no_member() {
 }
 
 #[test]
-pub(crate) fn management_verbs_refuse_bad_input_in_one_line() {
+fn management_verbs_refuse_bad_input_in_one_line() {
     let (fx, devs) = pattern_members(3);
     let run = run_dir();
     let r = s(run.path());
@@ -187,7 +187,7 @@ pub(crate) fn management_verbs_refuse_bad_input_in_one_line() {
 }
 
 #[test]
-pub(crate) fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
+fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving() {
     use std::io::{BufRead, BufReader, Write as _};
     let mut h = Array::create(Spec::new("cs", "5", 3));
     h.assemble();
@@ -238,7 +238,7 @@ pub(crate) fn the_control_socket_answers_garbage_with_an_error_and_keeps_serving
 /// The exit status the README documents: 0 success, 1 a refused or failed command (one line on
 /// stderr), 2 a usage error (clap's message).
 #[test]
-pub(crate) fn exit_status_is_0_on_success_1_on_failure_2_on_bad_usage() {
+fn exit_status_is_0_on_success_1_on_failure_2_on_bad_usage() {
     let fx = Fixture::new();
     let ok = raidctl(&args(&["--help"]));
     assert_eq!(ok.code(), Some(0), "{}", ok.describe());

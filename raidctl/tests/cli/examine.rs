@@ -4,7 +4,7 @@
 use crate::*;
 
 #[test]
-pub(crate) fn examine_zeroed_file_says_no_superblock() {
+fn examine_zeroed_file_says_no_superblock() {
     let fx = Fixture::new();
     let zero = fx.path("zero.img");
     File::create(&zero)
@@ -26,7 +26,7 @@ pub(crate) fn examine_zeroed_file_says_no_superblock() {
 }
 
 #[test]
-pub(crate) fn examine_nonexistent_path_names_it() {
+fn examine_nonexistent_path_names_it() {
     let fx = Fixture::new();
     let missing = fx.path("nothing-here.img");
     let a = args(&["examine", &s(&missing)]);
@@ -47,7 +47,7 @@ pub(crate) fn examine_nonexistent_path_names_it() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-pub(crate) fn create_refuses_member_locked_by_another_process() {
+fn create_refuses_member_locked_by_another_process() {
     let (fx, devs) = pattern_members(3);
     let held = File::options()
         .read(true)

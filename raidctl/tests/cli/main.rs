@@ -5,19 +5,7 @@
 //! installs it). Every test works in its own temporary directory under cargo's target tmp dir
 //! (a real filesystem, so members get O_DIRECT), removed when the test ends.
 
-pub(crate) use std::collections::BTreeMap;
-pub(crate) use std::fs::{self, File};
-pub(crate) use std::io::{Read, Seek, SeekFrom, Write};
-pub(crate) use std::path::{Path, PathBuf};
-
-pub(crate) use serde_json::Value;
-
-pub(crate) use common::array::{Array, Spec};
-pub(crate) use common::examine::{mdadm_examine, Examined};
-pub(crate) use common::files::read_full;
-pub(crate) use common::process::{cmd, raidctl_command, run, Ran};
-pub(crate) use common::s;
-pub(crate) use common::tools::require;
+pub(crate) use common::prelude::*;
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -26,14 +14,9 @@ mod daemon_input;
 mod examine;
 mod refusals;
 
+// Topic modules reach each other's helpers through the crate root.
 #[allow(unused_imports)]
-pub(crate) use create::*;
-#[allow(unused_imports)]
-pub(crate) use daemon_input::*;
-#[allow(unused_imports)]
-pub(crate) use examine::*;
-#[allow(unused_imports)]
-pub(crate) use refusals::*;
+pub(crate) use self::{create::*, daemon_input::*, examine::*, refusals::*};
 
 pub(crate) const MIB: u64 = 1 << 20;
 /// Size of the member files the tests make themselves.

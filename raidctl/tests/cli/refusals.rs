@@ -86,7 +86,7 @@ pub(crate) const CREATE_REFUSALS: &[Refusal] = &[
 
 /// Each of [`CREATE_REFUSALS`] is refused with one line, touching no file.
 #[test]
-pub(crate) fn create_refuses_bad_input_and_touches_nothing() {
+fn create_refuses_bad_input_and_touches_nothing() {
     assert_eq!(LONG_NAME.len(), 40);
     for refusal in CREATE_REFUSALS {
         refusal.check();
@@ -94,7 +94,7 @@ pub(crate) fn create_refuses_bad_input_and_touches_nothing() {
 }
 
 #[test]
-pub(crate) fn refuses_directory_as_member() {
+fn refuses_directory_as_member() {
     let (fx, mut devs) = pattern_members(2);
     let dir = fx.path("subdir");
     fs::create_dir(&dir).expect("mkdir");
@@ -115,7 +115,7 @@ pub(crate) fn refuses_directory_as_member() {
 }
 
 #[test]
-pub(crate) fn refuses_members_that_are_too_small() {
+fn refuses_members_that_are_too_small() {
     // New files of 1M: refused, and none is left behind.
     let fx = Fixture::new();
     let new: Vec<PathBuf> = (0..3).map(|i| fx.path(&format!("n{i}.img"))).collect();
@@ -158,7 +158,7 @@ pub(crate) fn members_of_first() -> (Fixture, Vec<PathBuf>) {
 }
 
 #[test]
-pub(crate) fn refuses_member_of_another_array_without_force() {
+fn refuses_member_of_another_array_without_force() {
     let (fx, devs) = members_of_first();
     let first_uuid = mdadm_examine(&devs[0]).get("Array UUID").to_string();
 
@@ -210,7 +210,7 @@ pub(crate) fn refuses_member_of_another_array_without_force() {
 /// refused_create_with_size_does_not_grow_members), also when it is "already belongs to
 /// another array".
 #[test]
-pub(crate) fn refused_create_on_foreign_members_with_size_does_not_grow_them() {
+fn refused_create_on_foreign_members_with_size_does_not_grow_them() {
     let (fx, devs) = members_of_first();
     assert_refused(
         "foreign members with --size",

@@ -18,6 +18,7 @@ pub mod filesystem;
 pub mod mounts;
 pub mod nbdfuse;
 pub mod pids;
+pub mod prelude;
 pub mod process;
 pub mod rng;
 pub mod status;

@@ -78,11 +78,11 @@ pub(crate) fn ext4_roundtrip(name: &str, level: &str, members: usize) {
 }
 
 #[test]
-pub(crate) fn ext4_on_raid5_through_nbdfuse_and_loop() {
+fn ext4_on_raid5_through_nbdfuse_and_loop() {
     ext4_roundtrip("ext5", "5", 4);
 }
 
 #[test]
-pub(crate) fn ext4_on_raid1_through_nbdfuse_and_loop() {
+fn ext4_on_raid1_through_nbdfuse_and_loop() {
     ext4_roundtrip("ext1", "1", 2);
 }

@@ -411,7 +411,7 @@ pub(crate) fn garbage_connection(
 }
 
 #[test]
-pub(crate) fn garbage_clients_do_not_disturb_a_well_behaved_client() {
+fn garbage_clients_do_not_disturb_a_well_behaved_client() {
     const THREADS: u64 = 4;
     const PER_THREAD: u64 = 750;
     let mut fx = assembled("fuzz", "5", 4);

@@ -9,26 +9,7 @@
 //! install (CI installs them). Nothing here asserts a duration; timeouts only stop hangs.
 //! Must run as root (loop devices, mount).
 
-pub(crate) use std::collections::BTreeMap;
-pub(crate) use std::fs;
-pub(crate) use std::io::{self, Read, Write};
-pub(crate) use std::os::unix::net::UnixStream;
-pub(crate) use std::path::{Path, PathBuf};
-pub(crate) use std::process::Command;
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-pub(crate) use std::sync::{mpsc, Arc, OnceLock};
-pub(crate) use std::thread;
-pub(crate) use std::time::{Duration, Instant};
-
-pub(crate) use serde_json::Value;
-
-pub(crate) use common::array::{Array, Spec};
-pub(crate) use common::files::{assert_same_range, fill_random, sha256_of};
-pub(crate) use common::pids::{is_raidctl, process_alive};
-pub(crate) use common::process::{cmd, run, run_with_timeout};
-pub(crate) use common::rng::Rng;
-pub(crate) use common::s;
-pub(crate) use common::tools::require;
+pub(crate) use common::prelude::*;
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -38,16 +19,9 @@ mod pressure;
 mod raw;
 mod suite;
 
+// Topic modules reach each other's helpers through the crate root.
 #[allow(unused_imports)]
-pub(crate) use ext4::*;
-#[allow(unused_imports)]
-pub(crate) use garbage::*;
-#[allow(unused_imports)]
-pub(crate) use pressure::*;
-#[allow(unused_imports)]
-pub(crate) use raw::*;
-#[allow(unused_imports)]
-pub(crate) use suite::*;
+pub(crate) use self::{ext4::*, garbage::*, pressure::*, raw::*, suite::*};
 
 pub(crate) const KIB: u64 = 1 << 10;
 pub(crate) const MIB: u64 = 1 << 20;

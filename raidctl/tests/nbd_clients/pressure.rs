@@ -18,7 +18,7 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
 /// (closes the socket, which frees everything) as soon as the daemon has grown by 1 GiB, so it
 /// never pushes the machine further than that.
 #[test]
-pub(crate) fn pipelined_max_size_reads_do_not_pin_unbounded_memory() {
+fn pipelined_max_size_reads_do_not_pin_unbounded_memory() {
     const LIMIT: u64 = 1 << 30;
     let fx = assembled("mem", "0", 4);
     let pid = fx.pid();
@@ -66,7 +66,7 @@ pub(crate) fn pipelined_max_size_reads_do_not_pin_unbounded_memory() {
 /// on another connection is still answered (nbdkit and qemu-nbd answer it at once). Before,
 /// 24 such clients took the whole server-wide budget and the polite READ never came back.
 #[test]
-pub(crate) fn clients_that_never_read_replies_do_not_starve_a_polite_one() {
+fn clients_that_never_read_replies_do_not_starve_a_polite_one() {
     let fx = assembled("hostile", "0", 4);
     let pid = fx.pid();
     let mut hostile = Vec::new();
@@ -104,7 +104,7 @@ pub(crate) fn clients_that_never_read_replies_do_not_starve_a_polite_one() {
 /// socket, as `raidctl stop` sends them) must not crash it: each waiter that gets its answer
 /// immediately asks again, as a retrying supervisor would.
 #[test]
-pub(crate) fn stop_requests_during_shutdown_do_not_crash_the_daemon() {
+fn stop_requests_during_shutdown_do_not_crash_the_daemon() {
     use std::io::BufRead;
     const CLIENTS: usize = 48;
     let mut fx = assembled("stops", "1", 2);

@@ -263,7 +263,7 @@ pub(crate) fn drain(s: &mut UnixStream) -> bool {
 }
 
 #[test]
-pub(crate) fn raw_protocol_errors_keep_the_stream_in_sync() {
+fn raw_protocol_errors_keep_the_stream_in_sync() {
     let fx = assembled("raw", "0", 4);
     let sock = fx.sock();
     let size = fx.size();

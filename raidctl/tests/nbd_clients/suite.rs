@@ -448,7 +448,7 @@ pub(crate) fn free_tcp_port() -> u16 {
 }
 
 #[test]
-pub(crate) fn raid0_with_real_clients() {
+fn raid0_with_real_clients() {
     let mut fx = create("r0", "0", 4);
     // An extra unix listener: the same export at a second path.
     let extra = fx.path("extra.sock");
@@ -458,7 +458,7 @@ pub(crate) fn raid0_with_real_clients() {
 }
 
 #[test]
-pub(crate) fn raid1_with_real_clients() {
+fn raid1_with_real_clients() {
     let mut fx = assembled("r1", "1", 2);
     assert!(
         fx.size() < COPY_BYTES,
@@ -469,14 +469,14 @@ pub(crate) fn raid1_with_real_clients() {
 }
 
 #[test]
-pub(crate) fn raid5_with_real_clients() {
+fn raid5_with_real_clients() {
     let mut fx = assembled("r5", "5", 4);
     client_suite(&mut fx, &[]);
     check_redundancy(&mut fx, &[1, 3]);
 }
 
 #[test]
-pub(crate) fn raid10_with_real_clients_also_over_tcp() {
+fn raid10_with_real_clients_also_over_tcp() {
     let mut fx = create("r10", "10", 4);
     let port = free_tcp_port();
     fx.assemble_with(&[&format!("--listen=tcp::{port}")]);
@@ -492,7 +492,7 @@ pub(crate) fn raid10_with_real_clients_also_over_tcp() {
 }
 
 #[test]
-pub(crate) fn degraded_raid5_with_real_clients() {
+fn degraded_raid5_with_real_clients() {
     let mut fx = create("r5deg", "5", 4);
     // Slot 2 missing: reads of its chunks are reconstructed, writes to it are parity-only.
     let three: Vec<String> = [0, 1, 3].iter().map(|&i| fx.members[i].clone()).collect();
@@ -508,7 +508,7 @@ pub(crate) fn degraded_raid5_with_real_clients() {
 }
 
 #[test]
-pub(crate) fn read_only_assembly_refuses_writes_with_eperm() {
+fn read_only_assembly_refuses_writes_with_eperm() {
     let mut fx = assembled("r1ro", "1", 2);
     let uri = fx.export_uri();
     qemu_io(&fx, &uri, &["write -P 0x6b 0 64k".to_string()]);
@@ -538,7 +538,7 @@ print("ALL OK")
 
 /// What FLUSH and FUA acknowledged survives a `kill -9` of the daemon (crash-only design).
 #[test]
-pub(crate) fn flushed_and_fua_writes_survive_kill_9() {
+fn flushed_and_fua_writes_survive_kill_9() {
     let nbdcopy = require("nbdcopy", "libnbd-bin");
     let mut fx = assembled("crash", "5", 4);
     let uri = fx.export_uri();

@@ -4,10 +4,9 @@
 use crate::*;
 
 #[test]
-pub(crate) fn add_rebuilds_degraded_raid5_and_refuses_foreign_or_small_devices() {
+fn add_rebuilds_degraded_raid5_and_refuses_foreign_or_small_devices() {
     let name = "rb-add";
-    let mut h = assembled(name, "5", 4, 0);
-    let (size, expected) = fill_export(&h, 71);
+    let (mut h, size, expected) = filled_raid5(name, 0, 71);
     let victim = h.members[1].clone();
     h.ok(&["fail", name, &victim]);
     let st = h.status();

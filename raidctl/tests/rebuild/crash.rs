@@ -16,10 +16,9 @@ pub(crate) fn last_rebuild_from(log: &str) -> Option<u64> {
 }
 
 #[test]
-pub(crate) fn kill_9_mid_rebuild_resumes_from_checkpoint() {
+fn kill_9_mid_rebuild_resumes_from_checkpoint() {
     let name = "rb-kill";
-    let mut h = assembled(name, "5", 4, 1);
-    let (size, expected) = fill_export(&h, 21);
+    let (mut h, size, expected) = filled_raid5(name, 1, 21);
     let victim = h.members[1].clone();
     let spare = h.spares[0].clone();
 

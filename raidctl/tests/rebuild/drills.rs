@@ -6,10 +6,9 @@
 use crate::*;
 
 #[test]
-pub(crate) fn injected_read_error_write_error_and_vanish() {
+fn injected_read_error_write_error_and_vanish() {
     let name = "rb-inject";
-    let mut h = assembled(name, "5", 4, 1);
-    let (size, expected) = fill_export(&h, 31);
+    let (mut h, size, expected) = filled_raid5(name, 1, 31);
     let (m0, m2, m3) = (
         h.members[0].clone(),
         h.members[2].clone(),
@@ -98,7 +97,7 @@ pub(crate) fn monitor_events(h: &Array, label: &str) -> Vec<Value> {
 }
 
 #[test]
-pub(crate) fn second_failure_fails_raid5() {
+fn second_failure_fails_raid5() {
     let name = "rb-fail2";
     let mut h = assembled(name, "5", 4, 0);
     let expected = write_random_data(&h, 8 * MIB, 41);
@@ -198,10 +197,9 @@ pub(crate) fn data_offset_bytes(h: &Array, dev: &str) -> u64 {
 /// md bad-block log (`mdadm --examine-badblocks` lists it) and in `status`, only the lost
 /// array blocks read EIO, and once the survivor reads again a read repairs and clears it.
 #[test]
-pub(crate) fn unreadable_sector_during_a_rebuild_is_recorded_not_fatal() {
+fn unreadable_sector_during_a_rebuild_is_recorded_not_fatal() {
     let name = "rb-bad";
-    let mut h = assembled(name, "5", 4, 1);
-    let (size, expected) = fill_export(&h, 77);
+    let (mut h, size, expected) = filled_raid5(name, 1, 77);
     let (m1, m2, s0) = (
         h.members[1].clone(),
         h.members[2].clone(),
@@ -296,7 +294,7 @@ pub(crate) fn metadata_areas(h: &Array) -> Vec<Vec<u8>> {
 }
 
 #[test]
-pub(crate) fn fail_refuses_to_take_the_last_copy_unless_forced() {
+fn fail_refuses_to_take_the_last_copy_unless_forced() {
     let name = "rb-floor";
     let h = assembled(name, "1", 2, 0);
     let (m0, m1) = (h.members[0].clone(), h.members[1].clone());

@@ -12,22 +12,7 @@
 //! Needs root, mdadm, nbdcopy, fio (nbd engine) and qemu-io: a missing one fails the test
 //! saying what to install. Nothing here asserts a duration; timeouts only stop hangs.
 
-pub(crate) use std::fs::{self, File, OpenOptions};
-pub(crate) use std::os::unix::fs::{FileExt, PermissionsExt};
-pub(crate) use std::path::{Path, PathBuf};
-pub(crate) use std::process::Command;
-pub(crate) use std::time::{Duration, Instant};
-
-pub(crate) use serde_json::Value;
-
-pub(crate) use common::array::{Array, Spec};
-pub(crate) use common::examine::mdadm_examine;
-pub(crate) use common::files::{assert_same_range, fill_random};
-pub(crate) use common::process::{run, Ran, COMMAND_TIMEOUT};
-pub(crate) use common::status::{find_member, member, members_of, slot_entry};
-pub(crate) use common::tools::{require, require_root, require_tools};
-pub(crate) use common::wait::wait_for;
-pub(crate) use common::{s, tail};
+pub(crate) use common::prelude::*;
 
 mod add;
 #[path = "../common/mod.rs"]
@@ -39,20 +24,11 @@ mod promises;
 mod scrub;
 mod under_fio;
 
+// Topic modules reach each other's helpers through the crate root.
 #[allow(unused_imports)]
-pub(crate) use add::*;
-#[allow(unused_imports)]
-pub(crate) use crash::*;
-#[allow(unused_imports)]
-pub(crate) use drills::*;
-#[allow(unused_imports)]
-pub(crate) use monitor::*;
-#[allow(unused_imports)]
-pub(crate) use promises::*;
-#[allow(unused_imports)]
-pub(crate) use scrub::*;
-#[allow(unused_imports)]
-pub(crate) use under_fio::*;
+pub(crate) use self::{
+    add::*, crash::*, drills::*, monitor::*, promises::*, scrub::*, under_fio::*,
+};
 
 pub(crate) const MIB: u64 = 1 << 20;
 /// Hang guard for waiting on a state the array must reach.
@@ -119,6 +95,14 @@ pub(crate) fn write_random_data(h: &Array, len: u64, seed: u64) -> PathBuf {
 pub(crate) fn fill_export(h: &Array, seed: u64) -> (u64, PathBuf) {
     let size = h.size();
     (size, write_random_data(h, size, seed))
+}
+
+/// A RAID5 of four members and `spares` spares named `name`, assembled and filled with
+/// random data from `seed`: the array, its size and the file holding what it should read.
+pub(crate) fn filled_raid5(name: &str, spares: usize, seed: u64) -> (Array, u64, PathBuf) {
+    let h = assembled(name, "5", 4, spares);
+    let (size, expected) = fill_export(&h, seed);
+    (h, size, expected)
 }
 
 /// The export reads what `expected` holds in its first `len` bytes.

@@ -4,7 +4,7 @@
 use crate::*;
 
 #[test]
-pub(crate) fn monitor_program_and_json_see_the_rebuild() {
+fn monitor_program_and_json_see_the_rebuild() {
     let name = "rb-mon";
     let mut h = assembled(name, "5", 4, 1);
     write_random_data(&h, 8 * MIB, 61);

@@ -11,7 +11,7 @@ use crate::*;
 /// member (a delay drill on its superblock sector only) widens the window in which the daemon
 /// already reports the slot in sync but has not written that down yet.
 #[test]
-pub(crate) fn rebuild_wait_returns_only_once_the_finished_rebuild_is_recorded() {
+fn rebuild_wait_returns_only_once_the_finished_rebuild_is_recorded() {
     let name = "rb-waitrec";
     let mut h = assembled(name, "1", 2, 1);
     let victim = h.members[1].clone();
@@ -50,7 +50,7 @@ pub(crate) fn rebuild_wait_returns_only_once_the_finished_rebuild_is_recorded() 
 /// speed limits must survive a crash and travel with the disks", src/metadata/extension.rs):
 /// after `raidctl rebuild --speed-min/--speed-max` and a restart, the array must still use them.
 #[test]
-pub(crate) fn rebuild_speed_limits_survive_a_restart() {
+fn rebuild_speed_limits_survive_a_restart() {
     let name = "rb-speed";
     let mut h = assembled(name, "1", 2, 0);
     set_rebuild_speed(&h, 4000, 8000);
@@ -79,7 +79,7 @@ pub(crate) fn rebuild_speed_limits_survive_a_restart() {
 /// daemon says how many bytes that was, and afterwards the array reads what was written and
 /// mdadm sees the member active again.
 #[test]
-pub(crate) fn readded_member_recovers_only_the_dirty_chunks() {
+fn readded_member_recovers_only_the_dirty_chunks() {
     let name = "rb-readd";
     let mut h = assembled_spec(Spec::new(name, "5", 4).extra(&["--bitmap-chunk", "1M"]));
     let (size, expected) = fill_export(&h, 91);

@@ -92,11 +92,11 @@ pub(crate) fn check_and_repair(name: &str, level: &str, members: usize, seed: u6
 }
 
 #[test]
-pub(crate) fn raid5_check_finds_and_repairs_flipped_bytes() {
+fn raid5_check_finds_and_repairs_flipped_bytes() {
     check_and_repair("rb-chk5", "5", 4, 51);
 }
 
 #[test]
-pub(crate) fn raid1_check_finds_and_repairs_flipped_bytes() {
+fn raid1_check_finds_and_repairs_flipped_bytes() {
     check_and_repair("rb-chk1", "1", 2, 52);
 }

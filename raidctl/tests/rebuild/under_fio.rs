@@ -150,16 +150,16 @@ pub(crate) fn fail_rebuild_under_fio(name: &str, level: &str, members: usize, se
 }
 
 #[test]
-pub(crate) fn raid1_fail_under_fio_rebuilds_onto_spare() {
+fn raid1_fail_under_fio_rebuilds_onto_spare() {
     fail_rebuild_under_fio("rb-r1", "1", 2, 11);
 }
 
 #[test]
-pub(crate) fn raid5_fail_under_fio_rebuilds_onto_spare() {
+fn raid5_fail_under_fio_rebuilds_onto_spare() {
     fail_rebuild_under_fio("rb-r5", "5", 4, 12);
 }
 
 #[test]
-pub(crate) fn raid10_fail_under_fio_rebuilds_onto_spare() {
+fn raid10_fail_under_fio_rebuilds_onto_spare() {
     fail_rebuild_under_fio("rb-r10", "10", 4, 13);
 }
