@@ -15,6 +15,7 @@ use raidcore::layout::LayoutKind;
 use raidcore::member::MemMember;
 use raidcore::raid::Array;
 use raidcore::reactor::{block_on, sleep, spawn};
+use raidcore::volume::Volume;
 
 mod common;
 use common::{raid5, Rig};

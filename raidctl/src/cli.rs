@@ -162,6 +162,10 @@ pub struct ExamineArgs {
 
 #[derive(Args)]
 pub struct DemoArgs {
+    /// 5: four members and a spare, one disk pulled; 6: five members and two spares, two
+    /// disks pulled.
+    #[arg(long, default_value_t = 5)]
+    pub level: u32,
     /// Directory for the member files (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<String>,

@@ -1,16 +1,17 @@
 //! `raidctl demo`: the product in one minute, on member files in a temporary directory.
 //!
-//! Creates four members and a spare, builds a RAID5, writes a checkable pattern over the whole
-//! array with many requests in flight, pulls a member out with the fault wrapper (as if the
-//! disk vanished), reads everything back from the degraded array and verifies it, then stops
-//! the array cleanly and shows what `raidctl examine` sees on a member.
+//! Creates four members and a spare and builds a RAID5 (`--level 6`: five members, two spares,
+//! RAID6), writes a checkable pattern over the whole array with many requests in flight, pulls
+//! one member out with the fault wrapper (RAID6: two), as if the disks vanished, reads
+//! everything back from the degraded array and verifies it, lets the spares rebuild, then
+//! stops the array cleanly and serves it through the daemon.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use raidcore::buf::BufSlice;
 use raidcore::control::{assemble, create, AssembleOptions, Controller, CreateOptions};
-use raidcore::layout::{LayoutKind, Raid5Algorithm};
+use raidcore::layout::{LayoutKind, Raid5Algorithm, Raid6Algorithm};
 use raidcore::member::{FaultHandle, FaultMember, FileMember, Member, OpenOptions};
 use raidcore::raid::Array;
 use raidcore::reactor::{block_on, spawn};
@@ -25,7 +26,53 @@ const MEMBER_BYTES: u64 = 64 << 20;
 const IO_BYTES: usize = 1 << 20;
 const LANES: u64 = 16;
 
+/// What the demo builds and breaks.
+#[derive(Clone)]
+struct Plan {
+    kind: LayoutKind,
+    members: usize,
+    spares: usize,
+    /// The slots whose members vanish.
+    vanish: Vec<usize>,
+}
+
+impl Plan {
+    fn for_level(level: u32) -> Result<Plan> {
+        match level {
+            5 => Ok(Plan {
+                kind: LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
+                members: 4,
+                spares: 1,
+                vanish: vec![2],
+            }),
+            6 => Ok(Plan {
+                kind: LayoutKind::Raid6(Raid6Algorithm::LeftSymmetric),
+                members: 5,
+                spares: 2,
+                vanish: vec![1, 3],
+            }),
+            other => Err(Error::invalid(format!(
+                "demo --level {other}: the demo runs RAID5 (5) or RAID6 (6)"
+            ))),
+        }
+    }
+
+    fn level_name(&self) -> String {
+        self.kind.level().to_string().to_uppercase()
+    }
+
+    /// "slot 2" or "slots 1 and 3".
+    fn vanishing(&self) -> String {
+        let list: Vec<String> = self.vanish.iter().map(|s| s.to_string()).collect();
+        match list.len() {
+            1 => format!("slot {}", list[0]),
+            _ => format!("slots {}", list.join(" and ")),
+        }
+    }
+}
+
 pub fn run(args: DemoArgs) -> Result<i32> {
+    let plan = Plan::for_level(args.level)?;
     let (dir, temporary) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| Error::io(format!("cannot create {d}"), e))?;
@@ -38,19 +85,17 @@ pub fn run(args: DemoArgs) -> Result<i32> {
             (d.display().to_string(), true)
         }
     };
-    let paths: Vec<String> = (0..5)
-        .map(|i| {
-            format!(
-                "{dir}/{}.img",
-                if i < 4 {
-                    format!("m{i}")
-                } else {
-                    "spare".into()
-                }
-            )
+    let spare_name = |i: usize| match plan.spares {
+        1 => "spare".to_string(),
+        _ => format!("spare{i}"),
+    };
+    let paths: Vec<String> = (0..plan.members + plan.spares)
+        .map(|i| match i.checked_sub(plan.members) {
+            None => format!("{dir}/m{i}.img"),
+            Some(k) => format!("{dir}/{}.img", spare_name(k)),
         })
         .collect();
-    let result = run_in(&paths).and_then(|()| serve(&dir, &paths, args.keep));
+    let result = run_in(&plan, &paths).and_then(|()| serve(&dir, &paths, args.keep));
     if temporary && !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else if result.is_ok() {
@@ -59,9 +104,11 @@ pub fn run(args: DemoArgs) -> Result<i32> {
     result.map(|()| 0)
 }
 
-fn run_in(paths: &[String]) -> Result<()> {
+fn run_in(plan: &Plan, paths: &[String]) -> Result<()> {
     println!(
-        "== creating 4 members and 1 spare of {} in {}",
+        "== creating {} members and {} spare(s) of {} in {}",
+        plan.members,
+        plan.spares,
         format_size(MEMBER_BYTES),
         parent(&paths[0])
     );
@@ -74,18 +121,18 @@ fn run_in(paths: &[String]) -> Result<()> {
             .map_err(|e| Error::io(p, e))?;
         f.set_len(MEMBER_BYTES).map_err(|e| Error::io(p, e))?;
     }
-    let paths = paths.to_vec();
-    block_on(async move { demo(paths).await }).map_err(|e| Error::io("reactor", e))?
+    let (plan, paths) = (plan.clone(), paths.to_vec());
+    block_on(async move { demo(plan, paths).await }).map_err(|e| Error::io("reactor", e))?
 }
 
-async fn demo(paths: Vec<String>) -> Result<()> {
-    let (members, spare) = create_array(&paths).await?;
-    let (control, faults) = assemble_wrapped(members, spare).await?;
+async fn demo(plan: Plan, paths: Vec<String>) -> Result<()> {
+    let (members, spares) = create_array(&plan, &paths).await?;
+    let (control, faults) = assemble_wrapped(members, spares).await?;
     let array = control.array().clone();
     let size = array.size_bytes();
     write_pattern(&array, size).await?;
-    verify_degraded(&array, &faults[2], &paths[2], size).await?;
-    wait_for_rebuild(&control, &paths[4]).await?;
+    verify_degraded(&plan, &array, &faults, &paths, size).await?;
+    wait_for_rebuild(&plan, &control, &paths[plan.members..]).await?;
     run_lanes(&array, size, false).await?;
     println!(
         "== verified all {} again, now with full redundancy",
@@ -104,26 +151,30 @@ async fn demo(paths: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Creates the RAID5 on the first four files with the fifth as its spare; returns the opened
-/// members and spare.
-async fn create_array(paths: &[String]) -> Result<(Vec<Rc<dyn Member>>, Vec<Rc<dyn Member>>)> {
+/// Creates the array on the first files with the rest as its spares; returns the opened
+/// members and spares.
+async fn create_array(
+    plan: &Plan,
+    paths: &[String],
+) -> Result<(Vec<Rc<dyn Member>>, Vec<Rc<dyn Member>>)> {
     let open = |p: &String| -> Result<Rc<dyn Member>> {
         Ok(Rc::new(FileMember::open(p, OpenOptions::default())?))
     };
-    let members: Vec<Rc<dyn Member>> = paths[..4].iter().map(open).collect::<Result<_>>()?;
-    let spare = vec![open(&paths[4])?];
+    let opened: Vec<Rc<dyn Member>> = paths.iter().map(open).collect::<Result<_>>()?;
+    let (members, spares) = opened.split_at(plan.members);
     let opts = CreateOptions {
         force: true,
         fresh: true,
-        ..CreateOptions::new("demo", LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric))
+        ..CreateOptions::new("demo", plan.kind.clone())
     };
-    let created = create(&members, &spare, &opts).await?;
+    let created = create(members, spares, &opts).await?;
     println!(
-        "== created RAID5 'demo' (left-symmetric, chunk 512K): {} usable, UUID {}",
+        "== created {} 'demo' (left-symmetric, chunk 512K): {} usable, UUID {}",
+        plan.level_name(),
         format_size(created.size_bytes),
         created.uuid_text
     );
-    Ok((members, spare))
+    Ok((members.to_vec(), spares.to_vec()))
 }
 
 /// Assembles the array with every device behind the fault wrapper, as a drill would; the
@@ -132,7 +183,8 @@ async fn assemble_wrapped(
     members: Vec<Rc<dyn Member>>,
     spare: Vec<Rc<dyn Member>>,
 ) -> Result<(Rc<Controller>, Vec<FaultHandle>)> {
-    let faults: Vec<FaultHandle> = (0..5).map(|_| FaultHandle::default()).collect();
+    let count = members.len() + spare.len();
+    let faults: Vec<FaultHandle> = (0..count).map(|_| FaultHandle::default()).collect();
     let wrapped: Vec<Rc<dyn Member>> = members
         .into_iter()
         .chain(spare)
@@ -141,8 +193,9 @@ async fn assemble_wrapped(
         .collect();
     let assembled = assemble(wrapped, &AssembleOptions::default()).await?;
     println!(
-        "== assembled: {} members active, 1 spare",
-        assembled.array.geometry().members()
+        "== assembled: {} members active, {} spare(s)",
+        assembled.array.geometry().members(),
+        assembled.array.spares().len()
     );
     Ok((assembled.control, faults))
 }
@@ -161,15 +214,24 @@ async fn write_pattern(array: &Rc<Array>, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Makes member 2 vanish, then reads everything back from the degraded array and checks it.
+/// Makes the plan's members vanish, then reads everything back from the degraded array and
+/// checks it.
 async fn verify_degraded(
+    plan: &Plan,
     array: &Rc<Array>,
-    fault: &FaultHandle,
-    path: &str,
+    faults: &[FaultHandle],
+    paths: &[String],
     size: u64,
 ) -> Result<()> {
-    println!("== pulling member 2 ({path}) out: it vanishes like an unplugged disk");
-    fault.vanish();
+    let gone: Vec<&str> = plan.vanish.iter().map(|&s| paths[s].as_str()).collect();
+    println!(
+        "== pulling the members of {} ({}) out: they vanish like unplugged disks",
+        plan.vanishing(),
+        gone.join(", ")
+    );
+    for &slot in &plan.vanish {
+        faults[slot].vanish();
+    }
     let started = Instant::now();
     run_lanes(array, size, false).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -182,11 +244,14 @@ async fn verify_degraded(
     Ok(())
 }
 
-/// Waits (up to 10 minutes) for the hot spare to be rebuilt into the empty slot, and reports
+/// Waits (up to 10 minutes) for the hot spares to be rebuilt into the empty slots, and reports
 /// the rebuild speed. No command is needed: the scheduler does it online.
-async fn wait_for_rebuild(control: &Controller, spare_path: &str) -> Result<()> {
+async fn wait_for_rebuild(plan: &Plan, control: &Controller, spare_paths: &[String]) -> Result<()> {
     let array = control.array();
-    println!("== the hot spare takes slot 2 by itself and is rebuilt from parity...");
+    println!(
+        "== the hot spare(s) take {} by themselves and are rebuilt from parity...",
+        plan.vanishing()
+    );
     let started = Instant::now();
     loop {
         raidcore::reactor::sleep(std::time::Duration::from_millis(20)).await;
@@ -202,11 +267,12 @@ async fn wait_for_rebuild(control: &Controller, spare_path: &str) -> Result<()> 
     }
     let secs = started.elapsed().as_secs_f64();
     let member = array.geometry().member_used_bytes();
+    let rebuilt = member * plan.vanish.len() as u64;
     println!(
         "== rebuilt {} onto {} in {secs:.1} s ({:.0} MiB/s)",
-        format_size(member),
-        spare_path,
-        member as f64 / secs / 1048576.0
+        format_size(rebuilt),
+        spare_paths.join(", "),
+        rebuilt as f64 / secs / 1048576.0
     );
     Ok(())
 }

@@ -96,7 +96,7 @@ pub struct Cache {
     started: Instant,
     /// Bumped by every write that goes around the cache, so a read started before it does
     /// not fill the cache with what it read.
-    bypass_epoch: Cell<u64>,
+    pub(super) bypass_epoch: Cell<u64>,
     /// Wakes the destager.
     pub(super) wake: Semaphore,
     /// Destager state: whether the high watermark started a run that has not reached low.
@@ -180,7 +180,7 @@ impl Cache {
             .slice(slot as usize * BLOCK_SIZE as usize, BLOCK_SIZE as usize)
     }
 
-    fn caching(&self) -> bool {
+    pub(super) fn caching(&self) -> bool {
         self.index.borrow().slot_count() > 0
     }
 
@@ -197,87 +197,10 @@ impl Cache {
         self.locks.lock_range(first..last + 1).await
     }
 
-    /// Reads `buf.len()` bytes at `offset`.
-    pub async fn read(&self, offset: u64, buf: BufSlice) -> Result<()> {
-        let len = buf.len() as u64;
-        if !self.caching() || len == 0 {
-            return self.array.read(offset, buf).await;
-        }
-        self.array.check_read(offset, len)?;
-        let blocks = offset / BLOCK_SIZE..(offset + len).div_ceil(BLOCK_SIZE);
-        let hits: Vec<(u64, u32)> = {
-            let mut index = self.index.borrow_mut();
-            blocks
-                .clone()
-                .filter_map(|b| index.lookup(b).map(|slot| (b, slot)))
-                .collect()
-        };
-        if hits.len() as u64 == blocks.end - blocks.start {
-            // All in the cache: straight from the slots, nothing awaited in between.
-            for &(b, slot) in &hits {
-                overlay(&buf, offset, b, self.slot_buf(slot).bytes());
-            }
-            return Ok(());
-        }
-        // Some: copy them now (one buffer), since what the engine returns may be older than
-        // them and the slots may be reused while it reads.
-        let mut saved = vec![0u8; hits.len() * BLOCK_SIZE as usize];
-        for (i, &(_, slot)) in hits.iter().enumerate() {
-            saved[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize]
-                .copy_from_slice(self.slot_buf(slot).bytes());
-        }
-        let epoch = self.bypass_epoch.get();
-        self.array.read(offset, buf.clone()).await?;
-        for (i, &(b, _)) in hits.iter().enumerate() {
-            overlay(
-                &buf,
-                offset,
-                b,
-                &saved[i * BLOCK_SIZE as usize..(i + 1) * BLOCK_SIZE as usize],
-            );
-        }
-        // Fill: whole blocks the read covered, unless a write went around the cache meanwhile
-        // (what we read might then be older than the array) or the read is a large one.
-        if hits.is_empty() && len < self.config.bypass_bytes && self.bypass_epoch.get() == epoch {
-            let mut index = self.index.borrow_mut();
-            for b in blocks {
-                if !covers(b, offset, len) {
-                    continue;
-                }
-                let at = b * BLOCK_SIZE;
-                if let Some(slot) = index.insert_clean(b) {
-                    let from = (at - offset) as usize;
-                    let src = &buf.bytes()[from..from + BLOCK_SIZE as usize];
-                    // SAFETY: the slot was just given to this block; its stripe lock is held.
-                    (unsafe { self.slot_buf(slot).bytes_mut() }).copy_from_slice(src);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes `data` at `offset`: acknowledged from the cache in write-back, else once it is
-    /// on the members (with `fua`, on their stable storage).
-    pub async fn write(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
-        let len = data.len() as u64;
-        if !self.caching() || len == 0 {
-            return self.array.write(offset, data, fua).await;
-        }
-        // Checked before the locks: a bad range must not turn into a huge lock range.
-        self.array.check_write(offset, len)?;
-        let _locks = self.lock_range(offset, len).await;
-        let cacheable = self.write_back.get() && !fua && len < self.config.bypass_bytes;
-        if cacheable && self.write_into_cache(offset, &data).await? {
-            self.kick_if_needed();
-            return Ok(());
-        }
-        self.write_around(offset, data, fua).await
-    }
-
     /// The write-through path: the engine first, then the cached copies (clean or dirty) of
     /// the blocks it touched take the new bytes, so neither a read nor a later destage sees
     /// older data.
-    async fn write_around(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
+    pub(super) async fn write_around(&self, offset: u64, data: BufSlice, fua: bool) -> Result<()> {
         self.bump_epoch();
         let written = self.array.write(offset, data.clone(), fua).await;
         // Again once it has landed: a read that began before and was served older data must
@@ -297,7 +220,7 @@ impl Cache {
     /// Puts a write into the cache. Returns false (nothing changed that matters: blocks it
     /// already dirtied hold its bytes, and the caller writes it through) when the cache is
     /// full of dirty data.
-    async fn write_into_cache(&self, offset: u64, data: &BufSlice) -> Result<bool> {
+    pub(super) async fn write_into_cache(&self, offset: u64, data: &BufSlice) -> Result<bool> {
         let len = data.len() as u64;
         let first = offset / BLOCK_SIZE;
         let last = (offset + len).div_ceil(BLOCK_SIZE) - 1;
@@ -344,29 +267,7 @@ impl Cache {
         Ok(true)
     }
 
-    /// Makes every write acknowledged before this call durable on the members.
-    pub async fn flush(&self) -> Result<()> {
-        if self.caching() {
-            self.destage_until(self.now()).await?;
-        }
-        self.array.flush().await
-    }
-
-    /// Discards a range (reads back as zeroes afterwards).
-    pub async fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.zero_around(offset, len, true).await
-    }
-
-    /// Zeroes a range.
-    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.zero_around(offset, len, false).await
-    }
-
-    pub fn zeroes_fast(&self, offset: u64, len: u64) -> bool {
-        self.array.zeroes_fast(offset, len)
-    }
-
-    async fn zero_around(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
+    pub(super) async fn zero_around(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
         if !self.caching() || len == 0 {
             return match discard {
                 true => self.array.trim(offset, len).await,
@@ -411,7 +312,7 @@ impl Cache {
     }
 
     /// Wakes the destager when the dirty share passed the high watermark.
-    fn kick_if_needed(&self) {
+    pub(super) fn kick_if_needed(&self) {
         let pressure = {
             let index = self.index.borrow();
             index.should_destage(
@@ -434,7 +335,7 @@ impl Cache {
 }
 
 /// Whether a request of `len` bytes at `offset` covers all of block `b`.
-fn covers(b: u64, offset: u64, len: u64) -> bool {
+pub(super) fn covers(b: u64, offset: u64, len: u64) -> bool {
     b * BLOCK_SIZE >= offset && (b + 1) * BLOCK_SIZE <= offset + len
 }
 
@@ -452,7 +353,7 @@ fn merge(slot: &BufSlice, b: u64, offset: u64, data: &[u8]) {
 }
 
 /// Copies the part of block `b` (its bytes `block`) that a read of `buf` at `offset` covers.
-fn overlay(buf: &BufSlice, offset: u64, b: u64, block: &[u8]) {
+pub(super) fn overlay(buf: &BufSlice, offset: u64, b: u64, block: &[u8]) {
     let at = b * BLOCK_SIZE;
     let from = offset.max(at);
     let to = (offset + buf.len() as u64).min(at + BLOCK_SIZE);

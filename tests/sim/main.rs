@@ -31,6 +31,7 @@ pub(crate) use raidcore::layout::LayoutKind;
 pub(crate) use raidcore::member::{FaultKind, FaultRule, MemMember, Member};
 pub(crate) use raidcore::raid::{Array, SlotState};
 pub(crate) use raidcore::reactor::{block_on, sleep, spawn};
+pub(crate) use raidcore::volume::Volume;
 
 mod chaos;
 #[path = "../common/mod.rs"]

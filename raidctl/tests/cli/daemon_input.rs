@@ -62,6 +62,29 @@ fn demo_leaves_md_readable_members() {
     assert_eq!(j["state"], "clean", "{j:#}");
 }
 
+/// `demo --level 6`: two members vanish, two spares take their slots, and md reads every
+/// member as a clean RAID6 with all five slots claimed.
+#[test]
+fn demo_level_6_rebuilds_two_spares_and_md_agrees() {
+    let fx = Fixture::new();
+    let dir = fx.path("demo6");
+    let ran = raidctl_ok(&args(&["demo", "--level", "6", "--dir", &s(&dir)]));
+    assert!(ran.stdout.contains("slots 1 and 3"), "{}", ran.describe());
+    assert!(ran.stdout.contains("verified all"), "{}", ran.describe());
+    for (file, role) in [
+        ("m0.img", "Active device 0"),
+        ("spare0.img", "Active device 1"),
+        ("spare1.img", "Active device 3"),
+    ] {
+        let md = mdadm_examine(dir.join(file));
+        md.assert_checksum_correct();
+        assert_eq!(md.get("Raid Level"), "raid6", "{}", md.text);
+        assert_eq!(md.get("State"), "clean", "{}", md.text);
+        assert_eq!(md.get("Device Role"), role, "{}", md.text);
+        assert_eq!(md.array_state(), "AAAAA", "{}", md.text);
+    }
+}
+
 /// A run directory outside the fixture, so the refusal checks see member files only.
 pub(crate) fn run_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
