@@ -5,11 +5,13 @@
 //! made whole and how a write computes its parity:
 //! - reconstruction reads the window from every other member and solves for up to two lost
 //!   chunks (`parity::raid6::recover`, chunks in md's syndrome order);
-//! - writes are full-stripe (P and Q from the new data, no reads) or reconstruct-write: the
-//!   data the request does not cover is read (with P and Q too when a data chunk is lost and
-//!   has to be rebuilt first), the new pieces laid over it, and P and Q recomputed.
-//!   Reconstruct-write never trusts old parity, so rows past the sync point need no care
-//!   unless a data chunk must be rebuilt from it.
+//! - writes are full-stripe (P and Q from the new data, no reads), read-modify-write (old P, Q
+//!   and the old data of the written pieces read; P ^= delta, Q ^= g^i delta) when that reads
+//!   less and every member of the row is there and resynced, or reconstruct-write: the data
+//!   the request does not cover is read (with P and Q too when a data chunk is lost and has to
+//!   be rebuilt first), the new pieces laid over it, and P and Q recomputed. Reconstruct-write
+//!   never trusts old parity, so rows past the sync point need no care unless a data chunk
+//!   must be rebuilt from it.
 
 use futures::future::join_all;
 
@@ -17,7 +19,7 @@ use super::raid5::{ChunkWrite, Retry, RowWrite};
 use super::slots::SlotGone;
 use super::Array;
 use crate::buf::BufSlice;
-use crate::parity::raid6::{gen_syndrome, recover, Lost};
+use crate::parity::raid6::{gen_syndrome, recover, update, Lost};
 
 /// A window of one stripe row, one buffer per slot (all at the same member offsets).
 struct RowWindow {
@@ -153,6 +155,9 @@ impl Array {
         } else {
             (row.lo, row.hi)
         };
+        if !row.full && self.rmw_pays(&row, writes, unreadable) {
+            return self.write_row6_rmw(&row, writes, fua).await;
+        }
         let window = RowWindow::new(self.geo.members(), stripe, (hi - lo) as usize);
         let lost = if row.full {
             Vec::new()
@@ -193,6 +198,79 @@ impl Array {
         ios.push(self.write_slot(q_slot, base + lo, q, fua));
         // A failed write leaves the row consistent for the degraded array: P and Q cover the
         // new data wherever a member missed it.
+        join_all(ios).await;
+        Ok(())
+    }
+
+    /// Whether a read-modify-write of `row` reads less than a reconstruct-write (md picks by the
+    /// same count): it needs every member usable and P and Q trusted (the row resynced).
+    fn rmw_pays(
+        &self,
+        row: &RowWrite,
+        writes: &[Option<ChunkWrite>],
+        unreadable: &[usize],
+    ) -> bool {
+        let all_usable =
+            unreadable.is_empty() && (0..self.geo.members()).all(|s| self.is_slot_active(s));
+        let width = row.hi - row.lo;
+        let written: u64 = writes.iter().flatten().map(|w| w.src.len() as u64).sum();
+        let rmw_reads = 2 * width + written;
+        let rcw_reads = (writes.len() as u64 * width).saturating_sub(written);
+        all_usable && self.parity_in_sync(row.base + row.hi) && rmw_reads < rcw_reads
+    }
+
+    /// Read-modify-write: old P and Q over `lo..hi` and the old data of the written pieces are
+    /// read; P ^= old ^ new and Q ^= g^i (old ^ new) for each piece (its syndrome index i);
+    /// the pieces, P and Q are written together.
+    async fn write_row6_rmw(
+        &self,
+        row: &RowWrite,
+        writes: &[Option<ChunkWrite>],
+        fua: bool,
+    ) -> std::result::Result<(), Retry> {
+        let q_slot = row.q_slot.expect("RAID6 has Q");
+        let width = (row.hi - row.lo) as usize;
+        let (p, q) = (BufSlice::zeroed(width), BufSlice::zeroed(width));
+        let pieces: Vec<(usize, &ChunkWrite, BufSlice)> = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(k, w)| w.as_ref().map(|w| (k, w, BufSlice::zeroed(w.src.len()))))
+            .collect();
+        let mut slots = vec![row.parity_slot, q_slot];
+        let mut reads = vec![
+            self.read_slot(row.parity_slot, row.base + row.lo, p.clone()),
+            self.read_slot(q_slot, row.base + row.lo, q.clone()),
+        ];
+        for (k, w, old) in &pieces {
+            slots.push(row.data_slots[*k]);
+            reads.push(self.read_slot(row.data_slots[*k], row.base + w.chunk_offset, old.clone()));
+        }
+        self.row_reads_ok(slots.into_iter().zip(join_all(reads).await))?;
+        let stripe = row.base / self.geo.chunk_bytes();
+        for (k, w, old) in &pieces {
+            let i = self
+                .geo
+                .syndrome_index(stripe, row.data_slots[*k])
+                .expect("a data slot");
+            let at = (w.chunk_offset - row.lo) as usize;
+            let n = w.src.len();
+            // SAFETY: P and Q are our own buffers; their reads have completed and they are not
+            // handed to a write before this loop ends.
+            let (pw, qw) = unsafe {
+                (
+                    &mut p.bytes_mut()[at..at + n],
+                    &mut q.bytes_mut()[at..at + n],
+                )
+            };
+            update(i, old.bytes(), w.src.bytes(), pw, qw);
+        }
+        let mut ios = Vec::new();
+        for (k, w, _) in &pieces {
+            let at = row.base + w.chunk_offset;
+            ios.push(self.write_slot(row.data_slots[*k], at, w.src.clone(), fua));
+        }
+        ios.push(self.write_slot(row.parity_slot, row.base + row.lo, p, fua));
+        ios.push(self.write_slot(q_slot, row.base + row.lo, q, fua));
         join_all(ios).await;
         Ok(())
     }
