@@ -10,6 +10,7 @@ use raidcore::daemon::rundir::RunDir;
 use raidcore::{Error, ErrorKind, Result};
 
 use crate::cli::{AttachArgs, InjectArgs, StopArgs};
+use crate::cmd_manage::simple;
 use crate::cmd_status::call;
 
 /// The FUSE frontend, handed to the daemon (raidcore does not link FUSE itself).
@@ -46,15 +47,8 @@ pub fn attach(args: AttachArgs, run_dir: Option<&str>) -> Result<i32> {
 }
 
 pub fn detach(args: StopArgs, run_dir: Option<&str>) -> Result<i32> {
-    let run_dir = RunDir::resolve(run_dir);
-    call(
-        &run_dir,
-        &args.name,
-        &ControlRequest::Detach,
-        Duration::from_secs(60),
-    )?;
-    println!("array {} detached", args.name);
-    Ok(0)
+    let done = format!("array {} detached", args.name);
+    simple(run_dir, &args.name, ControlRequest::Detach, done)
 }
 
 /// `raidctl inject`: a fault drill, applied by the daemon to one member's fault wrapper.

@@ -13,7 +13,7 @@ use crate::cli::{AddArgs, CheckArgs, FailArgs, MemberArgs, RebuildArgs, ReplaceA
 use crate::cmd_status::{call, query};
 
 /// One request, then one line saying what was done.
-fn simple(run_dir: Option<&str>, name: &str, req: ControlRequest, done: String) -> Result<i32> {
+pub fn simple(run_dir: Option<&str>, name: &str, req: ControlRequest, done: String) -> Result<i32> {
     call(
         &RunDir::resolve(run_dir),
         name,

@@ -12,6 +12,7 @@
 //! never write older data over a newer write-through. Everything runs on the array's reactor.
 
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -339,28 +340,32 @@ pub(super) fn covers(b: u64, offset: u64, len: u64) -> bool {
     b * BLOCK_SIZE >= offset && (b + 1) * BLOCK_SIZE <= offset + len
 }
 
-/// Copies block `b`'s bytes of a request (`data` at array offset `offset`) into its slot.
-fn merge(slot: &BufSlice, b: u64, offset: u64, data: &[u8]) {
+/// Where block `b` and a request of `len` bytes at array offset `offset` overlap: the shared
+/// bytes' range within the block and within the request, or None when they do not meet.
+fn overlap(b: u64, offset: u64, len: u64) -> Option<(Range<usize>, Range<usize>)> {
     let at = b * BLOCK_SIZE;
     let from = offset.max(at);
-    let to = (offset + data.len() as u64).min(at + BLOCK_SIZE);
-    if from >= to {
-        return;
+    let to = (offset + len).min(at + BLOCK_SIZE);
+    (from < to).then(|| {
+        (
+            (from - at) as usize..(to - at) as usize,
+            (from - offset) as usize..(to - offset) as usize,
+        )
+    })
+}
+
+/// Copies block `b`'s bytes of a request (`data` at array offset `offset`) into its slot.
+fn merge(slot: &BufSlice, b: u64, offset: u64, data: &[u8]) {
+    if let Some((in_block, in_request)) = overlap(b, offset, data.len() as u64) {
+        // SAFETY: callers hold the block's stripe lock, so nothing else touches its slot.
+        (unsafe { slot.bytes_mut() })[in_block].copy_from_slice(&data[in_request]);
     }
-    // SAFETY: callers hold the block's stripe lock, so nothing else touches its slot.
-    (unsafe { slot.bytes_mut() })[(from - at) as usize..(to - at) as usize]
-        .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
 }
 
 /// Copies the part of block `b` (its bytes `block`) that a read of `buf` at `offset` covers.
 pub(super) fn overlay(buf: &BufSlice, offset: u64, b: u64, block: &[u8]) {
-    let at = b * BLOCK_SIZE;
-    let from = offset.max(at);
-    let to = (offset + buf.len() as u64).min(at + BLOCK_SIZE);
-    if from >= to {
-        return;
+    if let Some((in_block, in_request)) = overlap(b, offset, buf.len() as u64) {
+        // SAFETY: `buf` is the caller's read buffer, with no I/O in flight on it any more.
+        (unsafe { buf.bytes_mut() })[in_request].copy_from_slice(&block[in_block]);
     }
-    // SAFETY: `buf` is the caller's read buffer, with no I/O in flight on it any more.
-    (unsafe { buf.bytes_mut() })[(from - offset) as usize..(to - offset) as usize]
-        .copy_from_slice(&block[(from - at) as usize..(to - at) as usize]);
 }
