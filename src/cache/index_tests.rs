@@ -53,6 +53,13 @@ fn check(ix: &CacheIndex) {
     assert_eq!(ix.dirty_blocks, ages.len() as u64);
 }
 
+/// Writes `blocks` (each must get a slot) at time `now`.
+fn write_all(ix: &mut CacheIndex, blocks: impl IntoIterator<Item = u64>, now: u64) {
+    for b in blocks {
+        ix.write(b, now).unwrap();
+    }
+}
+
 fn stripes_of(batch: &[DestageStripe]) -> Vec<u64> {
     batch.iter().map(|d| d.stripe).collect()
 }
@@ -199,9 +206,7 @@ fn stripe_of_and_dirty_stripes() {
 #[test]
 fn destage_takes_full_stripes_first_then_fullest() {
     let mut ix = index(64, 4);
-    for b in [7, 5, 4, 6, 1, 0, 8, 10, 9, 12, 17, 16] {
-        ix.write(b, 0).unwrap();
-    }
+    write_all(&mut ix, [7, 5, 4, 6, 1, 0, 8, 10, 9, 12, 17, 16], 0);
     // stripe 0: 2 blocks, 1: full, 2: 3 blocks, 3: 1 block, 4: 2 blocks
     let batch = ix.take_destage_batch(4, 10, 1000);
     assert_eq!(stripes_of(&batch), vec![1, 2, 0, 4]);
@@ -224,9 +229,7 @@ fn destage_takes_aged_stripes_first_oldest_first() {
     let mut ix = index(64, 4);
     ix.write(20, 0).unwrap(); // stripe 5, oldest
     ix.write(13, 30).unwrap(); // stripe 3
-    for b in 4..8 {
-        ix.write(b, 100).unwrap(); // stripe 1, full but young
-    }
+    write_all(&mut ix, 4..8, 100); // stripe 1, full but young
     assert_eq!(
         stripes_of(&ix.take_destage_batch(1, 99, 100)),
         vec![1],
@@ -245,9 +248,7 @@ fn destage_takes_aged_stripes_first_oldest_first() {
 #[test]
 fn runs_split_at_gaps() {
     let mut ix = index(16, 8);
-    for b in [3, 0, 1, 6, 7] {
-        ix.write(b, 0).unwrap();
-    }
+    write_all(&mut ix, [3, 0, 1, 6, 7], 0);
     let batch = ix.take_destage_batch(1, 0, 0);
     let runs: Vec<Vec<u64>> = batch[0]
         .runs()
@@ -260,8 +261,7 @@ fn runs_split_at_gaps() {
 #[test]
 fn destaging_blocks_are_not_taken_twice() {
     let mut ix = index(16, 4);
-    ix.write(0, 0).unwrap();
-    ix.write(1, 0).unwrap();
+    write_all(&mut ix, [0, 1], 0);
     assert_eq!(ix.take_destage_batch(8, 0, 0)[0].block_list(), vec![0, 1]);
     assert!(ix.take_destage_batch(8, 0, 0).is_empty());
     ix.write(2, 1).unwrap();
@@ -274,9 +274,7 @@ fn destaging_blocks_are_not_taken_twice() {
 #[test]
 fn destage_success_makes_blocks_clean_cached_and_evictable() {
     let mut ix = index(4, 4);
-    for b in 0..4 {
-        ix.write(b, 0).unwrap();
-    }
+    write_all(&mut ix, 0..4, 0);
     assert_eq!(ix.write(9, 0), None);
     let batch = ix.take_destage_batch(1, 0, 0);
     assert!(batch[0].full);
@@ -295,8 +293,7 @@ fn destage_success_makes_blocks_clean_cached_and_evictable() {
 #[test]
 fn rewrite_during_destage_stays_dirty() {
     let mut ix = index(8, 4);
-    ix.write(1, 10).unwrap();
-    ix.write(2, 10).unwrap();
+    write_all(&mut ix, [1, 2], 10);
     let blocks = ix.take_destage_batch(1, 10, 0)[0].block_list();
     ix.write(1, 50).unwrap();
     ix.write(1, 60).unwrap();
@@ -314,8 +311,7 @@ fn rewrite_during_destage_stays_dirty() {
 #[test]
 fn failed_destage_stays_dirty_with_its_age() {
     let mut ix = index(8, 4);
-    ix.write(1, 10).unwrap();
-    ix.write(5, 10).unwrap();
+    write_all(&mut ix, [1, 5], 10);
     let batch = ix.take_destage_batch(2, 10, 0);
     ix.write(5, 40).unwrap(); // rewritten and failed: still the old age
     for d in &batch {

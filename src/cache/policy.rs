@@ -251,21 +251,20 @@ mod tests {
 
     #[test]
     fn mode_parse_and_as_str_round_trip() {
+        use CacheMode::*;
         for m in CacheMode::ALL {
             assert_eq!(CacheMode::parse(m.as_str()), Ok(m));
             assert_eq!(m.as_str().parse::<CacheMode>(), Ok(m));
             assert_eq!(m.to_string(), m.as_str());
         }
-        assert_eq!(CacheMode::parse("write-back"), Ok(CacheMode::WriteBack));
-        assert_eq!(
-            CacheMode::parse("write-through"),
-            Ok(CacheMode::WriteThrough)
-        );
-        assert_eq!(
-            CacheMode::parse("always-write-back"),
-            Ok(CacheMode::AlwaysWriteBack)
-        );
-        assert_eq!(CacheMode::parse(" Write-Back\n"), Ok(CacheMode::WriteBack));
+        for (text, mode) in [
+            ("write-back", WriteBack),
+            ("write-through", WriteThrough),
+            ("always-write-back", AlwaysWriteBack),
+            (" Write-Back\n", WriteBack),
+        ] {
+            assert_eq!(CacheMode::parse(text), Ok(mode), "{text:?}");
+        }
     }
 
     #[test]
@@ -281,15 +280,20 @@ mod tests {
 
     #[test]
     fn battery_parse_trims_and_ignores_case() {
+        use Battery::*;
         for b in Battery::ALL {
             assert_eq!(Battery::parse(b.as_str()), Ok(b));
             assert_eq!(b.as_str().parse::<Battery>(), Ok(b));
             assert_eq!(b.to_string(), b.as_str());
         }
-        assert_eq!(Battery::parse("present\n"), Ok(Battery::Present));
-        assert_eq!(Battery::parse("  ABSENT \r\n"), Ok(Battery::Absent));
-        assert_eq!(Battery::parse("\tCharging"), Ok(Battery::Charging));
-        assert_eq!(Battery::parse("Failed\n"), Ok(Battery::Failed));
+        for (text, battery) in [
+            ("present\n", Present),
+            ("  ABSENT \r\n", Absent),
+            ("\tCharging", Charging),
+            ("Failed\n", Failed),
+        ] {
+            assert_eq!(Battery::parse(text), Ok(battery), "{text:?}");
+        }
     }
 
     #[test]

@@ -19,35 +19,40 @@ fn candidates(names: &[&str]) -> Vec<Candidate> {
     names.iter().map(|name| candidate(name)).collect()
 }
 
+/// Members `numbers` of the fixture array `array`, in that order.
+fn members(array: &str, numbers: &[usize]) -> Vec<Candidate> {
+    numbers
+        .iter()
+        .map(|n| candidate(&format!("{array}.m{n}")))
+        .collect()
+}
+
 fn plain() -> AssemblyOptions {
     AssemblyOptions::default()
+}
+
+fn forced() -> AssemblyOptions {
+    AssemblyOptions {
+        force: true,
+        expected_uuid: None,
+    }
 }
 
 /// Goal: a healthy array assembles with every member in its slot, whatever the order given.
 #[test]
 fn healthy_array() {
-    let given = candidates(&["raid5-4.m3", "raid5-4.m1", "raid5-4.m0", "raid5-4.m2"]);
+    let given = members("raid5-4", &[3, 1, 0, 2]);
     let plan = plan_assembly(&given, &plain()).unwrap();
     assert_eq!(plan.slots, vec![Some(2), Some(1), Some(3), Some(0)]);
     assert!(!plan.degraded);
     assert!(plan.excluded.is_empty() && plan.spares.is_empty() && plan.forced.is_empty());
     assert!(plan.missing_slots().is_empty());
     assert_eq!(plan.reference.events, 1);
-    let raid6 = candidates(&[
-        "raid6-5.m0",
-        "raid6-5.m1",
-        "raid6-5.m2",
-        "raid6-5.m3",
-        "raid6-5.m4",
-    ]);
+    let raid6 = members("raid6-5", &[0, 1, 2, 3, 4]);
     let plan = plan_assembly(&raid6, &plain()).unwrap();
     assert_eq!(plan.reference.level, 6);
     assert!(!plan.degraded);
-    let raid0 = candidates(&[
-        "raid0-3-unequal.m0",
-        "raid0-3-unequal.m1",
-        "raid0-3-unequal.m2",
-    ]);
+    let raid0 = members("raid0-3-unequal", &[0, 1, 2]);
     assert!(!plan_assembly(&raid0, &plain()).unwrap().degraded);
 }
 
@@ -55,12 +60,7 @@ fn healthy_array() {
 /// message naming it and saying it is stale, and the array is degraded in slot 2.
 #[test]
 fn stale_member_is_left_out() {
-    let given = candidates(&[
-        "raid5-4-degraded.m0",
-        "raid5-4-degraded.m1",
-        "raid5-4-degraded.m2",
-        "raid5-4-degraded.m3",
-    ]);
+    let given = members("raid5-4-degraded", &[0, 1, 2, 3]);
     let plan = plan_assembly(&given, &plain()).unwrap();
     assert_eq!(plan.slots, vec![Some(0), Some(1), None, Some(3)]);
     assert!(plan.degraded);
@@ -91,17 +91,8 @@ fn stale_member_is_left_out() {
 /// failed long before a power cut came back as in sync and its old bytes were read.
 #[test]
 fn force_leaves_out_a_stale_member_the_array_can_do_without() {
-    let given = candidates(&[
-        "raid5-4-degraded.m2",
-        "raid5-4-degraded.m0",
-        "raid5-4-degraded.m1",
-        "raid5-4-degraded.m3",
-    ]);
-    let options = AssemblyOptions {
-        force: true,
-        expected_uuid: None,
-    };
-    let plan = plan_assembly(&given, &options).unwrap();
+    let given = members("raid5-4-degraded", &[2, 0, 1, 3]);
+    let plan = plan_assembly(&given, &forced()).unwrap();
     assert_eq!(plan.slots, vec![Some(1), Some(2), None, Some(3)]);
     assert!(plan.forced.is_empty());
     assert!(plan.degraded);
@@ -116,16 +107,8 @@ fn force_leaves_out_a_stale_member_the_array_can_do_without() {
 /// it, and is reported for an events rewrite.
 #[test]
 fn force_uses_a_stale_member_the_array_needs() {
-    let given = candidates(&[
-        "raid5-4-degraded.m2",
-        "raid5-4-degraded.m0",
-        "raid5-4-degraded.m3",
-    ]);
-    let options = AssemblyOptions {
-        force: true,
-        expected_uuid: None,
-    };
-    let plan = plan_assembly(&given, &options).unwrap();
+    let given = members("raid5-4-degraded", &[2, 0, 3]);
+    let plan = plan_assembly(&given, &forced()).unwrap();
     assert_eq!(plan.slots, vec![Some(1), None, Some(0), Some(2)]);
     assert_eq!(plan.forced, vec![0]);
     assert!(plan.degraded);
@@ -134,11 +117,7 @@ fn force_uses_a_stale_member_the_array_needs() {
 /// Goal: the three fresh members assemble degraded with slot 2 missing.
 #[test]
 fn three_of_four_is_degraded() {
-    let given = candidates(&[
-        "raid5-4-degraded.m0",
-        "raid5-4-degraded.m1",
-        "raid5-4-degraded.m3",
-    ]);
+    let given = members("raid5-4-degraded", &[0, 1, 3]);
     let plan = plan_assembly(&given, &plain()).unwrap();
     assert_eq!(plan.slots, vec![Some(0), Some(1), None, Some(2)]);
     assert!(plan.degraded);

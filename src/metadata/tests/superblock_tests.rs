@@ -107,6 +107,9 @@ fn every_single_bit_flip_is_refused() {
     assert!(Superblock::decode(&beyond).is_ok());
 }
 
+/// A change to the bytes of a valid superblock.
+type Patch = fn(&mut Vec<u8>);
+
 /// Patches a valid superblock with `patch`, fixes the checksum, and decodes it.
 fn decode_patched(patch: impl FnOnce(&mut Vec<u8>)) -> Result<Superblock, MetadataError> {
     let mut block = fixtures::member("raid5-4.m0").superblock_block().to_vec();
@@ -134,60 +137,50 @@ fn each_load_check_has_its_own_error() {
         r.unwrap_err().to_string(),
         "no md superblock (magic 0x00001234, expected 0xa92b4efc)"
     );
-    assert_eq!(
-        decode_patched(|b| put_u32(b, 4, 2)),
-        Err(E::BadMajorVersion(2))
-    );
-    assert_eq!(
-        decode_patched(|b| put_u32(b, 8, 0x2001)),
-        Err(E::UnknownFeatures {
-            feature_map: 0x2001,
-            unknown: 0x2000
-        })
-    );
-    assert_eq!(
-        decode_patched(|b| put_u32(b, 12, 7)),
-        Err(E::NonZeroPad0(7))
-    );
-    assert_eq!(decode_patched(|b| b[230] = 1), Err(E::NonZeroPad3));
-    assert_eq!(
-        decode_patched(|b| put_u64(b, 144, 0)),
-        Err(E::WrongSuperOffset {
-            found: 0,
-            expected: 8
-        })
-    );
-    assert_eq!(
-        decode_patched(|b| put_u64(b, 136, 9)),
-        Err(E::DataSizeTooSmall(9))
-    );
-    assert_eq!(
-        decode_patched(|b| put_u64(b, 128, 8)),
-        Err(E::DataOffsetOverlapsSuperblock {
-            data_offset_sectors: 8,
-            min_sectors: 9
-        })
-    );
-    assert_eq!(
-        decode_patched(|b| put_u32(b, 8, 0x1001)),
-        Err(E::Raid0LayoutOnWrongLevel(5))
-    );
-    // A reshape moving data into the superblock is refused too.
-    let r = decode_patched(|b| {
-        put_u32(b, 8, 0x41);
-        put_u32(b, 124, (-2045i32) as u32);
-    });
-    assert_eq!(
-        r,
-        Err(E::DataOffsetOverlapsSuperblock {
-            data_offset_sectors: 3,
-            min_sectors: 9
-        })
-    );
-    assert!(matches!(
-        decode_patched(|b| put_u32(b, 220, 1921)),
-        Err(E::TooManyDevices(1921))
-    ));
+    // One patch per check, with the error it must give.
+    let cases: [(Patch, E); 10] = [
+        (|b| put_u32(b, 4, 2), E::BadMajorVersion(2)),
+        (
+            |b| put_u32(b, 8, 0x2001),
+            E::UnknownFeatures {
+                feature_map: 0x2001,
+                unknown: 0x2000,
+            },
+        ),
+        (|b| put_u32(b, 12, 7), E::NonZeroPad0(7)),
+        (|b| b[230] = 1, E::NonZeroPad3),
+        (
+            |b| put_u64(b, 144, 0),
+            E::WrongSuperOffset {
+                found: 0,
+                expected: 8,
+            },
+        ),
+        (|b| put_u64(b, 136, 9), E::DataSizeTooSmall(9)),
+        (
+            |b| put_u64(b, 128, 8),
+            E::DataOffsetOverlapsSuperblock {
+                data_offset_sectors: 8,
+                min_sectors: 9,
+            },
+        ),
+        (|b| put_u32(b, 8, 0x1001), E::Raid0LayoutOnWrongLevel(5)),
+        // A reshape moving data into the superblock is refused too.
+        (
+            |b| {
+                put_u32(b, 8, 0x41);
+                put_u32(b, 124, (-2045i32) as u32);
+            },
+            E::DataOffsetOverlapsSuperblock {
+                data_offset_sectors: 3,
+                min_sectors: 9,
+            },
+        ),
+        (|b| put_u32(b, 220, 1921), E::TooManyDevices(1921)),
+    ];
+    for (patch, expected) in cases {
+        assert_eq!(decode_patched(patch), Err(expected));
+    }
     let good = fixtures::member("raid5-4.m0").superblock_block();
     assert!(matches!(
         Superblock::decode(&good[..300]),
