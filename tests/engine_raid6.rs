@@ -220,7 +220,11 @@ fn a_small_write_on_a_wide_row_reads_only_what_it_changes() {
         }
         write_model(&r.array, &mut model, at, pattern(4096, 60)).await;
         for &s in &others {
-            assert_eq!(r.faults[s].fired(), 0, "slot {s} was read for a small write");
+            assert_eq!(
+                r.faults[s].fired(),
+                0,
+                "slot {s} was read for a small write"
+            );
             r.faults[s].clear();
         }
         common::assert_redundancy_consistent(&r.array, &r.sims, "after a read-modify-write");
