@@ -201,7 +201,12 @@ fn crash_resyncs_only_the_chunks_the_bitmap_marks() {
 
 #[test]
 fn readded_member_rebuilds_only_the_chunks_written_while_it_was_away() {
-    for (kind, n) in [(LayoutKind::Raid1, 2), (raid5(), 4), (raid10(), 4)] {
+    for (kind, n) in [
+        (LayoutKind::Raid1, 2),
+        (raid5(), 4),
+        (common::raid6(), 5),
+        (raid10(), 4),
+    ] {
         block_on(async move {
             let s = sims(n);
             let Assembled { array, control, .. } = new_array(kind.clone(), &s).await;

@@ -64,6 +64,7 @@ fn spare_takes_over_and_rebuilds_under_foreground_writes() {
     for (kind, members) in [
         (LayoutKind::Raid1, 2),
         (raid5(), 4),
+        (common::raid6(), 5),
         (raid10(), 4),
         (
             LayoutKind::Raid10(Raid10Layout {
@@ -211,7 +212,12 @@ fn crash_during_rebuild_resumes_from_a_checkpoint() {
 
 #[test]
 fn replace_builds_the_new_member_while_the_old_stays_active() {
-    for (kind, members) in [(raid5(), 4), (LayoutKind::Raid1, 2), (raid10(), 4)] {
+    for (kind, members) in [
+        (raid5(), 4),
+        (LayoutKind::Raid1, 2),
+        (raid10(), 4),
+        (common::raid6(), 5),
+    ] {
         block_on(async move {
             let r = rig(kind.clone(), members, 0).await;
             let mut model = common::fill(&r.array, 7).await;
