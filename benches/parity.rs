@@ -1,7 +1,7 @@
 //! Parity throughput: P from 4 or 8 data chunks (`xor_all`), RAID6's P+Q of the same stripes
-//! (`gen_syndrome`) and RAID6's recovery multiply (`c * chunk`), next to a memcpy of the same
-//! data bytes, so the report shows how close parity runs to plain memory bandwidth and what Q
-//! costs on top of P.
+//! (`gen_syndrome`) and k+m erasure coding with 2, 3 and 4 parity chunks (`ec_k+m`), next to
+//! a memcpy of the same data bytes, so the report shows how close parity runs to plain memory
+//! bandwidth and what each extra parity chunk costs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use raidcore::parity;
@@ -44,6 +44,19 @@ fn xor_parity(c: &mut Criterion) {
                     )
                 })
             });
+
+            for parity_chunks in [2usize, 3, 4] {
+                let code = parity::ec::ErasureCode::new(data_chunks, parity_chunks).unwrap();
+                let mut out = vec![vec![0u8; chunk_bytes]; parity_chunks];
+                let id = BenchmarkId::new(format!("ec_k+{parity_chunks}"), &label);
+                group.bench_function(id, |b| {
+                    b.iter(|| {
+                        let mut view: Vec<&mut [u8]> =
+                            out.iter_mut().map(|p| p.as_mut_slice()).collect();
+                        code.encode(black_box(&srcs), black_box(&mut view))
+                    })
+                });
+            }
 
             let mut copy = vec![0u8; data_chunks * chunk_bytes];
             group.bench_function(BenchmarkId::new("memcpy", &label), |b| {
