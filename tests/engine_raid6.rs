@@ -233,3 +233,31 @@ fn a_small_write_on_a_wide_row_reads_only_what_it_changes() {
     })
     .unwrap();
 }
+
+/// With one member gone, a degraded read is the XOR of the row's other data chunks and P:
+/// Q is not read (a read error armed on Q's member never fires) and the bytes are right.
+#[test]
+fn a_degraded_read_with_one_member_gone_does_not_read_q() {
+    block_on(async {
+        let (r, model, data_offset) = filled_left_symmetric(7).await;
+        let geo = r.array.geometry().clone();
+        // Row 0 is "Q D0 D1 D2 P": m2 (D1) goes, Q's member m0 must not be asked.
+        let q = geo.q_slot(0).unwrap();
+        r.faults[q].inject(common::on_range(FaultKind::ReadError, data_offset, CHUNK));
+        r.faults[2].vanish();
+        let at = CHUNK + 4096;
+        assert_eq!(geo.parity_locate(at).slot, 2);
+        let got = read_array(&r.array, at, 8192).await.unwrap();
+        assert!(
+            got == model[at as usize..at as usize + 8192],
+            "rebuilt wrong"
+        );
+        assert_eq!(
+            r.faults[q].fired(),
+            0,
+            "Q was read for a one-member reconstruction"
+        );
+        r.array.close().await.unwrap();
+    })
+    .unwrap();
+}

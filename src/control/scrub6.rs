@@ -45,7 +45,10 @@ impl Controller {
         repair: bool,
     ) -> Option<u64> {
         let geo = &self.array.geo;
-        let (p, q) = self.array.syndrome_of_row(stripe, bufs);
+        let width = bufs[0].len();
+        let (p, q) = self
+            .array
+            .syndrome_of_row(stripe, width, |s| bufs[s].bytes());
         let (p_slot, q_slot) = (geo.p_slot(stripe), geo.q_slot(stripe).expect("RAID6"));
         let mut sectors = 0;
         for start in (0..p.len()).step_by(BLOCK) {

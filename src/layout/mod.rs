@@ -417,6 +417,18 @@ impl Geometry {
             .collect()
     }
 
+    /// RAID6: the data slots of `stripe` in md's syndrome order (the chunk whose Q coefficient
+    /// is g^0 first), so P and Q can be computed straight from per-slot buffers.
+    ///
+    /// # Panics
+    /// If the geometry is not RAID6.
+    pub fn syndrome_slots(&self, stripe: u64) -> impl Iterator<Item = usize> {
+        match self.rows() {
+            Rows::Raid6(a) => raid6::syndrome_slots(a, self.members, stripe),
+            _ => panic!("syndrome order asked of a {} geometry", self.level()),
+        }
+    }
+
     /// RAID5/6: number of stripes (rows) in the array.
     ///
     /// # Panics

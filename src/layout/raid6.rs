@@ -104,10 +104,33 @@ pub(super) fn syndrome_index(
     slot: usize,
 ) -> Option<usize> {
     let (p, q) = data_slot_beside(algorithm, members, stripe, slot)?;
-    let first = if q == members - 1 { 0 } else { q + 1 };
+    let first = walk_start(members, q);
     let walked = |s: usize| (s + members - first) % members;
     let at = walked(slot);
     Some(at - usize::from(walked(p) < at) - usize::from(walked(q) < at))
+}
+
+/// The data slots of `stripe` in md's syndrome order: the slot whose Q coefficient is g^0
+/// first.
+pub(super) fn syndrome_slots(
+    algorithm: Raid6Algorithm,
+    members: usize,
+    stripe: u64,
+) -> impl Iterator<Item = usize> {
+    let (p, q) = parity_slots(algorithm, members, stripe);
+    let first = walk_start(members, q);
+    (0..members)
+        .map(move |j| (first + j) % members)
+        .filter(move |&s| s != p && s != q)
+}
+
+/// Where md's syndrome walk starts: the member after Q (member 0 when Q is the last).
+fn walk_start(members: usize, q: usize) -> usize {
+    if q == members - 1 {
+        0
+    } else {
+        q + 1
+    }
 }
 
 /// P and Q of `stripe`, or None when `slot` is one of them.

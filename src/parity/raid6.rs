@@ -74,10 +74,12 @@ pub fn gen_syndrome(data: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
 /// Updates P and Q for data chunk `i` changing from `old` to `new` (md's read-modify-write):
 /// `P ^= old ^ new`, `Q ^= g^i * (old ^ new)`.
 pub fn update(i: usize, old: &[u8], new: &[u8], p: &mut [u8], q: &mut [u8]) {
-    let mut delta = old.to_vec();
-    super::xor_into(&mut delta, new);
-    super::xor_into(p, &delta);
-    super::gf::mul_const::<true>(q, &delta, pow_g(i));
+    // Multiplying is linear, so g^i (old ^ new) = g^i old ^ g^i new: no delta buffer.
+    let g = pow_g(i);
+    super::xor_into(p, old);
+    super::xor_into(p, new);
+    super::gf::mul_const::<true>(q, old, g);
+    super::gf::mul_const::<true>(q, new, g);
 }
 
 /// What a stripe has lost, by syndrome index (`P` and `Q` are the parity chunks).
@@ -109,28 +111,23 @@ pub fn recover(data: &mut [&mut [u8]], p: &mut [u8], q: &mut [u8], lost: &[Lost]
         [x, y] => two_data(data, p, q, *x, *y),
         _ => unreachable!("at most two chunks"),
     }
-    if p_lost || lost.contains(&Lost::Q) {
-        let view: Vec<&[u8]> = data.iter().map(|d| &**d).collect();
-        let (mut p2, mut q2) = (p.to_vec(), q.to_vec());
-        gen_syndrome(&view, &mut p2, &mut q2);
-        if p_lost {
-            p.copy_from_slice(&p2);
-        }
-        if lost.contains(&Lost::Q) {
-            q.copy_from_slice(&q2);
-        }
+    // The data is whole now; a lost parity chunk is computed from it.
+    let view: Vec<&[u8]> = data.iter().map(|d| &**d).collect();
+    match (p_lost, lost.contains(&Lost::Q)) {
+        (true, true) => gen_syndrome(&view, p, q),
+        (true, false) => super::xor_all(p, &view),
+        (false, true) => gen_syndrome(&view, &mut vec![0u8; p.len()], q),
+        (false, false) => {}
     }
 }
 
 /// D_x = P ^ (the other data).
 fn from_p(data: &mut [&mut [u8]], p: &[u8], x: usize) {
-    let mut out = p.to_vec();
-    for (i, d) in data.iter().enumerate() {
-        if i != x {
-            super::xor_into(&mut out, d);
-        }
-    }
-    data[x].copy_from_slice(&out);
+    let (before, rest) = data.split_at_mut(x);
+    let (target, after) = rest.split_first_mut().expect("x is a data index");
+    let mut srcs: Vec<&[u8]> = vec![p];
+    srcs.extend(before.iter().chain(after.iter()).map(|d| &**d));
+    super::xor_all(target, &srcs);
 }
 
 /// D_x = (Q ^ Q without D_x) / g^x.

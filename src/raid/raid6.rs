@@ -3,13 +3,15 @@
 //!
 //! Reads and the row-lock discipline are RAID5's (`raid5.rs`); what differs is how a row is
 //! made whole and how a write computes its parity:
-//! - reconstruction reads the window from every other member and solves for up to two lost
-//!   chunks (`parity::raid6::recover`, chunks in md's syndrome order);
+//! - reconstruction of one chunk reads the other data chunks and P and XORs them, as RAID5
+//!   does; only when one of those cannot be read as well is Q read and the row solved for the
+//!   two lost chunks (`parity::raid6::recover`, chunks in md's syndrome order);
 //! - writes are full-stripe (P and Q from the new data, no reads), read-modify-write (old P, Q
 //!   and the old data of the written pieces read; P ^= delta, Q ^= g^i delta) when that reads
 //!   less and every member of the row is there and resynced, or reconstruct-write: the data
 //!   the request does not cover is read (with P and Q too when a data chunk is lost and has to
-//!   be rebuilt first), the new pieces laid over it, and P and Q recomputed. Reconstruct-write
+//!   be rebuilt first), the new pieces laid over it, and P and Q recomputed. A chunk the
+//!   request covers whole is taken from the request itself, never copied. Reconstruct-write
 //!   never trusts old parity, so rows past the sync point need no care unless a data chunk
 //!   must be rebuilt from it.
 
@@ -20,21 +22,7 @@ use super::slots::SlotGone;
 use super::Array;
 use crate::buf::BufSlice;
 use crate::parity::raid6::{gen_syndrome, recover, update, Lost};
-
-/// A window of one stripe row, one buffer per slot (all at the same member offsets).
-struct RowWindow {
-    stripe: u64,
-    bufs: Vec<BufSlice>,
-}
-
-impl RowWindow {
-    fn new(members: usize, stripe: u64, width: usize) -> RowWindow {
-        RowWindow {
-            stripe,
-            bufs: (0..members).map(|_| BufSlice::zeroed(width)).collect(),
-        }
-    }
-}
+use crate::parity::xor_all;
 
 impl Array {
     /// Rebuilds the buffers of the `lost` slots (at most two) of row `stripe` from the other
@@ -52,38 +40,32 @@ impl Array {
             None => Lost::P,
         };
         let lost: Vec<Lost> = lost.iter().map(|&s| as_lost(s)).collect();
-        let mut data: Vec<(usize, &mut [u8])> = (0..geo.members())
-            .filter_map(|s| {
-                let i = geo.syndrome_index(stripe, s)?;
-                // SAFETY: the caller's promise; each slot's buffer is borrowed exactly once.
-                Some((i, unsafe { bufs[s].bytes_mut() }))
-            })
+        let mut data: Vec<&mut [u8]> = geo
+            .syndrome_slots(stripe)
+            // SAFETY: the caller's promise; each data slot comes once in the syndrome order.
+            .map(|s| unsafe { bufs[s].bytes_mut() })
             .collect();
-        data.sort_by_key(|(i, _)| *i);
-        let mut data: Vec<&mut [u8]> = data.into_iter().map(|(_, b)| b).collect();
         // SAFETY: as above; P and Q are not among the data buffers.
         let (p, q) = unsafe { (bufs[p_slot].bytes_mut(), bufs[q_slot].bytes_mut()) };
         recover(&mut data, p, q, &lost);
     }
 
-    /// P and Q of row `stripe` computed from the data slots' buffers (`bufs`, one per slot).
-    pub(crate) fn syndrome_of_row(&self, stripe: u64, bufs: &[BufSlice]) -> (BufSlice, BufSlice) {
-        let geo = &self.geo;
-        let mut data: Vec<(usize, &[u8])> = (0..geo.members())
-            .filter_map(|s| Some((geo.syndrome_index(stripe, s)?, bufs[s].bytes())))
-            .collect();
-        data.sort_by_key(|(i, _)| *i);
-        let data: Vec<&[u8]> = data.into_iter().map(|(_, b)| b).collect();
-        let width = bufs[0].len();
+    /// P and Q of row `stripe` over `width` bytes, from each data slot's bytes as `chunk_of`
+    /// gives them.
+    pub(crate) fn syndrome_of_row<'a>(
+        &self,
+        stripe: u64,
+        width: usize,
+        chunk_of: impl Fn(usize) -> &'a [u8],
+    ) -> (BufSlice, BufSlice) {
+        let data: Vec<&[u8]> = self.geo.syndrome_slots(stripe).map(chunk_of).collect();
         let p = BufSlice::zeroed(width);
         let q = BufSlice::zeroed(width);
         // SAFETY: fresh buffers of ours, not shared with anything yet.
         gen_syndrome(&data, unsafe { p.bytes_mut() }, unsafe { q.bytes_mut() });
         (p, q)
     }
-}
 
-impl Array {
     /// Fills `out` with what `missing_slot` holds at `member_offset`, solved from the other
     /// members row by row; fails when a row has more than two chunks it cannot read.
     pub(super) async fn reconstruct6(
@@ -104,6 +86,8 @@ impl Array {
         Ok(())
     }
 
+    /// One row's part of `reconstruct6`: the XOR of the other data chunks and P when they all
+    /// read (Q is not read then), else the row solved with Q as well.
     async fn reconstruct6_in_row(
         &self,
         missing_slot: usize,
@@ -111,26 +95,46 @@ impl Array {
         out: BufSlice,
     ) -> std::result::Result<(), SlotGone> {
         let stripe = member_offset / self.geo.chunk_bytes();
-        let window = RowWindow::new(self.geo.members(), stripe, out.len());
-        let others: Vec<usize> = (0..self.geo.members())
-            .filter(|&s| s != missing_slot)
-            .collect();
-        let reads = others
-            .iter()
-            .map(|&s| self.read_slot(s, member_offset, window.bufs[s].clone()));
-        let mut lost = vec![missing_slot];
-        for (slot, r) in others.iter().zip(join_all(reads).await) {
-            if r.is_err() {
-                lost.push(*slot);
+        let q_slot = self.geo.q_slot(stripe).expect("RAID6 has Q");
+        let members = self.geo.members();
+        let bufs: Vec<BufSlice> = (0..members).map(|_| BufSlice::zeroed(out.len())).collect();
+        let read = |slots: Vec<usize>| {
+            let bufs = &bufs;
+            async move {
+                let reads = slots
+                    .iter()
+                    .map(|&s| self.read_slot(s, member_offset, bufs[s].clone()));
+                let results = join_all(reads).await;
+                slots
+                    .into_iter()
+                    .zip(results)
+                    .filter(|(_, r)| r.is_err())
+                    .map(|(s, _)| s)
+                    .collect::<Vec<usize>>()
             }
+        };
+        let mut lost = vec![missing_slot];
+        let xor_side: Vec<usize> = (0..members)
+            .filter(|&s| s != missing_slot && s != q_slot)
+            .collect();
+        lost.extend(read(xor_side.clone()).await);
+        if missing_slot != q_slot && lost.len() == 1 {
+            // The missing chunk is the XOR of the row's other data chunks and P.
+            let srcs: Vec<&[u8]> = xor_side.iter().map(|&s| bufs[s].bytes()).collect();
+            // SAFETY: `out` is the caller's buffer, not in any I/O now.
+            xor_all(unsafe { out.bytes_mut() }, &srcs);
+            return Ok(());
+        }
+        if missing_slot != q_slot {
+            lost.extend(read(vec![q_slot]).await);
         }
         if lost.len() > 2 {
             return Err(SlotGone);
         }
-        // SAFETY: the window's buffers are ours and their reads have completed.
-        unsafe { self.recover_row(stripe, &window.bufs, &lost) };
+        // SAFETY: the buffers are ours and their reads have completed.
+        unsafe { self.recover_row(stripe, &bufs, &lost) };
         // SAFETY: `out` is the caller's buffer, not in any I/O now; ours is complete.
-        unsafe { out.bytes_mut() }.copy_from_slice(window.bufs[missing_slot].bytes());
+        unsafe { out.bytes_mut() }.copy_from_slice(bufs[missing_slot].bytes());
         Ok(())
     }
 
@@ -150,31 +154,40 @@ impl Array {
             "row {stripe} written without its lock"
         );
         let q_slot = row.q_slot.expect("RAID6 has Q");
-        let (lo, hi) = if row.full {
-            (0, self.geo.chunk_bytes())
-        } else {
-            (row.lo, row.hi)
-        };
         if !row.full && self.rmw_pays(&row, writes, unreadable) {
             return self.write_row6_rmw(&row, writes, fua).await;
         }
-        let window = RowWindow::new(self.geo.members(), stripe, (hi - lo) as usize);
-        let lost = if row.full {
-            Vec::new()
+        let (lo, width) = if row.full {
+            (0, self.geo.chunk_bytes())
         } else {
-            self.read_row_window(&row, &window, writes, unreadable)
-                .await?
+            (row.lo, row.hi - row.lo)
         };
-        // The new data over the old (or over zeroes, where a chunk is written whole).
+        // A full row needs nothing old; otherwise what the request leaves alone (and what a
+        // lost data chunk must be solved from) is read.
+        let (old, lost) = if row.full {
+            (vec![None; self.geo.members()], Vec::new())
+        } else {
+            self.read_old(&row, writes, unreadable).await?
+        };
+        // The new data over the old, where a chunk's old bytes were read.
         for (k, w) in writes.iter().enumerate() {
-            if let Some(w) = w {
+            if let (Some(w), Some(buf)) = (w, &old[row.data_slots[k]]) {
                 let at = (w.chunk_offset - lo) as usize;
-                // SAFETY: the window's own buffer; its reads have completed.
-                (unsafe { window.bufs[row.data_slots[k]].bytes_mut() })[at..at + w.src.len()]
-                    .copy_from_slice(w.src.bytes());
+                // SAFETY: our own buffer; its read has completed.
+                (unsafe { buf.bytes_mut() })[at..at + w.src.len()].copy_from_slice(w.src.bytes());
             }
         }
-        let (p, q) = self.syndrome_of_row(stripe, &window.bufs);
+        // A chunk with no old bytes read is covered by the request: its new bytes are the data.
+        let (p, q) = self.syndrome_of_row(stripe, width as usize, |slot| match &old[slot] {
+            Some(buf) => buf.bytes(),
+            None => {
+                let k = self
+                    .geo
+                    .parity_data_index(stripe, slot)
+                    .expect("a data slot");
+                writes[k].as_ref().expect("a covering write").src.bytes()
+            }
+        });
         let base = row.base;
         let mut ios = Vec::new();
         for (k, w) in writes.iter().enumerate() {
@@ -190,8 +203,10 @@ impl Array {
                 .iter()
                 .enumerate()
                 .any(|(k, w)| w.is_some() && row.data_slots[k] == slot);
-            if !written && slot != row.parity_slot && slot != q_slot {
-                ios.push(self.write_slot(slot, base + lo, window.bufs[slot].clone(), fua));
+            if let (false, Some(buf)) = (written, &old[slot]) {
+                if slot != row.parity_slot && slot != q_slot {
+                    ios.push(self.write_slot(slot, base + lo, buf.clone(), fua));
+                }
             }
         }
         ios.push(self.write_slot(row.parity_slot, base + lo, p, fua));
@@ -275,19 +290,19 @@ impl Array {
         Ok(())
     }
 
-    /// Reads what a reconstruct-write of `row` needs into `window` and rebuilds the data
-    /// chunks that could not be read; returns the slots it treated as lost.
-    async fn read_row_window(
+    /// The old bytes a reconstruct-write of `row` needs over `lo..hi`, one buffer per slot
+    /// that has some (None where the request covers the chunk's window and nothing has to be
+    /// solved), with the lost data chunks rebuilt; and the slots treated as lost.
+    #[allow(clippy::type_complexity)]
+    async fn read_old(
         &self,
         row: &RowWrite,
-        window: &RowWindow,
         writes: &[Option<ChunkWrite>],
         unreadable: &[usize],
-    ) -> std::result::Result<Vec<usize>, Retry> {
+    ) -> std::result::Result<(Vec<Option<BufSlice>>, Vec<usize>), Retry> {
         let q_slot = row.q_slot.expect("RAID6 has Q");
         let usable = |s: usize| self.is_slot_active(s) && !unreadable.contains(&s);
         let lost: Vec<usize> = (0..self.geo.members()).filter(|&s| !usable(s)).collect();
-        let data_lost = row.data_slots.iter().any(|s| lost.contains(s));
         if lost.len() > 2 {
             return Err(Retry {
                 unreadable: unreadable.first().copied(),
@@ -295,28 +310,36 @@ impl Array {
         }
         // Without a lost data chunk only the data the request leaves alone is needed; with
         // one, every chunk (P and Q too) is needed to solve for it.
-        let covers = |k: usize| {
-            writes[k]
+        let data_lost = row.data_slots.iter().any(|s| lost.contains(s));
+        let width = (row.hi - row.lo) as usize;
+        let mut old: Vec<Option<BufSlice>> = vec![None; self.geo.members()];
+        for (k, &slot) in row.data_slots.iter().enumerate() {
+            let covered = writes[k]
                 .as_ref()
-                .is_some_and(|w| w.chunk_offset <= row.lo && w.end() >= row.hi)
-        };
-        let mut wanted: Vec<usize> = (0..writes.len())
-            .filter(|&k| data_lost || !covers(k))
-            .map(|k| row.data_slots[k])
-            .collect();
-        if data_lost {
-            wanted.extend([row.parity_slot, q_slot]);
+                .is_some_and(|w| w.chunk_offset <= row.lo && w.end() >= row.hi);
+            if data_lost || !covered {
+                old[slot] = Some(BufSlice::zeroed(width));
+            }
         }
-        wanted.retain(|s| usable(*s));
-        let reads = wanted
-            .iter()
-            .map(|&s| self.read_slot(s, row.base + row.lo, window.bufs[s].clone()));
+        if data_lost {
+            old[row.parity_slot] = Some(BufSlice::zeroed(width));
+            old[q_slot] = Some(BufSlice::zeroed(width));
+        }
+        let wanted: Vec<usize> = (0..old.len())
+            .filter(|&s| old[s].is_some() && usable(s))
+            .collect();
+        let reads = wanted.iter().map(|&s| {
+            let buf = old[s].clone().expect("wanted slots have buffers");
+            self.read_slot(s, row.base + row.lo, buf)
+        });
         let results = join_all(reads).await;
         self.row_reads_ok(wanted.iter().copied().zip(results))?;
         if data_lost {
-            // SAFETY: the window's buffers are ours and their reads have completed.
-            unsafe { self.recover_row(window.stripe, &window.bufs, &lost) };
+            let all: Vec<BufSlice> = old.iter().flatten().cloned().collect();
+            debug_assert_eq!(all.len(), self.geo.members(), "every slot has a buffer");
+            // SAFETY: the buffers are ours and their reads have completed.
+            unsafe { self.recover_row(row.base / self.geo.chunk_bytes(), &all, &lost) };
         }
-        Ok(lost)
+        Ok((old, lost))
     }
 }

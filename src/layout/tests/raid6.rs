@@ -79,6 +79,21 @@ fn syndrome_order_is_mds_walk_from_the_member_after_q() {
 }
 
 #[test]
+fn syndrome_slots_follow_syndrome_index() {
+    for algorithm in Raid6Algorithm::ALL {
+        for members in 4..=9 {
+            let g = raid6(algorithm, members);
+            for stripe in 0..2 * members as u64 {
+                for (i, slot) in g.syndrome_slots(stripe).enumerate() {
+                    assert_eq!(g.syndrome_index(stripe, slot), Some(i), "{algorithm:?}");
+                }
+                assert_eq!(g.syndrome_slots(stripe).count(), members - 2);
+            }
+        }
+    }
+}
+
+#[test]
 fn syndrome_order_is_a_permutation_for_every_algorithm() {
     for algorithm in Raid6Algorithm::ALL {
         for members in 4..=9 {
