@@ -261,3 +261,91 @@ fn a_degraded_read_with_one_member_gone_does_not_read_q() {
     })
     .unwrap();
 }
+
+/// A partial write into a row whose P member is gone and one of whose data members cannot
+/// read the window: the unreadable chunk is rebuilt from Q, the write lands, the sector is
+/// rewritten on its member, and everything reads back.
+#[test]
+fn a_write_into_a_row_with_one_member_gone_and_one_unreadable_lands() {
+    block_on(async {
+        let (r, mut model, data_offset) = filled_left_symmetric(8).await;
+        // Row 0 is "Q D0 D1 D2 P": P (m4) gone, m2 (D1) cannot read; the write goes to D0.
+        r.faults[4].vanish();
+        r.faults[2].inject(common::on_range(FaultKind::ReadError, data_offset, 4096));
+        write_model(&r.array, &mut model, 512, pattern(2048, 80)).await;
+        assert!(!r.array.is_failed() && r.array.slots()[2].is_active());
+        assert!(r.faults[2].fired() > 0, "the unreadable window was met");
+        r.faults[2].clear();
+        let on_m2 = r.sims[2].store().lock().unwrap()
+            [data_offset as usize..data_offset as usize + 4096]
+            .to_vec();
+        let d1 = CHUNK as usize;
+        assert!(
+            on_m2 == model[d1..d1 + 4096],
+            "m2's sector was not rewritten"
+        );
+        assert_reads_model(&r.array, &model, "P gone, m2 unreadable, after the write").await;
+        r.array.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// Three chunks of a row out of reach (two members gone, a third unreadable): reads and
+/// writes of that row fail with EIO, nothing wrong is returned, and no member byte changes.
+#[test]
+fn a_row_with_three_chunks_lost_is_eio_and_untouched() {
+    block_on(async {
+        let (r, model, data_offset) = filled_left_symmetric(9).await;
+        r.faults[0].vanish();
+        r.faults[4].vanish();
+        let _ = read_array(&r.array, 0, 4096).await;
+        let _ = read_array(&r.array, 3 * CHUNK, 4096).await;
+        assert!(!r.array.is_failed(), "two of five gone: RAID6 runs on");
+        r.faults[2].inject(common::on_range(FaultKind::ReadError, data_offset, CHUNK));
+        let before = common::snapshot(&r.sims);
+        // D1 lives on m2 in row 0.
+        assert!(
+            read_array(&r.array, CHUNK, 4096).await.is_err(),
+            "a read of D1"
+        );
+        let write = r.array.write(512, pattern(1024, 90), false).await;
+        assert!(write.is_err(), "a write needing D1 to compute P and Q");
+        assert!(common::snapshot(&r.sims) == before, "a member byte changed");
+        r.faults[2].clear();
+        assert!(
+            read_array(&r.array, CHUNK, 4096).await.unwrap() == model[CHUNK as usize..][..4096]
+        );
+        r.array.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// A check that meets an unreadable sector rebuilds it from the rest of the row, rewrites it
+/// (a corrected read error), finds no mismatch, and leaves P and Q right.
+#[test]
+fn a_check_rewrites_an_unreadable_sector_it_meets() {
+    block_on(async {
+        let (r, model, data_offset) = filled_left_symmetric(10).await;
+        r.faults[3].inject(common::on_range(
+            FaultKind::ReadError,
+            data_offset + 2 * CHUNK + 8192,
+            4096,
+        ));
+        r.control.start_scrub(false).unwrap();
+        let check = common::wait_scrub(&r.control).await;
+        assert_eq!(check.mismatch_sectors, 0, "{check:?}");
+        assert!(r.faults[3].fired() > 0);
+        assert!(
+            r.events.borrow().iter().any(|e| matches!(
+                e,
+                raidcore::raid::events::Event::ReadErrorCorrected { slot: 3, .. }
+            )),
+            "the sector was rewritten from the row"
+        );
+        r.faults[3].clear();
+        common::assert_redundancy_consistent(&r.array, &r.sims, "after the check");
+        assert_reads_model(&r.array, &model, "after the check").await;
+        r.array.close().await.unwrap();
+    })
+    .unwrap();
+}

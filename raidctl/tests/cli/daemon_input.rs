@@ -62,6 +62,24 @@ fn demo_leaves_md_readable_members() {
     assert_eq!(j["state"], "clean", "{j:#}");
 }
 
+/// `demo --level` takes 5 or 6 only; anything else is refused in one line before a file is
+/// made.
+#[test]
+fn demo_refuses_other_levels_and_makes_nothing() {
+    let fx = Fixture::new();
+    let dir = fx.path("demo-bad");
+    for level in ["4", "10"] {
+        let a = args(&["demo", "--level", level, "--dir", &s(&dir)]);
+        assert_refused(
+            &format!("demo --level {level}"),
+            &fx,
+            &a,
+            &["--level", level, "5", "6"],
+        );
+    }
+    assert!(!dir.exists(), "the demo directory was made");
+}
+
 /// `demo --level 6`: two members vanish, two spares take their slots, and md reads every
 /// member as a clean RAID6 with all five slots claimed.
 #[test]
