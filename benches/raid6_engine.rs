@@ -30,12 +30,7 @@ async fn array() -> (Rc<Array>, Vec<FaultHandle>) {
         ..CreateOptions::new("b", LayoutKind::Raid6(Raid6Algorithm::LeftSymmetric))
     };
     create(&sims, &[], &opts).await.expect("create");
-    let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
-    let wrapped = sims
-        .iter()
-        .zip(&faults)
-        .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
-        .collect();
+    let (wrapped, faults) = FaultMember::wrap_all(sims);
     let array = assemble(wrapped, &AssembleOptions::default())
         .await
         .expect("assemble")

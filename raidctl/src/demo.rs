@@ -183,14 +183,7 @@ async fn assemble_wrapped(
     members: Vec<Rc<dyn Member>>,
     spare: Vec<Rc<dyn Member>>,
 ) -> Result<(Rc<Controller>, Vec<FaultHandle>)> {
-    let count = members.len() + spare.len();
-    let faults: Vec<FaultHandle> = (0..count).map(|_| FaultHandle::default()).collect();
-    let wrapped: Vec<Rc<dyn Member>> = members
-        .into_iter()
-        .chain(spare)
-        .zip(&faults)
-        .map(|(m, f)| Rc::new(FaultMember::new(m, f.clone())) as Rc<dyn Member>)
-        .collect();
+    let (wrapped, faults) = FaultMember::wrap_all(members.into_iter().chain(spare));
     let assembled = assemble(wrapped, &AssembleOptions::default()).await?;
     println!(
         "== assembled: {} members active, {} spare(s)",

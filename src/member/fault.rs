@@ -141,6 +141,21 @@ pub struct FaultMember {
 }
 
 impl FaultMember {
+    /// Puts each of `members` behind a fault wrapper of its own (unarmed); the handles come in
+    /// the same order.
+    pub fn wrap_all(
+        members: impl IntoIterator<Item = Rc<dyn Member>>,
+    ) -> (Vec<Rc<dyn Member>>, Vec<FaultHandle>) {
+        members
+            .into_iter()
+            .map(|m| {
+                let handle = FaultHandle::default();
+                let wrapped = Rc::new(FaultMember::new(m, handle.clone())) as Rc<dyn Member>;
+                (wrapped, handle)
+            })
+            .unzip()
+    }
+
     pub fn new(inner: Rc<dyn Member>, faults: FaultHandle) -> FaultMember {
         FaultMember { inner, faults }
     }

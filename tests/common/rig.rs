@@ -57,12 +57,7 @@ impl Rig {
         sims: Vec<Rc<MemMember>>,
         opts: &AssembleOptions,
     ) -> raidcore::Result<Rig> {
-        let faults: Vec<FaultHandle> = sims.iter().map(|_| FaultHandle::default()).collect();
-        let wrapped = sims
-            .iter()
-            .zip(&faults)
-            .map(|(m, f)| Rc::new(FaultMember::new(m.clone(), f.clone())) as Rc<dyn Member>)
-            .collect();
+        let (wrapped, faults) = FaultMember::wrap_all(as_members(&sims));
         let assembled = assemble(wrapped, opts).await?;
         let events = record_events(&assembled.control);
         Ok(Rig {
