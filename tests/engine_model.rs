@@ -27,13 +27,13 @@ struct Config {
     kind: LayoutKind,
     chunk: u64,
     sizes: Vec<u64>,
-    /// Members that fail, and the batch at which each does (RAID6: up to two).
+    /// Members that fail, and the batch at which each does (RAID6: up to two, k+m up to m).
     fail_at: Vec<(usize, usize)>,
 }
 
 fn random_config(seed: u64) -> Config {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let (kind, members) = match rng.gen_range(0..5) {
+    let (kind, members) = match rng.gen_range(0..6) {
         0 => (
             LayoutKind::Raid0(Raid0Layout::Original),
             rng.gen_range(2..=5),
@@ -46,6 +46,13 @@ fn random_config(seed: u64) -> Config {
         3 => {
             let alg = Raid6Algorithm::ALL[rng.gen_range(0..11)];
             (LayoutKind::Raid6(alg), rng.gen_range(4..=7))
+        }
+        4 => {
+            let parity = rng.gen_range(1..=4);
+            (
+                LayoutKind::Ec { parity },
+                rng.gen_range(parity + 2..=parity + 4),
+            )
         }
         _ => {
             let members = rng.gen_range(2..=5);
@@ -76,8 +83,10 @@ fn random_config(seed: u64) -> Config {
     let mut fail_at = Vec::new();
     if rng.gen_bool(0.6) && !matches!(kind, LayoutKind::Raid0(_)) {
         fail_at.push((rng.gen_range(0..members), rng.gen_range(20..200)));
-        if matches!(kind, LayoutKind::Raid6(_)) && rng.gen_bool(0.7) {
-            let other = (fail_at[0].0 + rng.gen_range(1..members)) % members;
+        // Up to as many members as the rows have parity chunks.
+        let mut unfailed: Vec<usize> = (0..members).filter(|&m| m != fail_at[0].0).collect();
+        while fail_at.len() < kind.parities() && rng.gen_bool(0.7) {
+            let other = unfailed.remove(rng.gen_range(0..unfailed.len()));
             fail_at.push((other, rng.gen_range(20..200)));
         }
     }

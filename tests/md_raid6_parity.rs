@@ -63,7 +63,7 @@ fn md_raid6_p_and_q_are_ours_and_two_lost_chunks_come_back() {
         // The data chunks in md's syndrome order.
         let mut data: Vec<Vec<u8>> = vec![Vec::new(); n - 2];
         for slot in 0..n {
-            if let Some(i) = geo.syndrome_index(stripe, slot) {
+            if let Some(i) = geo.code_index(stripe, slot) {
                 data[i] = piece(slot);
             }
         }

@@ -112,14 +112,19 @@ pub enum BitmapChoice {
 pub struct CreateArgs {
     /// Array name (letters, digits, '.', '_' and '-'; at most 32 characters).
     pub name: String,
-    /// RAID level: 0, 1, 5, 6 or 10.
+    /// RAID level: 0, 1, 5, 6 or 10; or ec, a k+m erasure code md cannot run (see --parity).
     #[arg(long, short = 'l')]
     pub level: String,
+    /// With --level ec: parity chunks per row, 1 to 4 (default 2). Any that many members may
+    /// be lost; the other members hold data.
+    #[arg(long, short = 'p')]
+    pub parity: Option<usize>,
     /// Chunk size (power of two, at least 4K).
     #[arg(long, short = 'c', default_value = "512K")]
     pub chunk: String,
-    /// Layout: RAID5 left-symmetric (default), right-symmetric, left-asymmetric,
-    /// right-asymmetric, parity-first, parity-last; RAID10 n2 (default), f2, o2, n3, ...
+    /// Layout: RAID5 and RAID6 left-symmetric (default), right-symmetric, left-asymmetric,
+    /// right-asymmetric, parity-first, parity-last (RAID6 also with -6); RAID10 n2
+    /// (default), f2, o2, n3, ...
     #[arg(long)]
     pub layout: Option<String>,
     /// Create member files of this size, or extend existing files to it (K/M/G/T).

@@ -13,6 +13,7 @@ use crate::devices::{open_members, prepare_files, undo};
 
 pub fn run(args: CreateArgs) -> Result<i32> {
     let opts = validate(&args)?;
+    let label = level_label(&opts.kind, args.devices.len());
     let size = args
         .size
         .as_deref()
@@ -39,7 +40,7 @@ pub fn run(args: CreateArgs) -> Result<i32> {
     };
     println!(
         "created {} array {}: {} members{}, {}size {} ({} bytes), UUID {}",
-        level_label(opts_level(&args)?),
+        label,
         args.name,
         args.devices.len(),
         if args.spares.is_empty() {
@@ -66,13 +67,11 @@ fn opts_level(args: &CreateArgs) -> Result<Level> {
     parse_level(&args.level)
 }
 
-fn level_label(level: Level) -> &'static str {
-    match level {
-        Level::Raid0 => "raid0",
-        Level::Raid1 => "raid1",
-        Level::Raid5 => "raid5",
-        Level::Raid6 => "raid6",
-        Level::Raid10 => "raid10",
+/// "raid6", or "ec 4+2" for a k+m array of 6 members.
+fn level_label(kind: &LayoutKind, members: usize) -> String {
+    match kind {
+        LayoutKind::Ec { parity } => format!("ec {}+{parity}", members.saturating_sub(*parity)),
+        other => other.level().to_string(),
     }
 }
 
@@ -85,8 +84,9 @@ pub fn parse_level(text: &str) -> Result<Level> {
         "5" => Ok(Level::Raid5),
         "6" => Ok(Level::Raid6),
         "10" => Ok(Level::Raid10),
+        "ec" => Ok(Level::Ec),
         _ => Err(Error::invalid(format!(
-            "unknown RAID level {text:?}: use --level 0, 1, 5, 6 or 10"
+            "unknown RAID level {text:?}: use --level 0, 1, 5, 6, 10 or ec"
         ))),
     }
 }
@@ -96,7 +96,7 @@ fn validate(args: &CreateArgs) -> Result<CreateOptions> {
     validate_name(&args.name)?;
     let level = parse_level(&args.level)?;
     let chunk_bytes = parse_chunk(&args.chunk)?;
-    let kind = parse_layout(level, args.layout.as_deref())?;
+    let kind = parse_layout(level, args.layout.as_deref(), args.parity)?;
     check_device_counts(level, &kind, args)?;
     let (bitmap, bitmap_chunk_bytes) = parse_bitmap(level, args)?;
     if level == Level::Raid0 && !args.spares.is_empty() {
@@ -135,9 +135,25 @@ fn parse_chunk(text: &str) -> Result<u64> {
     Ok(chunk_bytes)
 }
 
-/// `--layout` for the level, or md's default layout when it is not given.
-fn parse_layout(level: Level, layout: Option<&str>) -> Result<LayoutKind> {
+/// `--layout` for the level, or md's default layout when it is not given; `--parity` for ec.
+fn parse_layout(level: Level, layout: Option<&str>, parity: Option<usize>) -> Result<LayoutKind> {
+    let max = raidcore::parity::ec::MAX_PARITY;
+    match (level, parity) {
+        (Level::Ec, Some(m)) if !(1..=max).contains(&m) => {
+            return Err(Error::invalid(format!(
+                "--parity {m}: a k+m array has 1 to {max} parity chunks per row"
+            )));
+        }
+        (Level::Ec, _) => {}
+        (_, Some(_)) => {
+            return Err(Error::invalid(
+                "--parity applies to --level ec only (RAID5 has 1 parity chunk, RAID6 2)",
+            ));
+        }
+        (_, None) => {}
+    }
     let kind = match (level, layout) {
+        (Level::Ec, None) => LayoutKind::Ec { parity: parity.unwrap_or(2) },
         (Level::Raid0, None) => LayoutKind::Raid0(Raid0Layout::Original),
         (Level::Raid1, None) => LayoutKind::Raid1,
         (Level::Raid5, None) => LayoutKind::Raid5(Raid5Algorithm::LeftSymmetric),
@@ -157,7 +173,7 @@ fn parse_layout(level: Level, layout: Option<&str>) -> Result<LayoutKind> {
             Error::invalid(format!("unknown RAID10 layout {l:?}: use n2, f2, o2 (or n3, f3, ...)"))
         })?),
         (_, Some(l)) => {
-            return Err(Error::invalid(format!("--layout {l:?} applies to RAID5, RAID6 and RAID10 only")));
+            return Err(Error::invalid(format!("--layout {l:?} applies to RAID5, RAID6 and RAID10 only (ec arrays rotate their parity one way)")));
         }
     };
     Ok(kind)
@@ -167,11 +183,19 @@ fn parse_layout(level: Level, layout: Option<&str>) -> Result<LayoutKind> {
 /// than the superblock has roles for.
 fn check_device_counts(level: Level, kind: &LayoutKind, args: &CreateArgs) -> Result<()> {
     let (min, what) = match level {
-        Level::Raid0 => (2, "RAID0 needs at least 2 members"),
-        Level::Raid1 => (2, "RAID1 needs at least 2 members"),
-        Level::Raid5 => (3, "RAID5 needs at least 3 members"),
-        Level::Raid6 => (4, "RAID6 needs at least 4 members"),
-        Level::Raid10 => (2, "RAID10 needs at least 2 members"),
+        Level::Raid0 => (2, "RAID0 needs at least 2 members".to_string()),
+        Level::Raid1 => (2, "RAID1 needs at least 2 members".to_string()),
+        Level::Raid5 => (3, "RAID5 needs at least 3 members".to_string()),
+        Level::Raid6 => (4, "RAID6 needs at least 4 members".to_string()),
+        Level::Raid10 => (2, "RAID10 needs at least 2 members".to_string()),
+        Level::Ec => {
+            let m = kind.parities();
+            let what = format!(
+                "an ec array with --parity {m} needs at least {} members (2 for data)",
+                m + 2
+            );
+            (m + 2, what)
+        }
     };
     if args.devices.len() < min {
         return Err(Error::invalid(format!(

@@ -435,6 +435,7 @@ fn layout_kind(
         Level::Raid5 => LayoutKind::Raid5(Raid5Algorithm::from_md(sb.layout).map_err(bad)?),
         Level::Raid6 => LayoutKind::Raid6(Raid6Algorithm::from_md(sb.layout).map_err(bad)?),
         Level::Raid10 => LayoutKind::Raid10(Raid10Layout::from_md(sb.layout).map_err(bad)?),
+        Level::Ec => LayoutKind::from_md(sb.level, sb.layout).map_err(bad)?,
         Level::Raid0 => {
             if sb.has_feature(FEATURE_RAID0_LAYOUT) {
                 match sb.layout {

@@ -10,7 +10,7 @@ use futures::future::join_all;
 
 use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{used_dev_bytes, Geometry, LayoutKind, Level, Raid0Layout};
+use crate::layout::{used_dev_bytes, Geometry, LayoutKind, Level};
 use crate::member::Member;
 use crate::metadata::{
     create_bitmap_superblock, default_data_offset_sectors, extension_offset_sectors, format_uuid,
@@ -181,7 +181,7 @@ fn create_params(
         name: md_name(&opts.name),
         uuid: random_bytes(),
         level: level.to_md(),
-        layout: layout_code(&opts.kind),
+        layout: opts.kind.md_layout(),
         chunk_sectors: if level == Level::Raid1 {
             0
         } else {
@@ -316,17 +316,6 @@ pub(super) async fn read_superblock(m: &dyn Member) -> Result<Option<Superblock>
         .await
         .map_err(|e| Error::io(format!("reading the superblock of {}", m.path()), e))?;
     Ok(Superblock::decode(buf.bytes()).ok())
-}
-
-fn layout_code(kind: &LayoutKind) -> u32 {
-    match kind {
-        LayoutKind::Raid0(Raid0Layout::Original) => 1,
-        LayoutKind::Raid0(Raid0Layout::Alternate) => 2,
-        LayoutKind::Raid1 => 0,
-        LayoutKind::Raid5(a) => a.to_md(),
-        LayoutKind::Raid6(a) => a.to_md(),
-        LayoutKind::Raid10(l) => l.to_md(),
-    }
 }
 
 /// mdadm stores "homehost:name" when it fits in 32 bytes.

@@ -17,7 +17,7 @@ mod rebuild;
 mod region;
 mod replace;
 mod scrub;
-mod scrub6;
+mod scrub_coded;
 mod settings;
 mod throttle;
 

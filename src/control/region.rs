@@ -17,7 +17,7 @@ impl Controller {
         len: u64,
     ) -> Vec<KeyedLockGuard> {
         let mut keys: Vec<u64> = match self.array.geo.level() {
-            Level::Raid5 | Level::Raid6 => {
+            Level::Raid5 | Level::Raid6 | Level::Ec => {
                 let chunk = self.array.geo.chunk_bytes();
                 (member_offset / chunk..(member_offset + len - 1) / chunk + 1).collect()
             }
@@ -102,7 +102,7 @@ impl Controller {
         buf: &BufSlice,
     ) -> bool {
         match self.array.geo.level() {
-            Level::Raid5 | Level::Raid6 => self
+            Level::Raid5 | Level::Raid6 | Level::Ec => self
                 .array
                 .reconstruct(slot, member_offset, buf.clone())
                 .await

@@ -176,7 +176,7 @@ impl Controller {
             }
             let found = match self.array.geo.level() {
                 Level::Raid5 => self.scrub_rows(done.get(), len, repair).await,
-                Level::Raid6 => self.scrub_rows6(done.get(), len, repair).await,
+                Level::Raid6 | Level::Ec => self.scrub_rows_coded(done.get(), len, repair).await,
                 _ => self.scrub_copies(done.get(), len, repair).await,
             };
             let Some(found) = found else {

@@ -48,7 +48,15 @@ pub enum Level {
     Raid6,
     /// Striped mirrors: near, far and offset copies (md level 10).
     Raid10,
+    /// k data and m parity chunks per row, any m of them recoverable (ours: md has no such
+    /// level, and refuses to run it; see [`EC_MD_LEVEL`]).
+    Ec,
 }
+
+/// The superblock `level` of a k+m array: a number no md personality answers to, so
+/// `mdadm --examine` shows "-unknown-" and md will not start the array, while everything else
+/// in the superblock stays md's. The `layout` field holds m.
+pub const EC_MD_LEVEL: i32 = 0xEC;
 
 impl Level {
     /// Decodes the signed `level` field of the superblock.
@@ -59,6 +67,7 @@ impl Level {
             5 => Ok(Level::Raid5),
             6 => Ok(Level::Raid6),
             10 => Ok(Level::Raid10),
+            EC_MD_LEVEL => Ok(Level::Ec),
             4 => unsupported("RAID4 (md level 4) is not supported"),
             -1 => unsupported("linear arrays (md level -1) are not supported"),
             -4 => unsupported("multipath arrays (md level -4) are not supported"),
@@ -75,6 +84,7 @@ impl Level {
             Level::Raid5 => 5,
             Level::Raid6 => 6,
             Level::Raid10 => 10,
+            Level::Ec => EC_MD_LEVEL,
         }
     }
 
@@ -84,18 +94,14 @@ impl Level {
         match self {
             Level::Raid0 => 1,
             Level::Raid1 | Level::Raid10 => 2,
-            Level::Raid5 => 3,
+            Level::Raid5 | Level::Ec => 3,
             Level::Raid6 => 4,
         }
     }
 
-    /// Parity chunks per stripe row: 1 for RAID5, 2 for RAID6, none for the others.
-    pub fn parities(self) -> usize {
-        match self {
-            Level::Raid5 => 1,
-            Level::Raid6 => 2,
-            _ => 0,
-        }
+    /// Whether rows of this level carry parity chunks (RAID5, RAID6, k+m).
+    pub fn has_parity(self) -> bool {
+        matches!(self, Level::Raid5 | Level::Raid6 | Level::Ec)
     }
 
     /// Fewest members we offer when creating a new array: a one-disk RAID0 is pointless.
@@ -109,7 +115,10 @@ impl Level {
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raid{}", self.to_md())
+        match self {
+            Level::Ec => f.write_str("ec"),
+            md => write!(f, "raid{}", md.to_md()),
+        }
     }
 }
 
@@ -470,6 +479,12 @@ pub enum LayoutKind {
     Raid6(Raid6Algorithm),
     /// Striped mirrors.
     Raid10(Raid10Layout),
+    /// k+m erasure code with `parity` (m, 1 to [`crate::parity::ec::MAX_PARITY`]) parity
+    /// chunks per row.
+    Ec {
+        /// Parity chunks per row.
+        parity: usize,
+    },
 }
 
 impl LayoutKind {
@@ -482,6 +497,14 @@ impl LayoutKind {
             Level::Raid5 => LayoutKind::Raid5(Raid5Algorithm::from_md(layout)?),
             Level::Raid6 => LayoutKind::Raid6(Raid6Algorithm::from_md(layout)?),
             Level::Raid10 => LayoutKind::Raid10(Raid10Layout::from_md(layout)?),
+            Level::Ec => match layout as usize {
+                parity @ 1..=crate::parity::ec::MAX_PARITY => LayoutKind::Ec { parity },
+                _ => {
+                    return invalid(format!(
+                        "k+m layout {layout}: the parity count must be 1 to 4"
+                    ))
+                }
+            },
         })
     }
 
@@ -493,6 +516,7 @@ impl LayoutKind {
             LayoutKind::Raid5(_) => Level::Raid5,
             LayoutKind::Raid6(_) => Level::Raid6,
             LayoutKind::Raid10(_) => Level::Raid10,
+            LayoutKind::Ec { .. } => Level::Ec,
         }
     }
 
@@ -504,6 +528,17 @@ impl LayoutKind {
             LayoutKind::Raid5(algorithm) => algorithm.to_md(),
             LayoutKind::Raid6(algorithm) => algorithm.to_md(),
             LayoutKind::Raid10(layout) => layout.to_md(),
+            LayoutKind::Ec { parity } => *parity as u32,
+        }
+    }
+
+    /// Parity chunks per stripe row: RAID5 1, RAID6 2, k+m m, the others none.
+    pub fn parities(&self) -> usize {
+        match self {
+            LayoutKind::Raid5(_) => 1,
+            LayoutKind::Raid6(_) => 2,
+            LayoutKind::Ec { parity } => *parity,
+            _ => 0,
         }
     }
 }

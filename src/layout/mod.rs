@@ -13,14 +13,18 @@
 //!   array offset ──pieces()──▶ Piece (never crosses a chunk)
 //!        │
 //!        ├─map_copies()──▶ [Placement { slot, member_offset }; copies()]   RAID0/1/10
-//!        └─parity_locate()──▶ ParityLoc { stripe, slot, parity_slot, q_slot, .. }  RAID5/6
+//!        └─parity_locate()──▶ ParityLoc { stripe, slot, parity_slot, q_slot, .. }  RAID5/6, k+m
 //!   (slot, member_offset) ──reverse()──▶ Data | Parity { stripe } | Syndrome { stripe } | Unused
 //! ```
+//!
+//! k+m erasure-coded arrays (`ec.rs`) are not md's, but map the same way as RAID5/6: one row
+//! of chunks per stripe, `parity_slots` of them holding the code's parity.
 //!
 //! Sizes and offsets are bytes. Member offsets count from the member's data area; the caller
 //! adds md's `data_offset`. The arithmetic follows the Linux md drivers so that arrays made by
 //! mdadm read back byte for byte, and array sizes equal md's to the sector.
 
+mod ec;
 mod kinds;
 mod place;
 mod raid0;
@@ -35,6 +39,7 @@ use validate::{check_chunk, check_members, check_raid10, invalid, overflow};
 
 pub use kinds::{
     LayoutError, LayoutKind, Level, Raid0Layout, Raid10Layout, Raid5Algorithm, Raid6Algorithm,
+    EC_MD_LEVEL,
 };
 pub use place::{Copies, Piece, Pieces, Placement};
 
@@ -46,6 +51,41 @@ pub const MAX_COPIES: usize = 32;
 pub const MAX_MEMBERS: usize = 1920;
 const SECTOR_BYTES: u64 = 512;
 const PAGE_BYTES: u64 = 4096;
+
+/// Most parity chunks a row may have.
+pub const MAX_PARITIES: usize = crate::parity::ec::MAX_PARITY;
+
+/// The slots holding one row's parity chunks, in the code's order (RAID6: P, Q).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParitySlots {
+    slots: [usize; MAX_PARITIES],
+    len: usize,
+}
+
+impl ParitySlots {
+    fn new(len: usize, slot_of: impl Fn(usize) -> usize) -> ParitySlots {
+        let mut slots = [0; MAX_PARITIES];
+        for (index, slot) in slots.iter_mut().enumerate().take(len) {
+            *slot = slot_of(index);
+        }
+        ParitySlots { slots, len }
+    }
+
+    /// The slots, parity chunk 0 first.
+    pub fn as_slice(&self) -> &[usize] {
+        &self.slots[..self.len]
+    }
+
+    /// Which parity chunk `slot` holds, if any.
+    pub fn index_of(&self, slot: usize) -> Option<usize> {
+        self.as_slice().iter().position(|&s| s == slot)
+    }
+
+    /// Whether `slot` holds one of the row's parity chunks.
+    pub fn contains(&self, slot: usize) -> bool {
+        self.index_of(slot).is_some()
+    }
+}
 
 /// Where a RAID5/6 array byte lives, with its stripe's parity slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +133,7 @@ enum Detail {
     Raid5(Raid5Algorithm),
     Raid6(Raid6Algorithm),
     Raid10(raid10::Raid10Map),
+    Ec(usize),
 }
 
 /// The validated shape of one array: level, layout, chunk, members and their sizes.
@@ -154,6 +195,13 @@ impl Geometry {
                 let array_bytes = array_bytes.ok_or_else(|| overflow(level))?;
                 (Detail::Raid6(*algorithm), array_bytes, used, 1)
             }
+            LayoutKind::Ec { parity } => {
+                validate::check_ec(*parity, members)?;
+                let used = size - size % chunk_bytes;
+                let array_bytes = used.checked_mul((members - parity) as u64);
+                let array_bytes = array_bytes.ok_or_else(|| overflow(level))?;
+                (Detail::Ec(*parity), array_bytes, used, 1)
+            }
             LayoutKind::Raid10(layout) => {
                 let copies = check_raid10(*layout, members)?;
                 let (map, array_bytes) =
@@ -169,8 +217,8 @@ impl Geometry {
         }
         let stripe_bytes = match level {
             Level::Raid1 => RAID1_UNIT_BYTES,
-            Level::Raid5 | Level::Raid6 => chunk_bytes
-                .checked_mul((members - level.parities()) as u64)
+            Level::Raid5 | Level::Raid6 | Level::Ec => chunk_bytes
+                .checked_mul((members - kind.parities()) as u64)
                 .ok_or_else(|| overflow(level))?,
             Level::Raid0 | Level::Raid10 => chunk_bytes,
         };
@@ -211,9 +259,9 @@ impl Geometry {
         self.array_bytes
     }
 
-    /// Parity chunks per stripe row: 1 for RAID5, 2 for RAID6, else 0.
+    /// Parity chunks per stripe row: 1 for RAID5, 2 for RAID6, m for k+m, else 0.
     pub fn parities(&self) -> usize {
-        self.level().parities()
+        self.kind.parities()
     }
 
     /// How many places hold each array byte: RAID0, RAID5 and RAID6 1, RAID1 members, RAID10
@@ -256,7 +304,7 @@ impl Geometry {
         let members = self.members as u64;
         match self.level() {
             Level::Raid1 => 4096,
-            Level::Raid5 | Level::Raid6 => self.stripe_bytes,
+            Level::Raid5 | Level::Raid6 | Level::Ec => self.stripe_bytes,
             Level::Raid0 => chunk * members,
             Level::Raid10 => chunk * members / self.copies() as u64,
         }
@@ -303,7 +351,7 @@ impl Geometry {
                     member_offset: array_offset,
                 })
             }),
-            Detail::Raid5(_) | Detail::Raid6(_) => {
+            Detail::Raid5(_) | Detail::Raid6(_) | Detail::Ec(_) => {
                 let loc = self.parity_locate(array_offset);
                 out.push(Placement {
                     slot: loc.slot,
@@ -327,13 +375,13 @@ impl Geometry {
         let data_chunks = (self.members - self.parities()) as u64;
         let stripe = chunk_number / data_chunks;
         let data_index = (chunk_number % data_chunks) as usize;
-        let (parity_slot, q_slot) = rows.parity_slots(self.members, stripe);
+        let parity = rows.parity_slots(self.members, stripe);
         ParityLoc {
             stripe,
             data_index,
             slot: rows.data_slot(self.members, stripe, data_index),
-            parity_slot,
-            q_slot,
+            parity_slot: parity.as_slice()[0],
+            q_slot: self.q_slot(stripe),
             member_offset: stripe * chunk + array_offset % chunk,
         }
     }
@@ -356,15 +404,27 @@ impl Geometry {
     /// # Panics
     /// If the geometry is not RAID5/6.
     pub fn p_slot(&self, stripe: u64) -> usize {
-        self.rows().parity_slots(self.members, stripe).0
+        self.parity_slots(stripe).as_slice()[0]
     }
 
-    /// RAID6: the slot holding the Q syndrome of `stripe`; None for RAID5.
+    /// RAID6: the slot holding the Q syndrome of `stripe`; None for RAID5 and k+m.
     ///
     /// # Panics
-    /// If the geometry is not RAID5/6.
+    /// If the geometry has no parity.
     pub fn q_slot(&self, stripe: u64) -> Option<usize> {
-        self.rows().parity_slots(self.members, stripe).1
+        match self.rows() {
+            Rows::Raid6(_) => Some(self.parity_slots(stripe).as_slice()[1]),
+            _ => None,
+        }
+    }
+
+    /// The slots of `stripe`'s parity chunks in the code's order: RAID5 its parity, RAID6 P
+    /// and Q, k+m parity chunks 0..m.
+    ///
+    /// # Panics
+    /// If the geometry has no parity.
+    pub fn parity_slots(&self, stripe: u64) -> ParitySlots {
+        self.rows().parity_slots(self.members, stripe)
     }
 
     /// RAID5/6: the data index `slot` holds in `stripe`, or `None` if it holds parity.
@@ -377,12 +437,13 @@ impl Geometry {
         rows.data_index(self.members, stripe, slot)
     }
 
-    /// RAID6: the position of data slot `slot` in md's syndrome order for `stripe` (its Q
-    /// coefficient is g^position), or None for P and Q. RAID5: the data index.
+    /// The position of data slot `slot` in the code's order for `stripe`, or None for parity:
+    /// RAID6 md's syndrome order (its Q coefficient is g^position), RAID5 and k+m the data
+    /// index.
     ///
     /// # Panics
-    /// If the geometry is not RAID5/6 or `slot` is out of range.
-    pub fn syndrome_index(&self, stripe: u64, slot: usize) -> Option<usize> {
+    /// If the geometry has no parity or `slot` is out of range.
+    pub fn code_index(&self, stripe: u64, slot: usize) -> Option<usize> {
         assert!(slot < self.members, "slot {slot} out of range");
         match self.rows() {
             Rows::Raid6(a) => raid6::syndrome_index(a, self.members, stripe, slot),
@@ -401,6 +462,10 @@ impl Geometry {
             .map(|slot| match self.parity_data_index(stripe, slot) {
                 Some(k) => format!("D{}", stripe * data + k as u64),
                 None if self.q_slot(stripe) == Some(slot) => "Q".into(),
+                None if self.level() == Level::Ec => {
+                    let index = self.parity_slots(stripe).index_of(slot);
+                    format!("P{}", index.expect("a parity slot") + 1)
+                }
                 None => "P".into(),
             })
             .collect()
@@ -417,16 +482,15 @@ impl Geometry {
             .collect()
     }
 
-    /// RAID6: the data slots of `stripe` in md's syndrome order (the chunk whose Q coefficient
-    /// is g^0 first), so P and Q can be computed straight from per-slot buffers.
+    /// The data slots of `stripe` in the code's order (`code_index` 0 first; RAID6 md's
+    /// syndrome order), so parity can be computed straight from per-slot buffers.
     ///
     /// # Panics
-    /// If the geometry is not RAID6.
-    pub fn syndrome_slots(&self, stripe: u64) -> impl Iterator<Item = usize> {
-        match self.rows() {
-            Rows::Raid6(a) => raid6::syndrome_slots(a, self.members, stripe),
-            _ => panic!("syndrome order asked of a {} geometry", self.level()),
-        }
+    /// If the geometry has no parity.
+    pub fn code_slots(&self, stripe: u64) -> impl Iterator<Item = usize> + '_ {
+        let rows = self.rows();
+        let data = self.members - self.parities();
+        (0..data).map(move |position| rows.code_slot(self.members, stripe, position))
     }
 
     /// RAID5/6: number of stripes (rows) in the array.
@@ -462,7 +526,7 @@ impl Geometry {
             Detail::Raid1 => Reverse::Data {
                 array_offset: member_offset,
             },
-            Detail::Raid5(_) | Detail::Raid6(_) => {
+            Detail::Raid5(_) | Detail::Raid6(_) | Detail::Ec(_) => {
                 let chunk = self.chunk_bytes;
                 let stripe = member_offset / chunk;
                 match self.rows().data_index(self.members, stripe, slot) {
@@ -482,6 +546,7 @@ impl Geometry {
         match self.detail {
             Detail::Raid5(algorithm) => Rows::Raid5(algorithm),
             Detail::Raid6(algorithm) => Rows::Raid6(algorithm),
+            Detail::Ec(parity) => Rows::Ec(parity),
             _ => panic!("parity mapping asked of a {} geometry", self.level()),
         }
     }
@@ -508,22 +573,31 @@ pub fn used_dev_bytes(level: Level, chunk_bytes: u64, smallest_available_bytes: 
     }
 }
 
-/// The parity rotation of a RAID5 or RAID6 geometry.
+/// The parity rotation of a RAID5, RAID6 or k+m geometry.
 #[derive(Clone, Copy)]
 enum Rows {
     Raid5(Raid5Algorithm),
     Raid6(Raid6Algorithm),
+    Ec(usize),
 }
 
 impl Rows {
-    /// (parity or P, Q) of `stripe`.
-    fn parity_slots(self, members: usize, stripe: u64) -> (usize, Option<usize>) {
+    fn parity_slots(self, members: usize, stripe: u64) -> ParitySlots {
         match self {
-            Rows::Raid5(a) => (raid5::parity_slot(a, members, stripe), None),
+            Rows::Raid5(a) => ParitySlots::new(1, |_| raid5::parity_slot(a, members, stripe)),
             Rows::Raid6(a) => {
                 let (p, q) = raid6::parity_slots(a, members, stripe);
-                (p, Some(q))
+                ParitySlots::new(2, |index| [p, q][index])
             }
+            Rows::Ec(m) => ParitySlots::new(m, |index| ec::parity_slot(m, members, stripe, index)),
+        }
+    }
+
+    /// The data slot at `position` in the code's order.
+    fn code_slot(self, members: usize, stripe: u64, position: usize) -> usize {
+        match self {
+            Rows::Raid6(a) => raid6::syndrome_slot(a, members, stripe, position),
+            _ => self.data_slot(members, stripe, position),
         }
     }
 
@@ -531,6 +605,7 @@ impl Rows {
         match self {
             Rows::Raid5(a) => raid5::data_slot(a, members, stripe, data_index),
             Rows::Raid6(a) => raid6::data_slot(a, members, stripe, data_index),
+            Rows::Ec(m) => ec::data_slot(m, members, stripe, data_index),
         }
     }
 
@@ -538,6 +613,7 @@ impl Rows {
         match self {
             Rows::Raid5(a) => raid5::data_index(a, members, stripe, slot),
             Rows::Raid6(a) => raid6::data_index(a, members, stripe, slot),
+            Rows::Ec(m) => ec::role(m, members, stripe, slot).ok(),
         }
     }
 }

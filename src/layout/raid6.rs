@@ -110,18 +110,26 @@ pub(super) fn syndrome_index(
     Some(at - usize::from(walked(p) < at) - usize::from(walked(q) < at))
 }
 
-/// The data slots of `stripe` in md's syndrome order: the slot whose Q coefficient is g^0
-/// first.
-pub(super) fn syndrome_slots(
+/// The data slot at `position` in md's syndrome order for `stripe` (the inverse of
+/// `syndrome_index`).
+pub(super) fn syndrome_slot(
     algorithm: Raid6Algorithm,
     members: usize,
     stripe: u64,
-) -> impl Iterator<Item = usize> {
+    position: usize,
+) -> usize {
     let (p, q) = parity_slots(algorithm, members, stripe);
     let first = walk_start(members, q);
-    (0..members)
-        .map(move |j| (first + j) % members)
-        .filter(move |&s| s != p && s != q)
+    let walked = |s: usize| (s + members - first) % members;
+    let (near, far) = (walked(p).min(walked(q)), walked(p).max(walked(q)));
+    let mut at = position;
+    if at >= near {
+        at += 1;
+    }
+    if at >= far {
+        at += 1;
+    }
+    (first + at) % members
 }
 
 /// Where md's syndrome walk starts: the member after Q (member 0 when Q is the last).

@@ -52,7 +52,7 @@ pub(super) fn check_chunk(level: Level, chunk_bytes: u64) -> Result<(), LayoutEr
         Level::Raid0 if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(SECTOR_BYTES) => invalid(
             format!("RAID0 chunk {chunk_bytes} must be a non-zero multiple of 512 bytes"),
         ),
-        Level::Raid5 | Level::Raid10
+        Level::Raid5 | Level::Raid6 | Level::Raid10 | Level::Ec
             if !chunk_bytes.is_power_of_two() || chunk_bytes < PAGE_BYTES =>
         {
             invalid(format!(
@@ -80,4 +80,27 @@ pub(super) fn check_raid10(layout: Raid10Layout, members: usize) -> Result<usize
         )));
     }
     Ok(copies)
+}
+
+/// Checks a k+m parity count against the member count: at least two data chunks per row
+/// (one would be a mirror in disguise) and at most 256 chunks, the code's field size.
+pub(super) fn check_ec(parity: usize, members: usize) -> Result<(), LayoutError> {
+    let max = crate::parity::ec::MAX_PARITY;
+    if !(1..=max).contains(&parity) {
+        return invalid(format!(
+            "k+m with {parity} parity chunks per row; use 1 to {max}"
+        ));
+    }
+    if members < parity + 2 {
+        return invalid(format!(
+            "k+m with {parity} parity chunks needs at least {} members, got {members}",
+            parity + 2
+        ));
+    }
+    if members > 256 {
+        return invalid(format!(
+            "k+m with {members} members; the code allows at most 256"
+        ));
+    }
+    Ok(())
 }

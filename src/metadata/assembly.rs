@@ -418,7 +418,8 @@ fn place_in_slot(
 }
 
 /// Whether the members in `slots` can run the array (md's `enough()`): RAID0 needs all,
-/// RAID1 one, RAID4/5 all but one, RAID6 all but two, RAID10 one in every set of copies.
+/// RAID1 one, RAID4/5 all but one, RAID6 all but two, RAID10 one in every set of copies;
+/// a k+m array all but m (its `layout`).
 pub fn enough(reference: &Superblock, slots: &[Option<usize>]) -> bool {
     let present = slots.iter().filter(|s| s.is_some()).count();
     let disks = slots.len();
@@ -426,6 +427,7 @@ pub fn enough(reference: &Superblock, slots: &[Option<usize>]) -> bool {
         1 => present >= 1,
         4 | 5 => present + 1 >= disks,
         6 => present + 2 >= disks,
+        crate::layout::EC_MD_LEVEL => present + reference.layout as usize >= disks,
         10 => {
             let near = (reference.layout & 0xff).max(1) as usize;
             let far = ((reference.layout >> 8) & 0xff).max(1) as usize;

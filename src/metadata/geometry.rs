@@ -113,6 +113,9 @@ pub(crate) fn array_size_for(
         1 => Some(size_sectors),
         4 | 5 if disks >= 2 => round_to_chunk(size_sectors).checked_mul(disks - 1),
         6 if disks >= 3 => round_to_chunk(size_sectors).checked_mul(disks - 2),
+        crate::layout::EC_MD_LEVEL if chunk > 0 && disks > u64::from(layout) => {
+            round_to_chunk(size_sectors).checked_mul(disks - u64::from(layout))
+        }
         10 if chunk > 0 => {
             // md raid10_size: whole chunks per device, divided among far copies, times the
             // devices, divided among near copies. The order of the divisions matters.
@@ -145,7 +148,7 @@ pub fn array_size_sectors(sb: &Superblock) -> Option<u64> {
 /// levels without a bitmap.
 pub fn bitmap_sync_size_sectors(sb: &Superblock) -> Option<u64> {
     match sb.level {
-        1 | 4..=6 => Some(sb.size_sectors),
+        1 | 4..=6 | crate::layout::EC_MD_LEVEL => Some(sb.size_sectors),
         10 => array_size_sectors(sb),
         _ => None,
     }

@@ -22,6 +22,7 @@ pub fn level_name(level: i32) -> String {
         -4 => "multipath".to_string(),
         -1 => "linear".to_string(),
         0 | 1 | 4 | 5 | 6 | 10 => format!("raid{level}"),
+        crate::layout::EC_MD_LEVEL => "k+m erasure code (raidctl's; md cannot run it)".to_string(),
         _ => "-unknown-".to_string(),
     }
 }
@@ -89,6 +90,9 @@ pub fn layout_name(level: i32, layout: u32, raid0_layout_feature: bool) -> Optio
                 .to_string(),
         ),
         10 => Some(raid10_layout_name(layout)),
+        crate::layout::EC_MD_LEVEL => Some(format!(
+            "m={layout} parity chunks per row, rotating left-symmetric (parity first)"
+        )),
         _ => None,
     }
 }

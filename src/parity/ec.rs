@@ -85,6 +85,27 @@ impl ErasureCode {
         }
     }
 
+    /// Updates the parity chunks for data chunk `index` changing from `old` to `new`:
+    /// `parity_j ^= c_ji * (old ^ new)`, done as two multiplies (the code is linear) so no
+    /// delta buffer is needed.
+    ///
+    /// # Panics
+    /// If the counts or lengths do not match.
+    pub fn update(&self, index: usize, old: &[u8], new: &[u8], parity: &mut [&mut [u8]]) {
+        assert!(index < self.data, "data index {index} out of range");
+        assert_eq!(parity.len(), self.parity, "parity chunk count");
+        for (p, row) in parity.iter_mut().zip(&self.coeffs) {
+            super::gf::mul_const::<true>(p, old, row[index]);
+            super::gf::mul_const::<true>(p, new, row[index]);
+        }
+    }
+
+    /// Whether parity chunk 0 is the plain XOR of the data (every coefficient 1), so one
+    /// lost data chunk can be had by XOR alone.
+    pub fn first_parity_is_xor(&self) -> bool {
+        self.coeffs[0].iter().all(|&c| c == 1)
+    }
+
     /// Rebuilds the chunks whose `present` flag is false (data first, then parity, in row
     /// order) from the others. At most m may be missing.
     ///

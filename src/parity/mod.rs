@@ -17,6 +17,7 @@
 
 use std::sync::OnceLock;
 
+pub mod code;
 pub mod ec;
 mod gf;
 pub mod raid6;

@@ -259,7 +259,7 @@ impl Array {
     /// rows of member bytes for RAID5.
     pub(super) fn resync_range(&self, offset: u64, len: u64) -> (u64, u64) {
         match self.geo.level() {
-            Level::Raid5 | Level::Raid6 => {
+            Level::Raid5 | Level::Raid6 | Level::Ec => {
                 let row = self.geo.stripe_bytes();
                 let chunk = self.geo.chunk_bytes();
                 let end = offset + len.max(1);

@@ -26,12 +26,12 @@
 //! so concurrent overlapping writes never interleave on a stripe.
 
 pub(crate) mod badblocks;
+mod coded;
 pub(crate) mod correct;
 pub mod events;
 pub(crate) mod intent;
 pub(crate) mod meta;
 mod raid5;
-mod raid6;
 pub(crate) mod shadow;
 pub(crate) mod slots;
 mod striped;
@@ -78,6 +78,8 @@ pub enum ArrayState {
 pub struct Array {
     pub(crate) name: String,
     pub(crate) geo: Geometry,
+    /// The row code of arrays with more than one parity chunk per row (RAID6, k+m).
+    code: Option<crate::parity::code::RowCode>,
     pub(crate) slots: RefCell<Vec<SlotState>>,
     pub(crate) spares: RefCell<Vec<Rc<Disk>>>,
     pub(crate) locks: Rc<KeyedLocks>,
@@ -131,9 +133,18 @@ impl Array {
         } else {
             resync.saturating_mul(512)
         };
+        let code = match geo.kind() {
+            crate::layout::LayoutKind::Raid6(_) => Some(crate::parity::code::RowCode::Raid6),
+            crate::layout::LayoutKind::Ec { parity } => Some(
+                crate::parity::code::RowCode::ec(geo.members() - parity, *parity)
+                    .expect("the geometry checked the code's shape"),
+            ),
+            _ => None,
+        };
         Rc::new(Array {
             name,
             geo,
+            code,
             slots: RefCell::new(slots),
             spares: RefCell::new(spares),
             locks: KeyedLocks::new(),
@@ -217,7 +228,7 @@ impl Array {
             c.read_bytes += buf.len() as u64
         });
         let r = match self.geo.level() {
-            Level::Raid5 | Level::Raid6 => self.read_raid5(offset, buf).await,
+            Level::Raid5 | Level::Raid6 | Level::Ec => self.read_raid5(offset, buf).await,
             _ => self.read_striped(offset, buf).await,
         };
         self.count_error(&r);
@@ -239,7 +250,7 @@ impl Array {
         }
         let _intent = self.begin_write(offset, data.len() as u64).await?;
         let r = match self.geo.level() {
-            Level::Raid5 | Level::Raid6 => self.write_raid5(offset, data, fua).await,
+            Level::Raid5 | Level::Raid6 | Level::Ec => self.write_raid5(offset, data, fua).await,
             _ => self.write_striped(offset, data, fua).await,
         };
         self.count_error(&r);
@@ -281,7 +292,7 @@ impl Array {
     /// zeroes whole stripe rows without a read-modify-write.
     pub fn zeroes_fast(&self, offset: u64, len: u64) -> bool {
         match self.geo.level() {
-            Level::Raid5 | Level::Raid6 => {
+            Level::Raid5 | Level::Raid6 | Level::Ec => {
                 let row = self.geo.stripe_bytes();
                 offset.is_multiple_of(row) && len.is_multiple_of(row)
             }
@@ -294,7 +305,7 @@ impl Array {
             return Ok(());
         }
         match self.geo.level() {
-            Level::Raid5 | Level::Raid6 => self.zero_raid5(offset, len, discard).await,
+            Level::Raid5 | Level::Raid6 | Level::Ec => self.zero_raid5(offset, len, discard).await,
             _ => self.zero_striped(offset, len, discard).await,
         }
     }

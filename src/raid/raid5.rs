@@ -1,6 +1,6 @@
 //! RAID5: one parity chunk per stripe row, rotating over the members (md's six algorithms).
 //! The row-level paths here (reads, row locks, zeroing) serve RAID6 too; its parity and
-//! reconstruction are in `raid6.rs`.
+//! reconstruction (and k+m rows') are in `coded.rs`.
 //!
 //! Writes, per stripe row and under that row's lock, pick the cheapest safe way:
 //! - full-stripe write: every data chunk is new, parity = XOR of the new data, no reads;
@@ -47,9 +47,8 @@ pub(super) struct Retry {
 pub(super) struct RowWrite {
     /// Member offset of the row.
     pub(super) base: u64,
-    pub(super) parity_slot: usize,
-    /// RAID6: the Q slot.
-    pub(super) q_slot: Option<usize>,
+    /// The row's parity slots (RAID5 one, RAID6 P and Q, k+m m).
+    pub(super) parity: crate::layout::ParitySlots,
     /// Data slot of each data index.
     pub(super) data_slots: Vec<usize>,
     pub(super) lo: u64,
@@ -59,6 +58,11 @@ pub(super) struct RowWrite {
 }
 
 impl RowWrite {
+    /// The row's (first) parity slot: RAID5's only one.
+    pub(super) fn parity_slot(&self) -> usize {
+        self.parity.as_slice()[0]
+    }
+
     pub(super) fn new(array: &Array, stripe: u64, writes: &[Option<ChunkWrite>]) -> RowWrite {
         let chunk = array.geo.chunk_bytes();
         let pieces = || writes.iter().flatten();
@@ -68,8 +72,7 @@ impl RowWrite {
         );
         RowWrite {
             base: stripe * chunk,
-            parity_slot: array.geo.p_slot(stripe),
-            q_slot: array.geo.q_slot(stripe),
+            parity: array.geo.parity_slots(stripe),
             data_slots: (0..writes.len())
                 .map(|k| array.geo.parity_data_slot(stripe, k))
                 .collect(),
@@ -166,8 +169,10 @@ impl Array {
         member_offset: u64,
         out: BufSlice,
     ) -> std::result::Result<(), SlotGone> {
-        if self.geo.level() == crate::layout::Level::Raid6 {
-            return self.reconstruct6(missing_slot, member_offset, out).await;
+        if self.code.is_some() {
+            return self
+                .reconstruct_coded(missing_slot, member_offset, out)
+                .await;
         }
         let len = out.len();
         let others: Vec<usize> = (0..self.geo.members())
@@ -241,8 +246,8 @@ impl Array {
             if self.failed.get() {
                 return Err(self.failed_error());
             }
-            let attempt = if self.geo.level() == crate::layout::Level::Raid6 {
-                self.write_row6_once(stripe, &writes, fua, &unreadable)
+            let attempt = if self.code.is_some() {
+                self.write_row_coded_once(stripe, &writes, fua, &unreadable)
                     .await
             } else {
                 self.write_row_once(stripe, &writes, fua, unreadable.first().copied())
@@ -305,7 +310,7 @@ impl Array {
             } else {
                 row.base + row.lo
             };
-            ios.push(self.write_slot(row.parity_slot, at, p, fua));
+            ios.push(self.write_slot(row.parity_slot(), at, p, fua));
         }
         // A failed write leaves the row consistent for the degraded array: data that missed its
         // member is in the parity, parity that missed its member is not needed.
@@ -329,13 +334,13 @@ impl Array {
         let missing_data = row.data_slots.iter().position(|&s| !usable(s));
         // The parity member takes this row when active, or when it is being rebuilt and its
         // cursor is past the row (then its old parity is valid but we recompute it anyway).
-        let parity_active = usable(row.parity_slot);
+        let parity_active = usable(row.parity_slot());
         if row.full {
             let srcs: Vec<&[u8]> = writes.iter().flatten().map(|w| w.src.bytes()).collect();
             let p = BufSlice::filled(chunk as usize, |p| xor_all(p, &srcs));
             return Ok((Some(p), None));
         }
-        if self.writable_disk(row.parity_slot, base, chunk).is_none() {
+        if self.writable_disk(row.parity_slot(), base, chunk).is_none() {
             return Ok((None, None));
         }
         let slots = &row.data_slots;
@@ -343,11 +348,11 @@ impl Array {
             if !parity_active {
                 // Two members not usable: failed (checked by the caller) or unreadable.
                 return Err(Retry {
-                    unreadable: unreadable.or(Some(row.parity_slot)),
+                    unreadable: unreadable.or(Some(row.parity_slot())),
                 });
             }
             let (p, window) = self
-                .parity_reconstructing(base, slots, row.parity_slot, missing, writes, lo, hi)
+                .parity_reconstructing(base, slots, row.parity_slot(), missing, writes, lo, hi)
                 .await?;
             return Ok((Some(p), Some((slots[missing], window))));
         }
@@ -356,7 +361,7 @@ impl Array {
         let rcw_reads = writes.len() as u64 * (hi - lo) - written;
         let parity_trusted = self.parity_in_sync(base + hi);
         let p = if parity_active && parity_trusted && rmw_reads < rcw_reads {
-            self.parity_read_modify_write(base, slots, row.parity_slot, writes, lo, hi)
+            self.parity_read_modify_write(base, slots, row.parity_slot(), writes, lo, hi)
                 .await?
         } else {
             self.parity_reconstruct_write(base, slots, writes, lo, hi)

@@ -409,7 +409,7 @@ impl Array {
         match self.geo.level() {
             Level::Raid0 => missing == 0,
             Level::Raid1 => missing < active.len(),
-            Level::Raid5 | Level::Raid6 => missing <= self.geo.parities(),
+            Level::Raid5 | Level::Raid6 | Level::Ec => missing <= self.geo.parities(),
             Level::Raid10 => {
                 // The pattern of copies repeats; checking a few periods of chunks is exhaustive.
                 let chunk = self.geo.chunk_bytes();

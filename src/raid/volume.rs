@@ -38,7 +38,9 @@ impl Volume for Array {
             can_flush: true,
             multi_conn: true,
             zero_buffer_bytes: match geo.level() {
-                crate::layout::Level::Raid5 | crate::layout::Level::Raid6 => 2 * geo.stripe_bytes(),
+                crate::layout::Level::Raid5
+                | crate::layout::Level::Raid6
+                | crate::layout::Level::Ec => 2 * geo.stripe_bytes(),
                 _ => 0,
             },
         }

@@ -42,26 +42,28 @@ pub fn assert_redundancy_consistent(array: &Array, sims: &[Rc<MemMember>], conte
                 );
             }
         }
-        Level::Raid6 => {
+        Level::Raid6 | Level::Ec => {
             let chunk = geo.chunk_bytes() as usize;
+            let parities = geo.parities();
+            let k = geo.members() - parities;
+            let code = match geo.level() {
+                Level::Raid6 => raidcore::parity::code::RowCode::Raid6,
+                _ => raidcore::parity::code::RowCode::ec(k, parities).expect("a valid code"),
+            };
             let held: Vec<(Vec<u8>, usize)> = (0..geo.members()).map(member).collect();
             for stripe in 0..geo.parity_rows() {
                 let at = stripe as usize * chunk;
                 let piece = |slot: usize| &held[slot].0[held[slot].1 + at..][..chunk];
-                let mut data: Vec<&[u8]> = vec![&[]; geo.members() - 2];
-                for slot in 0..geo.members() {
-                    if let Some(i) = geo.syndrome_index(stripe, slot) {
-                        data[i] = piece(slot);
-                    }
+                let data: Vec<&[u8]> = geo.code_slots(stripe).map(piece).collect();
+                let mut parity = vec![vec![0u8; chunk]; parities];
+                let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+                code.encode(&data, &mut outs);
+                for (j, &slot) in geo.parity_slots(stripe).as_slice().iter().enumerate() {
+                    assert!(
+                        parity[j] == piece(slot),
+                        "{context}: parity chunk {j} (slot {slot}) wrong in row {stripe}"
+                    );
                 }
-                let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
-                raidcore::parity::raid6::gen_syndrome(&data, &mut p, &mut q);
-                let q_slot = geo.q_slot(stripe).expect("RAID6 has Q");
-                assert!(
-                    p == piece(geo.p_slot(stripe)),
-                    "{context}: P wrong in row {stripe}"
-                );
-                assert!(q == piece(q_slot), "{context}: Q wrong in row {stripe}");
             }
         }
         Level::Raid1 | Level::Raid10 => {

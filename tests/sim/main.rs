@@ -62,10 +62,17 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup(rng: &mut SmallRng) -> Setup {
-    let (kind, members) = match rng.gen_range(0..5) {
+    let (kind, members) = match rng.gen_range(0..6) {
         0 => (LayoutKind::Raid1, rng.gen_range(2..4)),
         1 | 2 => (common::raid5(), rng.gen_range(3..6)),
         3 => (common::raid6(), rng.gen_range(4..7)),
+        4 => {
+            let parity = rng.gen_range(1..=3);
+            (
+                LayoutKind::Ec { parity },
+                rng.gen_range(parity + 2..parity + 4),
+            )
+        }
         _ => (common::raid10(), 4),
     };
     Setup {

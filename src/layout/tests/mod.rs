@@ -1,6 +1,7 @@
 //! Layout tests: hand-worked examples from the md format notes (`examples`, `raid6`) and
 //! exhaustive sector-by-sector checks over random geometries (`properties`).
 
+mod ec;
 mod examples;
 mod properties;
 mod raid6;

@@ -25,6 +25,7 @@ fn md_capacity_sectors(kind: &LayoutKind, chunk_sectors: u64, member_sectors: &[
         LayoutKind::Raid1 => size,
         LayoutKind::Raid5(_) => size / chunk_sectors * chunk_sectors * (n - 1),
         LayoutKind::Raid6(_) => size / chunk_sectors * chunk_sectors * (n - 2),
+        LayoutKind::Ec { parity } => size / chunk_sectors * chunk_sectors * (n - *parity as u64),
         LayoutKind::Raid10(layout) => {
             let (near, far) = (u64::from(layout.near), u64::from(layout.far));
             ((size / chunk_sectors) / far) * n / near * chunk_sectors
@@ -110,6 +111,25 @@ fn check_exhaustively(geometry: &Geometry, member_bytes: &[u64]) {
 fn check_parity_locate(geometry: &Geometry, offset: u64, copies: &Copies) {
     let loc = geometry.parity_locate(offset);
     assert_ne!(loc.slot, loc.parity_slot);
+    let parity = geometry.parity_slots(loc.stripe);
+    assert_eq!(parity.as_slice().len(), geometry.parities());
+    assert!(
+        !parity.contains(loc.slot),
+        "data on a parity slot of its stripe"
+    );
+    for (j, &slot) in parity.as_slice().iter().enumerate() {
+        assert_eq!(
+            parity.index_of(slot),
+            Some(j),
+            "parity slots of a stripe repeat"
+        );
+        assert_eq!(geometry.code_index(loc.stripe, slot), None);
+    }
+    let code_order: Vec<usize> = geometry.code_slots(loc.stripe).collect();
+    assert_eq!(
+        code_order[geometry.code_index(loc.stripe, loc.slot).unwrap()],
+        loc.slot
+    );
     assert_eq!(loc.q_slot, geometry.q_slot(loc.stripe));
     assert_ne!(Some(loc.slot), loc.q_slot, "data on Q");
     assert_ne!(Some(loc.parity_slot), loc.q_slot, "P and Q on one member");
@@ -130,7 +150,7 @@ fn check_parity_locate(geometry: &Geometry, offset: u64, copies: &Copies) {
     );
     if let Some(q) = loc.q_slot {
         assert_eq!(geometry.parity_data_index(loc.stripe, q), None);
-        assert_eq!(geometry.syndrome_index(loc.stripe, q), None);
+        assert_eq!(geometry.code_index(loc.stripe, q), None);
     }
     let stripe_start = geometry.parity_row_offset(loc.stripe);
     assert!(stripe_start <= offset && offset < stripe_start + geometry.stripe_bytes());
@@ -145,11 +165,12 @@ fn mark_parity(geometry: &Geometry, hits: &mut [Vec<u8>]) {
         geometry.array_bytes()
     );
     for stripe in 0..geometry.parity_rows() {
-        let p = (geometry.p_slot(stripe), Reverse::Parity { stripe });
-        let q = geometry
-            .q_slot(stripe)
-            .map(|q| (q, Reverse::Syndrome { stripe }));
-        for (slot, holds) in std::iter::once(p).chain(q) {
+        for &slot in geometry.parity_slots(stripe).as_slice() {
+            let holds = if geometry.q_slot(stripe) == Some(slot) {
+                Reverse::Syndrome { stripe }
+            } else {
+                Reverse::Parity { stripe }
+            };
             for member_offset in (stripe * chunk..(stripe + 1) * chunk).step_by(SECTOR as usize) {
                 let hit = &mut hits[slot][(member_offset / SECTOR) as usize];
                 *hit += 1;
@@ -239,17 +260,19 @@ proptest! {
         check_small(LayoutKind::Raid1, 0, &vec![size; members]);
     }
 
-    /// RAID5 (its six algorithms) and RAID6 (its eleven), 3 or 4 to 9 members.
+    /// RAID5 (its six algorithms), RAID6 (its eleven) and k+m (m 1 to 4), 3 (or m+2) to 9
+    /// members.
     #[test]
     fn parity_levels_every_sector(
         members in 3usize..=9,
-        which in 0usize..17,
+        which in 0usize..21,
         shift in 3u32..=11,
         raw in raw_sizes(),
     ) {
         let (kind, members) = match which {
             0..=5 => (LayoutKind::Raid5(Raid5Algorithm::ALL[which]), members.min(8)),
-            _ => (LayoutKind::Raid6(Raid6Algorithm::ALL[which - 6]), members.max(4)),
+            6..=16 => (LayoutKind::Raid6(Raid6Algorithm::ALL[which - 6]), members.max(4)),
+            _ => (LayoutKind::Ec { parity: which - 16 }, members.max(which - 14)),
         };
         let member_sectors = vec![sizes(&raw, 1, 1 << shift)[0]; members];
         check_small(kind, 1 << shift, &member_sectors);
@@ -314,7 +337,7 @@ proptest! {
 
     #[test]
     fn large_geometries_map_and_reverse_agree(
-        level in 0usize..5,
+        level in 0usize..6,
         members in 4usize..=16,
         variant in 0u32..6,
         shift in 12u32..=24,
@@ -326,6 +349,7 @@ proptest! {
             1 => LayoutKind::Raid1,
             2 => LayoutKind::Raid5(Raid5Algorithm::from_md(variant).unwrap()),
             4 => LayoutKind::Raid6(Raid6Algorithm::ALL[variant as usize * 2 % 11]),
+            5 => LayoutKind::Ec { parity: (variant as usize % 4 + 1).min(members - 2) },
             _ => LayoutKind::Raid10([
                 Raid10Layout::parse("n2").unwrap(), Raid10Layout::parse("f2").unwrap(),
                 Raid10Layout::parse("o2").unwrap(), Raid10Layout::parse("n3").unwrap(),
@@ -356,7 +380,8 @@ proptest! {
                     prop_assert!(geometry.map_copies(array_offset).iter().any(|p| *p == wanted));
                 }
                 Reverse::Parity { stripe } => {
-                    prop_assert_eq!(geometry.p_slot(stripe), slot);
+                    prop_assert!(geometry.parity_slots(stripe).contains(slot));
+                    prop_assert_ne!(geometry.q_slot(stripe), Some(slot));
                     prop_assert_eq!(member_offset / geometry.chunk_bytes(), stripe);
                 }
                 Reverse::Syndrome { stripe } => {
@@ -379,7 +404,7 @@ proptest! {
     /// Construction never panics, whatever it is given; accepted geometries map both ends.
     #[test]
     fn new_never_panics(
-        level in 0usize..4,
+        level in 0usize..5,
         layout_code in any::<u32>(),
         near in 0u32..6,
         far in 0u32..6,
@@ -392,8 +417,10 @@ proptest! {
             0 => LayoutKind::Raid0(if offset { Raid0Layout::Original } else { Raid0Layout::Alternate }),
             1 => LayoutKind::Raid1,
             2 => LayoutKind::Raid5(Raid5Algorithm::ALL[(layout_code % 6) as usize]),
+            3 => LayoutKind::Ec { parity: (layout_code % 6) as usize },
             _ => LayoutKind::Raid10(Raid10Layout { near, far, offset }),
         };
+        let _ = LayoutKind::from_md(EC_MD_LEVEL, layout_code);
         let _ = Raid10Layout::from_md(layout_code);
         let _ = Raid5Algorithm::from_md(layout_code);
         if let Ok(geometry) = Geometry::new(kind, chunk, &sizes) {

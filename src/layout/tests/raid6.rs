@@ -60,21 +60,21 @@ fn fixed_and_dash_6_layouts() {
 fn syndrome_order_is_mds_walk_from_the_member_after_q() {
     let g = raid6(Raid6Algorithm::LeftAsymmetric, 5);
     assert_eq!(row(&g, 2), ["D6", "D7", "P", "Q", "D8"]);
-    let order: Vec<Option<usize>> = (0..5).map(|s| g.syndrome_index(2, s)).collect();
+    let order: Vec<Option<usize>> = (0..5).map(|s| g.code_index(2, s)).collect();
     assert_eq!(order, [Some(1), Some(2), None, None, Some(0)]);
     // Symmetric layouts start their data right after Q: syndrome order is data order.
     let g = raid6(Raid6Algorithm::LeftSymmetric, 6);
     for stripe in 0..12 {
         for slot in 0..6 {
             assert_eq!(
-                g.syndrome_index(stripe, slot),
+                g.code_index(stripe, slot),
                 g.parity_data_index(stripe, slot)
             );
         }
     }
     // -6: Q is last, so the walk starts at member 0 and follows the slots.
     let g = raid6(Raid6Algorithm::LeftSymmetric6, 5);
-    let order: Vec<Option<usize>> = (0..5).map(|s| g.syndrome_index(1, s)).collect();
+    let order: Vec<Option<usize>> = (0..5).map(|s| g.code_index(1, s)).collect();
     assert_eq!(order, [Some(0), Some(1), None, Some(2), None]);
 }
 
@@ -84,10 +84,10 @@ fn syndrome_slots_follow_syndrome_index() {
         for members in 4..=9 {
             let g = raid6(algorithm, members);
             for stripe in 0..2 * members as u64 {
-                for (i, slot) in g.syndrome_slots(stripe).enumerate() {
-                    assert_eq!(g.syndrome_index(stripe, slot), Some(i), "{algorithm:?}");
+                for (i, slot) in g.code_slots(stripe).enumerate() {
+                    assert_eq!(g.code_index(stripe, slot), Some(i), "{algorithm:?}");
                 }
-                assert_eq!(g.syndrome_slots(stripe).count(), members - 2);
+                assert_eq!(g.code_slots(stripe).count(), members - 2);
             }
         }
     }
@@ -100,7 +100,7 @@ fn syndrome_order_is_a_permutation_for_every_algorithm() {
             let g = raid6(algorithm, members);
             for stripe in 0..2 * members as u64 {
                 let mut seen: Vec<usize> = (0..members)
-                    .filter_map(|s| g.syndrome_index(stripe, s))
+                    .filter_map(|s| g.code_index(stripe, s))
                     .collect();
                 seen.sort();
                 let all: Vec<usize> = (0..members - 2).collect();

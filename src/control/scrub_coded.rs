@@ -1,8 +1,9 @@
-//! `check` and `repair` of RAID6 rows: P and Q recomputed from the data and compared with what
-//! the members hold, 4 KiB block by block (md counts a block whose P or Q differs as 8
-//! mismatched sectors). `repair` rewrites the parity that differs. Sectors a member cannot
-//! read are rebuilt from the rest of the row and rewritten there (up to two per row), as md's
-//! check does; a data sector that cannot be had is recorded in that member's bad-block log.
+//! `check` and `repair` of RAID6 and k+m rows: every parity chunk (P and Q) recomputed from
+//! the data and compared with what the members hold, 4 KiB block by block (md counts a block
+//! whose P or Q differs as 8 mismatched sectors). `repair` rewrites the parity that differs.
+//! Sectors a member cannot read are rebuilt from the rest of the row and rewritten there (up to
+//! the parity count per row), as md's check does; a data sector that cannot be had is recorded
+//! in that member's bad-block log.
 
 use super::Controller;
 use crate::buf::BufSlice;
@@ -10,52 +11,57 @@ use crate::buf::BufSlice;
 const BLOCK: usize = 4096;
 
 impl Controller {
-    /// RAID6 rows covering member bytes `at..at+len` (whole chunks): mismatching sectors, or
+    /// RAID6 or k+m rows covering member bytes `at..at+len` (whole chunks): mismatching sectors, or
     /// None when a member dropped out (the check ends, as md's does).
-    pub(super) async fn scrub_rows6(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
+    pub(super) async fn scrub_rows_coded(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
         let chunk = self.array.geo.chunk_bytes();
         let _guards = self.lock_units(at, len, chunk).await;
         let mut sectors = 0;
         let mut row_at = at;
         while row_at < at + len {
             let n = (chunk - row_at % chunk).min(at + len - row_at);
-            sectors += self.scrub_row6(row_at, n, repair).await?;
+            sectors += self.scrub_row_coded(row_at, n, repair).await?;
             row_at += n;
         }
         Some(sectors)
     }
 
-    async fn scrub_row6(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
+    async fn scrub_row_coded(&self, at: u64, len: u64, repair: bool) -> Option<u64> {
         let geo = &self.array.geo;
         let stripe = at / geo.chunk_bytes();
         let (bufs, unreadable) = self.read_all_members(at, len).await?;
         if !unreadable.is_empty() {
-            return self.scrub_row6_by_block(stripe, at, len, repair).await;
+            return self.scrub_row_coded_by_block(stripe, at, len, repair).await;
         }
-        self.check_parity6(stripe, at, &bufs, repair).await
+        self.check_parity_coded(stripe, at, &bufs, repair).await
     }
 
-    /// Compares P and Q of `bufs` (one per slot, at member offset `at` of row `stripe`) with
-    /// what the data gives, 4 KiB at a time; with `repair` rewrites what differs.
-    async fn check_parity6(
+    /// Compares the parity chunks of `bufs` (one per slot, at member offset `at` of row
+    /// `stripe`) with what the data gives, 4 KiB at a time; with `repair` rewrites what
+    /// differs.
+    async fn check_parity_coded(
         &self,
         stripe: u64,
         at: u64,
         bufs: &[BufSlice],
         repair: bool,
     ) -> Option<u64> {
-        let geo = &self.array.geo;
         let width = bufs[0].len();
-        let (p, q) = self
-            .array
-            .syndrome_of_row(stripe, width, |s| bufs[s].bytes());
-        let (p_slot, q_slot) = (geo.p_slot(stripe), geo.q_slot(stripe).expect("RAID6"));
+        let parity = self.array.parity_of_row(stripe, width, |s| bufs[s].bytes());
+        let slots = self.array.geo.parity_slots(stripe);
         let mut sectors = 0;
-        for start in (0..p.len()).step_by(BLOCK) {
-            let end = (start + BLOCK).min(p.len());
-            let p_bad = p.bytes()[start..end] != bufs[p_slot].bytes()[start..end];
-            let q_bad = q.bytes()[start..end] != bufs[q_slot].bytes()[start..end];
-            if !p_bad && !q_bad {
+        for start in (0..width).step_by(BLOCK) {
+            let end = (start + BLOCK).min(width);
+            let bad: Vec<(usize, &BufSlice)> = slots
+                .as_slice()
+                .iter()
+                .zip(&parity)
+                .filter(|(&slot, fixed)| {
+                    fixed.bytes()[start..end] != bufs[slot].bytes()[start..end]
+                })
+                .map(|(&slot, fixed)| (slot, fixed))
+                .collect();
+            if bad.is_empty() {
                 continue;
             }
             sectors += ((end - start) / 512) as u64;
@@ -63,14 +69,13 @@ impl Controller {
                 continue;
             }
             let off = at + start as u64;
-            for (bad, slot, fixed) in [(p_bad, p_slot, &p), (q_bad, q_slot, &q)] {
+            for (slot, fixed) in bad {
                 let block = fixed.slice(start, end - start);
-                if bad
-                    && self
-                        .array
-                        .write_slot(slot, off, block, false)
-                        .await
-                        .is_err()
+                if self
+                    .array
+                    .write_slot(slot, off, block, false)
+                    .await
+                    .is_err()
                 {
                     return None;
                 }
@@ -80,10 +85,10 @@ impl Controller {
     }
 
     /// A row where some member could not read part of the range: each 4 KiB block with at
-    /// most two unreadable members is rebuilt and rewritten there (a data block of a row not
+    /// most `parities()` unreadable members is rebuilt and rewritten there (a data block of a row not
     /// yet resynced cannot be had from its parity: it is recorded lost); with more, the data
     /// blocks concerned are recorded lost. Blocks every member reads are compared as usual.
-    async fn scrub_row6_by_block(
+    async fn scrub_row_coded_by_block(
         &self,
         stripe: u64,
         at: u64,
@@ -96,14 +101,14 @@ impl Controller {
             let n = (BLOCK as u64).min(at + len - off);
             let (bufs, unreadable) = self.read_all_members(off, n).await?;
             if unreadable.is_empty() {
-                sectors += self.check_parity6(stripe, off, &bufs, repair).await?;
+                sectors += self.check_parity_coded(stripe, off, &bufs, repair).await?;
                 continue;
             }
             let data_unreadable = unreadable
                 .iter()
                 .any(|&s| geo.parity_data_index(stripe, s).is_some());
             let trusted = self.array.parity_in_sync(off + n);
-            if unreadable.len() > 2 || (data_unreadable && !trusted) {
+            if unreadable.len() > geo.parities() || (data_unreadable && !trusted) {
                 for &slot in &unreadable {
                     if let Some(d) = self.array.active_disk(slot) {
                         self.array.record_bad(&d, off, n).await;

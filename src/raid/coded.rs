@@ -1,19 +1,22 @@
-//! RAID6: P (XOR) and Q (md's Reed-Solomon syndrome) per stripe row, so any two members of a
-//! row may be missing or unreadable.
+//! Rows with more than one parity chunk: RAID6 (P and md's Q) and k+m erasure-coded rows.
+//! Any `parities()` chunks of such a row may be missing or unreadable.
 //!
-//! Reads and the row-lock discipline are RAID5's (`raid5.rs`); what differs is how a row is
-//! made whole and how a write computes its parity:
-//! - reconstruction of one chunk reads the other data chunks and P and XORs them, as RAID5
-//!   does; only when one of those cannot be read as well is Q read and the row solved for the
-//!   two lost chunks (`parity::raid6::recover`, chunks in md's syndrome order);
-//! - writes are full-stripe (P and Q from the new data, no reads), read-modify-write (old P, Q
-//!   and the old data of the written pieces read; P ^= delta, Q ^= g^i delta) when that reads
-//!   less and every member of the row is there and resynced, or reconstruct-write: the data
-//!   the request does not cover is read (with P and Q too when a data chunk is lost and has to
-//!   be rebuilt first), the new pieces laid over it, and P and Q recomputed. A chunk the
-//!   request covers whole is taken from the request itself, never copied. Reconstruct-write
-//!   never trusts old parity, so rows past the sync point need no care unless a data chunk
-//!   must be rebuilt from it.
+//! Reads and the row-lock discipline are RAID5's (`raid5.rs`); the code itself is
+//! `parity::code::RowCode`, which sees a row as its data chunks in the code's order
+//! (`Geometry::code_slots`; RAID6 md's syndrome order) and its parity chunks in theirs
+//! (`Geometry::parity_slots`). What differs from RAID5 is how a row is made whole and how a
+//! write computes its parity:
+//! - reconstruction of one chunk reads the other data chunks and parity 0; when parity 0 is
+//!   their XOR (RAID6's P) and all of them read, that XOR is the answer. Otherwise further
+//!   parity chunks are read, one per chunk that could not be, and the row is solved;
+//! - writes are full-stripe (parity from the new data, no reads), read-modify-write (old
+//!   parity and the old data of the written pieces read, each parity chunk updated by the
+//!   change) when that reads less and every member of the row is there and resynced, or
+//!   reconstruct-write: the data the request does not cover is read (every chunk when a data
+//!   chunk is lost and has to be rebuilt first), the new pieces laid over it, and parity
+//!   recomputed. A chunk the request covers whole is taken from the request itself, never
+//!   copied. Reconstruct-write never trusts old parity, so rows past the sync point need no
+//!   care unless a data chunk must be rebuilt from it.
 
 use futures::future::join_all;
 
@@ -21,54 +24,64 @@ use super::raid5::{ChunkWrite, Retry, RowWrite};
 use super::slots::SlotGone;
 use super::Array;
 use crate::buf::BufSlice;
-use crate::parity::raid6::{gen_syndrome, recover, update, Lost};
+use crate::parity::code::{Chunk, RowCode};
 use crate::parity::xor_all;
 
 impl Array {
-    /// Rebuilds the buffers of the `lost` slots (at most two) of row `stripe` from the other
-    /// slots' buffers (`bufs`, one per slot, all over the same member range).
+    /// The row code; only arrays with more than one parity chunk per row have one.
+    fn code(&self) -> &RowCode {
+        self.code.as_ref().expect("a RAID6 or k+m array")
+    }
+
+    /// Rebuilds the buffers of the `lost` slots (at most `parities()`) of row `stripe` from
+    /// the other slots' buffers (`bufs`, one per slot, all over the same member range).
     ///
     /// # Safety
     /// Every buffer in `bufs` must be the caller's own, with no I/O in flight on it, and no
     /// other reference to their bytes may be alive during the call.
     pub(crate) unsafe fn recover_row(&self, stripe: u64, bufs: &[BufSlice], lost: &[usize]) {
         let geo = &self.geo;
-        let (p_slot, q_slot) = (geo.p_slot(stripe), geo.q_slot(stripe).expect("RAID6"));
-        let as_lost = |slot: usize| match geo.syndrome_index(stripe, slot) {
-            Some(i) => Lost::Data(i),
-            None if slot == q_slot => Lost::Q,
-            None => Lost::P,
+        let parity_slots = geo.parity_slots(stripe);
+        let as_chunk = |slot: usize| match geo.code_index(stripe, slot) {
+            Some(i) => Chunk::Data(i),
+            None => Chunk::Parity(parity_slots.index_of(slot).expect("a parity slot")),
         };
-        let lost: Vec<Lost> = lost.iter().map(|&s| as_lost(s)).collect();
+        let lost: Vec<Chunk> = lost.iter().map(|&s| as_chunk(s)).collect();
         let mut data: Vec<&mut [u8]> = geo
-            .syndrome_slots(stripe)
-            // SAFETY: the caller's promise; each data slot comes once in the syndrome order.
+            .code_slots(stripe)
+            // SAFETY: the caller's promise; each data slot comes once in the code's order.
             .map(|s| unsafe { bufs[s].bytes_mut() })
             .collect();
-        // SAFETY: as above; P and Q are not among the data buffers.
-        let (p, q) = unsafe { (bufs[p_slot].bytes_mut(), bufs[q_slot].bytes_mut()) };
-        recover(&mut data, p, q, &lost);
+        let mut parity: Vec<&mut [u8]> = parity_slots
+            .as_slice()
+            .iter()
+            // SAFETY: as above; parity slots are not among the data slots.
+            .map(|&s| unsafe { bufs[s].bytes_mut() })
+            .collect();
+        self.code().recover(&mut data, &mut parity, &lost);
     }
 
-    /// P and Q of row `stripe` over `width` bytes, from each data slot's bytes as `chunk_of`
-    /// gives them.
-    pub(crate) fn syndrome_of_row<'a>(
+    /// The parity chunks of row `stripe` over `width` bytes, in the code's order, from each
+    /// data slot's bytes as `chunk_of` gives them.
+    pub(crate) fn parity_of_row<'a>(
         &self,
         stripe: u64,
         width: usize,
         chunk_of: impl Fn(usize) -> &'a [u8],
-    ) -> (BufSlice, BufSlice) {
-        let data: Vec<&[u8]> = self.geo.syndrome_slots(stripe).map(chunk_of).collect();
-        let p = BufSlice::zeroed(width);
-        let q = BufSlice::zeroed(width);
+    ) -> Vec<BufSlice> {
+        let data: Vec<&[u8]> = self.geo.code_slots(stripe).map(chunk_of).collect();
+        let parity: Vec<BufSlice> = (0..self.geo.parities())
+            .map(|_| BufSlice::zeroed(width))
+            .collect();
         // SAFETY: fresh buffers of ours, not shared with anything yet.
-        gen_syndrome(&data, unsafe { p.bytes_mut() }, unsafe { q.bytes_mut() });
-        (p, q)
+        let mut outs: Vec<&mut [u8]> = parity.iter().map(|b| unsafe { b.bytes_mut() }).collect();
+        self.code().encode(&data, &mut outs);
+        parity
     }
 
     /// Fills `out` with what `missing_slot` holds at `member_offset`, solved from the other
-    /// members row by row; fails when a row has more than two chunks it cannot read.
-    pub(super) async fn reconstruct6(
+    /// members row by row; fails when a row has more chunks it cannot read than parity.
+    pub(super) async fn reconstruct_coded(
         &self,
         missing_slot: usize,
         member_offset: u64,
@@ -80,23 +93,25 @@ impl Array {
             let at = member_offset + done;
             let len = (chunk - at % chunk).min(out.len() as u64 - done);
             let part = out.slice(done as usize, len as usize);
-            self.reconstruct6_in_row(missing_slot, at, part).await?;
+            self.reconstruct_in_row(missing_slot, at, part).await?;
             done += len;
         }
         Ok(())
     }
 
-    /// One row's part of `reconstruct6`: the XOR of the other data chunks and P when they all
-    /// read (Q is not read then), else the row solved with Q as well.
-    async fn reconstruct6_in_row(
+    /// One row's part of `reconstruct_coded`: the other data chunks and parity 0 are read;
+    /// their XOR when that is the answer, else one more parity chunk for each that failed,
+    /// and the row solved.
+    async fn reconstruct_in_row(
         &self,
         missing_slot: usize,
         member_offset: u64,
         out: BufSlice,
     ) -> std::result::Result<(), SlotGone> {
         let stripe = member_offset / self.geo.chunk_bytes();
-        let q_slot = self.geo.q_slot(stripe).expect("RAID6 has Q");
+        let parity_slots = self.geo.parity_slots(stripe);
         let members = self.geo.members();
+        let data_chunks = members - parity_slots.as_slice().len();
         let bufs: Vec<BufSlice> = (0..members).map(|_| BufSlice::zeroed(out.len())).collect();
         let read = |slots: Vec<usize>| {
             let bufs = &bufs;
@@ -108,29 +123,35 @@ impl Array {
                 slots
                     .into_iter()
                     .zip(results)
-                    .filter(|(_, r)| r.is_err())
+                    .filter(|(_, r)| r.is_ok())
                     .map(|(s, _)| s)
                     .collect::<Vec<usize>>()
             }
         };
-        let mut lost = vec![missing_slot];
-        let xor_side: Vec<usize> = (0..members)
-            .filter(|&s| s != missing_slot && s != q_slot)
+        let first: Vec<usize> = (0..members)
+            .filter(|&s| s != missing_slot)
+            .filter(|&s| !parity_slots.contains(s) || parity_slots.index_of(s) == Some(0))
             .collect();
-        lost.extend(read(xor_side.clone()).await);
-        if missing_slot != q_slot && lost.len() == 1 {
-            // The missing chunk is the XOR of the row's other data chunks and P.
-            let srcs: Vec<&[u8]> = xor_side.iter().map(|&s| bufs[s].bytes()).collect();
+        let mut present = read(first.clone()).await;
+        let xor_answers = parity_slots.index_of(missing_slot).unwrap_or(0) == 0;
+        if present.len() == first.len() && xor_answers && self.code().first_parity_is_xor() {
+            let srcs: Vec<&[u8]> = first.iter().map(|&s| bufs[s].bytes()).collect();
             // SAFETY: `out` is the caller's buffer, not in any I/O now.
             xor_all(unsafe { out.bytes_mut() }, &srcs);
             return Ok(());
         }
-        if missing_slot != q_slot {
-            lost.extend(read(vec![q_slot]).await);
+        let mut more = parity_slots.as_slice()[1..]
+            .iter()
+            .copied()
+            .filter(|&s| s != missing_slot);
+        while present.len() < data_chunks {
+            let wanted: Vec<usize> = more.by_ref().take(data_chunks - present.len()).collect();
+            if wanted.is_empty() {
+                return Err(SlotGone);
+            }
+            present.extend(read(wanted).await);
         }
-        if lost.len() > 2 {
-            return Err(SlotGone);
-        }
+        let lost: Vec<usize> = (0..members).filter(|s| !present.contains(s)).collect();
         // SAFETY: the buffers are ours and their reads have completed.
         unsafe { self.recover_row(stripe, &bufs, &lost) };
         // SAFETY: `out` is the caller's buffer, not in any I/O now; ours is complete.
@@ -138,10 +159,10 @@ impl Array {
         Ok(())
     }
 
-    /// One attempt at writing `writes` into RAID6 row `stripe` (its lock held), treating
-    /// `unreadable` as missing (up to two members of the row may be missing or unreadable;
-    /// an unreadable one is rebuilt and rewritten). The retries are `write_row`'s.
-    pub(super) async fn write_row6_once(
+    /// One attempt at writing `writes` into row `stripe` (its lock held), treating
+    /// `unreadable` as missing (up to `parities()` members of the row may be missing or
+    /// unreadable; an unreadable one is rebuilt and rewritten). The retries are `write_row`'s.
+    pub(super) async fn write_row_coded_once(
         &self,
         stripe: u64,
         writes: &[Option<ChunkWrite>],
@@ -153,9 +174,8 @@ impl Array {
             self.locks.is_locked(stripe),
             "row {stripe} written without its lock"
         );
-        let q_slot = row.q_slot.expect("RAID6 has Q");
         if !row.full && self.rmw_pays(&row, writes, unreadable) {
-            return self.write_row6_rmw(&row, writes, fua).await;
+            return self.write_row_rmw(&row, writes, fua).await;
         }
         let (lo, width) = if row.full {
             (0, self.geo.chunk_bytes())
@@ -178,7 +198,7 @@ impl Array {
             }
         }
         // A chunk with no old bytes read is covered by the request: its new bytes are the data.
-        let (p, q) = self.syndrome_of_row(stripe, width as usize, |slot| match &old[slot] {
+        let parity = self.parity_of_row(stripe, width as usize, |slot| match &old[slot] {
             Some(buf) => buf.bytes(),
             None => {
                 let k = self
@@ -204,21 +224,22 @@ impl Array {
                 .enumerate()
                 .any(|(k, w)| w.is_some() && row.data_slots[k] == slot);
             if let (false, Some(buf)) = (written, &old[slot]) {
-                if slot != row.parity_slot && slot != q_slot {
+                if !row.parity.contains(slot) {
                     ios.push(self.write_slot(slot, base + lo, buf.clone(), fua));
                 }
             }
         }
-        ios.push(self.write_slot(row.parity_slot, base + lo, p, fua));
-        ios.push(self.write_slot(q_slot, base + lo, q, fua));
-        // A failed write leaves the row consistent for the degraded array: P and Q cover the
-        // new data wherever a member missed it.
+        for (&slot, buf) in row.parity.as_slice().iter().zip(parity) {
+            ios.push(self.write_slot(slot, base + lo, buf, fua));
+        }
+        // A failed write leaves the row consistent for the degraded array: the parity covers
+        // the new data wherever a member missed it.
         join_all(ios).await;
         Ok(())
     }
 
     /// Whether a read-modify-write of `row` reads less than a reconstruct-write (md picks by the
-    /// same count): it needs every member usable and P and Q trusted (the row resynced).
+    /// same count): it needs every member usable and the parity trusted (the row resynced).
     fn rmw_pays(
         &self,
         row: &RowWrite,
@@ -229,33 +250,37 @@ impl Array {
             unreadable.is_empty() && (0..self.geo.members()).all(|s| self.is_slot_active(s));
         let width = row.hi - row.lo;
         let written: u64 = writes.iter().flatten().map(|w| w.src.len() as u64).sum();
-        let rmw_reads = 2 * width + written;
+        let rmw_reads = self.geo.parities() as u64 * width + written;
         let rcw_reads = (writes.len() as u64 * width).saturating_sub(written);
         all_usable && self.parity_in_sync(row.base + row.hi) && rmw_reads < rcw_reads
     }
 
-    /// Read-modify-write: old P and Q over `lo..hi` and the old data of the written pieces are
-    /// read; P ^= old ^ new and Q ^= g^i (old ^ new) for each piece (its syndrome index i);
-    /// the pieces, P and Q are written together.
-    async fn write_row6_rmw(
+    /// Read-modify-write: the old parity over `lo..hi` and the old data of the written pieces
+    /// are read; each parity chunk is updated by each piece's change (`RowCode::update`); the
+    /// pieces and the parity are written together.
+    async fn write_row_rmw(
         &self,
         row: &RowWrite,
         writes: &[Option<ChunkWrite>],
         fua: bool,
     ) -> std::result::Result<(), Retry> {
-        let q_slot = row.q_slot.expect("RAID6 has Q");
         let width = (row.hi - row.lo) as usize;
-        let (p, q) = (BufSlice::zeroed(width), BufSlice::zeroed(width));
+        let parity_slots = row.parity.as_slice();
+        let parity: Vec<BufSlice> = parity_slots
+            .iter()
+            .map(|_| BufSlice::zeroed(width))
+            .collect();
         let pieces: Vec<(usize, &ChunkWrite, BufSlice)> = writes
             .iter()
             .enumerate()
             .filter_map(|(k, w)| w.as_ref().map(|w| (k, w, BufSlice::zeroed(w.src.len()))))
             .collect();
-        let mut slots = vec![row.parity_slot, q_slot];
-        let mut reads = vec![
-            self.read_slot(row.parity_slot, row.base + row.lo, p.clone()),
-            self.read_slot(q_slot, row.base + row.lo, q.clone()),
-        ];
+        let mut slots = parity_slots.to_vec();
+        let mut reads: Vec<_> = parity_slots
+            .iter()
+            .zip(&parity)
+            .map(|(&s, buf)| self.read_slot(s, row.base + row.lo, buf.clone()))
+            .collect();
         for (k, w, old) in &pieces {
             slots.push(row.data_slots[*k]);
             reads.push(self.read_slot(row.data_slots[*k], row.base + w.chunk_offset, old.clone()));
@@ -265,27 +290,26 @@ impl Array {
         for (k, w, old) in &pieces {
             let i = self
                 .geo
-                .syndrome_index(stripe, row.data_slots[*k])
+                .code_index(stripe, row.data_slots[*k])
                 .expect("a data slot");
             let at = (w.chunk_offset - row.lo) as usize;
             let n = w.src.len();
-            // SAFETY: P and Q are our own buffers; their reads have completed and they are not
-            // handed to a write before this loop ends.
-            let (pw, qw) = unsafe {
-                (
-                    &mut p.bytes_mut()[at..at + n],
-                    &mut q.bytes_mut()[at..at + n],
-                )
-            };
-            update(i, old.bytes(), w.src.bytes(), pw, qw);
+            // SAFETY: the parity buffers are our own; their reads have completed and they are
+            // not handed to a write before this loop ends.
+            let mut outs: Vec<&mut [u8]> = parity
+                .iter()
+                .map(|b| unsafe { &mut b.bytes_mut()[at..at + n] })
+                .collect();
+            self.code().update(i, old.bytes(), w.src.bytes(), &mut outs);
         }
         let mut ios = Vec::new();
         for (k, w, _) in &pieces {
             let at = row.base + w.chunk_offset;
             ios.push(self.write_slot(row.data_slots[*k], at, w.src.clone(), fua));
         }
-        ios.push(self.write_slot(row.parity_slot, row.base + row.lo, p, fua));
-        ios.push(self.write_slot(q_slot, row.base + row.lo, q, fua));
+        for (&slot, buf) in parity_slots.iter().zip(parity) {
+            ios.push(self.write_slot(slot, row.base + row.lo, buf, fua));
+        }
         join_all(ios).await;
         Ok(())
     }
@@ -300,16 +324,15 @@ impl Array {
         writes: &[Option<ChunkWrite>],
         unreadable: &[usize],
     ) -> std::result::Result<(Vec<Option<BufSlice>>, Vec<usize>), Retry> {
-        let q_slot = row.q_slot.expect("RAID6 has Q");
         let usable = |s: usize| self.is_slot_active(s) && !unreadable.contains(&s);
         let lost: Vec<usize> = (0..self.geo.members()).filter(|&s| !usable(s)).collect();
-        if lost.len() > 2 {
+        if lost.len() > self.geo.parities() {
             return Err(Retry {
                 unreadable: unreadable.first().copied(),
             });
         }
         // Without a lost data chunk only the data the request leaves alone is needed; with
-        // one, every chunk (P and Q too) is needed to solve for it.
+        // one, every chunk (parity too) is needed to solve for it.
         let data_lost = row.data_slots.iter().any(|s| lost.contains(s));
         let width = (row.hi - row.lo) as usize;
         let mut old: Vec<Option<BufSlice>> = vec![None; self.geo.members()];
@@ -322,8 +345,9 @@ impl Array {
             }
         }
         if data_lost {
-            old[row.parity_slot] = Some(BufSlice::zeroed(width));
-            old[q_slot] = Some(BufSlice::zeroed(width));
+            for &slot in row.parity.as_slice() {
+                old[slot] = Some(BufSlice::zeroed(width));
+            }
         }
         let wanted: Vec<usize> = (0..old.len())
             .filter(|&s| old[s].is_some() && usable(s))
