@@ -217,6 +217,7 @@ fn replace_builds_the_new_member_while_the_old_stays_active() {
         (LayoutKind::Raid1, 2),
         (raid10(), 4),
         (common::raid6(), 5),
+        (LayoutKind::Ec { parity: 3 }, 6),
     ] {
         block_on(async move {
             let r = rig(kind.clone(), members, 0).await;

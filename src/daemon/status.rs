@@ -98,14 +98,14 @@ impl StatusReport {
             name: array.name().to_string(),
             uuid: control.uuid_text(),
             state: format!("{:?}", array.state()).to_lowercase(),
-            level: geo.level().to_string(),
+            level: match geo.kind() {
+                crate::layout::LayoutKind::Ec { parity } => {
+                    format!("ec {}+{parity}", geo.members() - parity)
+                }
+                kind => kind.level().to_string(),
+            },
             placement: geo.placement(),
-            layout: crate::metadata::layout_name(
-                sb.level,
-                sb.layout,
-                sb.has_feature(crate::metadata::FEATURE_RAID0_LAYOUT),
-            )
-            .unwrap_or_default(),
+            layout: crate::metadata::superblock_layout_name(&sb).unwrap_or_default(),
             size_bytes: array.size_bytes(),
             chunk_bytes: geo.chunk_bytes(),
             raid_devices: geo.members(),

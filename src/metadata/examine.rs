@@ -16,9 +16,9 @@
 use super::names::human_size;
 use super::time::format_unix_utc;
 use super::{
-    array_size_sectors, format_uuid, layout_name, level_name, metadata_end_sectors, BitmapSuper,
-    ChecksumStatus, Extension, MetadataError, Superblock, FEATURE_BITMAP_OFFSET,
-    FEATURE_RAID0_LAYOUT, FEATURE_RECOVERY_OFFSET, FEATURE_REPLACEMENT, MD_SB_MAGIC, SECTOR_BYTES,
+    array_size_sectors, format_uuid, level_name, metadata_end_sectors, superblock_layout_name,
+    BitmapSuper, ChecksumStatus, Extension, MetadataError, Superblock, FEATURE_BITMAP_OFFSET,
+    FEATURE_RECOVERY_OFFSET, FEATURE_REPLACEMENT, MD_SB_MAGIC, SECTOR_BYTES,
 };
 use std::fmt;
 
@@ -241,7 +241,7 @@ impl ExamineReport {
             checksum_expected: checksum.computed,
             checksum_ok: checksum.is_ok(),
             events: sb.events,
-            layout: layout_name(sb.level, sb.layout, sb.has_feature(FEATURE_RAID0_LAYOUT)),
+            layout: superblock_layout_name(sb),
             chunk_size_kib: Some(sb.chunk_sectors / 2).filter(|_| sb.chunk_sectors != 0),
             placement: placement(sb),
             dev_number: sb.dev_number,

@@ -65,7 +65,7 @@ pub use geometry::{
     array_size_sectors, bitmap_sync_size_sectors, choose_bm_space_sectors,
     default_data_offset_sectors, Raid10Layout,
 };
-pub use names::{format_uuid, layout_name, level_name};
+pub use names::{format_uuid, layout_name, level_name, superblock_layout_name};
 pub use roles::{Role, ROLE_FAULTY, ROLE_JOURNAL, ROLE_MAX_ACTIVE, ROLE_SPARE};
 pub use superblock::{
     rewrite_checksum, superblock_checksum, ChecksumStatus, Superblock, FEATURE_ALL,

@@ -90,11 +90,26 @@ pub fn layout_name(level: i32, layout: u32, raid0_layout_feature: bool) -> Optio
                 .to_string(),
         ),
         10 => Some(raid10_layout_name(layout)),
-        crate::layout::EC_MD_LEVEL => Some(format!(
-            "m={layout} parity chunks per row, rotating left-symmetric (parity first)"
-        )),
         _ => None,
     }
+}
+
+/// The layout text of an array's superblock: mdadm's for md levels (`layout_name`); for a
+/// k+m array what md has no words for: k, m and how the parity rotates.
+pub fn superblock_layout_name(sb: &super::Superblock) -> Option<String> {
+    if sb.level == crate::layout::EC_MD_LEVEL {
+        let k = sb.raid_disks.saturating_sub(sb.layout);
+        return Some(format!(
+            "k={k} data + m={} parity chunks per row; the row turns one slot left per stripe \
+             with its parity chunks side by side before the data (left-symmetric)",
+            sb.layout
+        ));
+    }
+    layout_name(
+        sb.level,
+        sb.layout,
+        sb.has_feature(super::FEATURE_RAID0_LAYOUT),
+    )
 }
 
 /// A size in bytes as mdadm's `human_size`: " (23.00 MiB 24.12 MB)", empty below ~5 MB.
