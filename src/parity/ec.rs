@@ -7,7 +7,10 @@
 //! version of the crate that encoded differently would make existing arrays unreadable, and
 //! that test fails first. Encoding, which every write pays, runs on our own vector kernels
 //! (`gf::mul_const`) with the crate's coefficients, read off it once per code by encoding unit
-//! rows; reconstruction, which only degraded rows pay, is the crate's.
+//! rows; reconstruction, which only degraded rows pay, is the crate's. Not with its
+//! `simd-accel` feature: that builds here, but compiles its C kernels with `-march=haswell`
+//! and no run-time check, so a degraded read on an older x86-64 would die of SIGILL; our own
+//! kernels pick AVX2 at run time instead.
 
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
