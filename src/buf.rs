@@ -13,6 +13,7 @@
 //! operations on overlapping slices and by touching bytes only after their I/O completed.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -34,7 +35,8 @@ pub fn alignment_for(len: usize) -> usize {
     }
 }
 
-/// A zero-initialised, aligned heap buffer (see [`alignment_for`]).
+/// An aligned heap buffer (see [`alignment_for`]), zero-initialised unless made by
+/// [`AlignedBuf::recycled`].
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -49,6 +51,27 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (a zero-length buffer still owns a small allocation).
     pub fn zeroed(len: usize) -> AlignedBuf {
+        match pool::take(len) {
+            Some(ptr) => {
+                let mut buf = AlignedBuf { ptr, len };
+                buf.as_mut_slice().fill(0);
+                buf
+            }
+            None => AlignedBuf::fresh(len),
+        }
+    }
+
+    /// A buffer of `len` bytes whose contents are left from an earlier use (zeroes if it is
+    /// new): for I/O that fills it whole before anyone reads it (a socket receive, a READ
+    /// reply), where zeroing is wasted work. Never hand its bytes out before they are written.
+    pub fn recycled(len: usize) -> AlignedBuf {
+        match pool::take(len) {
+            Some(ptr) => AlignedBuf { ptr, len },
+            None => AlignedBuf::fresh(len),
+        }
+    }
+
+    fn fresh(len: usize) -> AlignedBuf {
         let layout = Self::layout(len);
         // SAFETY: layout has non-zero size (at least one page) and a power-of-two alignment.
         let raw = unsafe { alloc_zeroed(layout) };
@@ -100,6 +123,9 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if pool::give(self.ptr, self.len) {
+            return;
+        }
         // SAFETY: ptr came from alloc_zeroed with exactly this layout.
         unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
     }
@@ -117,6 +143,11 @@ impl BufSlice {
     /// A new zeroed buffer of `len` bytes, shared.
     pub fn zeroed(len: usize) -> BufSlice {
         AlignedBuf::zeroed(len).into_shared()
+    }
+
+    /// A buffer for I/O that fills it whole before it is read: see [`AlignedBuf::recycled`].
+    pub fn recycled(len: usize) -> BufSlice {
+        AlignedBuf::recycled(len).into_shared()
     }
 
     pub fn len(&self) -> usize {
@@ -195,6 +226,68 @@ impl std::fmt::Debug for BufSlice {
     }
 }
 
+/// Freed buffers of the common request sizes kept for reuse on the thread that freed them, so
+/// a request's payload and reply buffers are neither allocated nor page-faulted in each time.
+/// Only power-of-two sizes from 4 KiB to 1 MiB are kept, each class up to `CLASS_BYTES`.
+mod pool {
+    use super::*;
+
+    const MIN_SHIFT: u32 = 12;
+    const MAX_SHIFT: u32 = 20;
+    const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
+    /// Bytes one size class may keep (at least 8 buffers of it).
+    const CLASS_BYTES: usize = 8 << 20;
+
+    /// The kept buffers of each class; freed when the thread ends.
+    #[derive(Default)]
+    struct Free([Vec<NonNull<u8>>; CLASSES]);
+
+    impl Drop for Free {
+        fn drop(&mut self) {
+            for (class, list) in self.0.iter_mut().enumerate() {
+                let layout = AlignedBuf::layout(1 << (class as u32 + MIN_SHIFT));
+                for ptr in list.drain(..) {
+                    // SAFETY: every kept pointer came from `alloc_zeroed(layout)` of its class.
+                    unsafe { dealloc(ptr.as_ptr(), layout) }
+                }
+            }
+        }
+    }
+
+    thread_local! {
+        static FREE: RefCell<Free> = RefCell::new(Free::default());
+    }
+
+    fn class(len: usize) -> Option<usize> {
+        let shift = len.trailing_zeros();
+        (len.is_power_of_two() && (MIN_SHIFT..=MAX_SHIFT).contains(&shift))
+            .then(|| (shift - MIN_SHIFT) as usize)
+    }
+
+    /// A kept buffer of exactly `len` bytes (allocated with `AlignedBuf::layout(len)`).
+    pub(super) fn take(len: usize) -> Option<NonNull<u8>> {
+        let class = class(len)?;
+        FREE.try_with(|free| free.borrow_mut().0[class].pop())
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `ptr` (a buffer of `len` bytes) for reuse; false when it is not kept and must be
+    /// freed.
+    pub(super) fn give(ptr: NonNull<u8>, len: usize) -> bool {
+        let Some(class) = class(len) else {
+            return false;
+        };
+        let depth = (CLASS_BYTES / len).max(8);
+        FREE.try_with(|free| {
+            let mut free = free.borrow_mut();
+            let list = &mut free.0[class];
+            (list.len() < depth).then(|| list.push(ptr)).is_some()
+        })
+        .unwrap_or(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +308,31 @@ mod tests {
             assert_eq!(b.as_slice().as_ptr() as usize % align, 0, "len {len}");
             assert!(b.as_slice().iter().all(|&x| x == 0));
         }
+    }
+
+    /// Goal: a freed request-sized buffer is used again (no allocation, no page faults), and
+    /// `zeroed` still hands it out zeroed after someone wrote into it.
+    #[test]
+    fn freed_buffers_are_reused_and_zeroed_when_asked() {
+        for len in [4096, 65536, 1 << 20] {
+            let mut first = AlignedBuf::recycled(len);
+            first.as_mut_slice().fill(0xa5);
+            let ptr = first.as_slice().as_ptr();
+            drop(first);
+            let again = AlignedBuf::recycled(len);
+            assert_eq!(again.as_slice().as_ptr(), ptr, "len {len}: not reused");
+            drop(again);
+            let zeroed = AlignedBuf::zeroed(len);
+            assert_eq!(zeroed.as_slice().as_ptr(), ptr, "len {len}: not reused");
+            assert!(
+                zeroed.as_slice().iter().all(|&x| x == 0),
+                "len {len}: not zeroed"
+            );
+            assert_eq!(zeroed.as_slice().as_ptr() as usize % BUF_ALIGN, 0);
+        }
+        // Sizes outside the classes are plain allocations.
+        assert_eq!(pool::take(4096 + 512), None);
+        assert_eq!(pool::take(2 << 20), None);
     }
 
     #[test]

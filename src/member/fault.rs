@@ -6,6 +6,7 @@
 
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +59,10 @@ struct FaultState {
 #[derive(Clone, Default)]
 pub struct FaultHandle {
     state: Arc<Mutex<FaultState>>,
+    /// Whether any rule is set or the member has vanished: when not, operations pass
+    /// straight to the member without the lock or a wrapper future (the daemon wraps every
+    /// member, and almost none is ever armed).
+    armed: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,15 +74,28 @@ enum OpKind {
 
 impl FaultHandle {
     pub fn inject(&self, rule: FaultRule) {
-        self.state.lock().unwrap().rules.push(rule);
+        let mut st = self.state.lock().unwrap();
+        st.rules.push(rule);
+        self.rearm(&st);
     }
     pub fn vanish(&self) {
-        self.state.lock().unwrap().vanished = true;
+        let mut st = self.state.lock().unwrap();
+        st.vanished = true;
+        self.rearm(&st);
     }
     pub fn clear(&self) {
         let mut st = self.state.lock().unwrap();
         st.rules.clear();
         st.vanished = false;
+        self.rearm(&st);
+    }
+    /// Records whether anything is armed (called with the state locked, after each change).
+    fn rearm(&self, st: &FaultState) {
+        self.armed
+            .store(st.vanished || !st.rules.is_empty(), Ordering::Release);
+    }
+    fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Acquire)
     }
     pub fn is_vanished(&self) -> bool {
         self.state.lock().unwrap().vanished
@@ -120,6 +138,9 @@ impl FaultHandle {
         st.rules.retain(|r| r.count != Some(0));
         if vanish {
             st.vanished = true;
+        }
+        self.rearm(&st);
+        if vanish {
             st.fired += 1;
             return Err(vanished_error());
         }
@@ -176,12 +197,18 @@ impl Member for FaultMember {
         self.inner.size_bytes()
     }
     fn read(&self, offset: u64, buf: BufSlice) -> LocalFuture<'_, io::Result<()>> {
+        if !self.faults.is_armed() {
+            return self.inner.read(offset, buf);
+        }
         Box::pin(async move {
             self.gate(OpKind::Read, offset, buf.len() as u64).await?;
             self.inner.read(offset, buf).await
         })
     }
     fn write(&self, offset: u64, buf: BufSlice, fua: bool) -> LocalFuture<'_, io::Result<()>> {
+        if !self.faults.is_armed() {
+            return self.inner.write(offset, buf, fua);
+        }
         Box::pin(async move {
             self.gate(OpKind::Write, offset, buf.len() as u64).await?;
             self.inner.write(offset, buf, fua).await

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::handshake::Negotiated;
 use super::proto::*;
-use super::sock::{write_all, BufferedReader};
+use super::sock::{write_all, write_message, BufferedReader, MAX_HEAD};
 use super::Export;
 use crate::buf::{AlignedBuf, BufSlice};
 use crate::reactor::{spawn, AsyncMutex, Semaphore};
@@ -142,7 +142,8 @@ impl<V: Volume + 'static> Conn<V> {
         self.budget.acquire_many(cost).await;
         self.take_from_pool(cost).await;
         let data = if payload > 0 {
-            let buf = BufSlice::zeroed(payload as usize);
+            // Filled whole by the receive before anything reads it.
+            let buf = BufSlice::recycled(payload as usize);
             if let Err(e) = reader.read_exact(&buf).await {
                 self.release(cost);
                 return Err(e);
@@ -257,7 +258,8 @@ impl<V: Volume + 'static> Conn<V> {
         let len = req.length as u64;
         let result = match req.kind {
             CMD_READ => {
-                let buf = BufSlice::zeroed(req.length as usize);
+                // Filled whole by the read before it is sent; on an error it is not sent.
+                let buf = BufSlice::recycled(req.length as usize);
                 match array.read(req.offset, buf.clone()).await {
                     Ok(()) => return self.reply_read(&req, buf).await,
                     Err(e) => Err(e),
@@ -304,9 +306,9 @@ impl<V: Volume + 'static> Conn<V> {
     async fn reply_ok(&self, req: &Request) {
         if self.negotiated.structured && req.kind == CMD_READ {
             let hdr = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
-            return self.send(vec![bytes(&hdr)]).await;
+            return self.send_message(&hdr, None).await;
         }
-        self.send(vec![bytes(&simple_reply(0, req.cookie))]).await
+        self.send_message(&simple_reply(0, req.cookie), None).await
     }
 
     async fn reply_read(&self, req: &Request, data: BufSlice) {
@@ -314,17 +316,17 @@ impl<V: Volume + 'static> Conn<V> {
             if data.is_empty() {
                 return self.reply_ok(req).await;
             }
-            let mut head = chunk_header(
+            let mut head = [0u8; 28];
+            head[..20].copy_from_slice(&chunk_header(
                 REPLY_FLAG_DONE,
                 REPLY_TYPE_OFFSET_DATA,
                 req.cookie,
                 8 + data.len() as u32,
-            )
-            .to_vec();
-            head.extend_from_slice(&req.offset.to_be_bytes());
-            return self.send(vec![bytes(&head), data]).await;
+            ));
+            head[20..].copy_from_slice(&req.offset.to_be_bytes());
+            return self.send_message(&head, Some(data)).await;
         }
-        self.send(vec![bytes(&simple_reply(0, req.cookie)), data])
+        self.send_message(&simple_reply(0, req.cookie), Some(data))
             .await
     }
 
@@ -341,7 +343,7 @@ impl<V: Volume + 'static> Conn<V> {
         )
         .to_vec();
         msg.extend_from_slice(&payload);
-        self.send(vec![bytes(&msg)]).await
+        self.send_message(&msg, None).await
     }
 
     async fn reply_error(&self, req: &Request, errno: u32, message: &str) {
@@ -357,8 +359,26 @@ impl<V: Volume + 'static> Conn<V> {
                 .send(vec![bytes(&error_chunk(errno, req.cookie, message))])
                 .await;
         }
-        self.send(vec![bytes(&simple_reply(errno, req.cookie))])
+        self.send_message(&simple_reply(errno, req.cookie), None)
             .await
+    }
+
+    /// Sends one reply of a short header and an optional payload (see `write_message`).
+    async fn send_message(&self, head: &[u8], data: Option<BufSlice>) {
+        debug_assert!(head.len() <= MAX_HEAD);
+        let _guard = self.write_lock.lock().await;
+        if self.broken.get() {
+            return;
+        }
+        if let Err(e) = write_message(self.fd, head, data).await {
+            self.broke(e);
+        }
+    }
+
+    fn broke(&self, e: io::Error) {
+        tracing::debug!("connection write failed: {e}");
+        self.broken.set(true);
+        super::sock::shutdown(self.fd);
     }
 
     async fn send(&self, parts: Vec<BufSlice>) {
@@ -367,9 +387,7 @@ impl<V: Volume + 'static> Conn<V> {
             return;
         }
         if let Err(e) = write_all(self.fd, &parts).await {
-            tracing::debug!("connection write failed: {e}");
-            self.broken.set(true);
-            super::sock::shutdown(self.fd);
+            self.broke(e);
         }
     }
 }
