@@ -228,23 +228,29 @@ impl std::fmt::Debug for BufSlice {
 
 /// Freed buffers of the common request sizes kept for reuse on the thread that freed them, so
 /// a request's payload and reply buffers are neither allocated nor page-faulted in each time.
-/// Only power-of-two sizes from 4 KiB to 1 MiB are kept, each class up to `CLASS_BYTES`.
+/// Only power-of-two sizes from 4 KiB to 1 MiB are kept: at most `CLASS_BYTES` of one size
+/// (and at least `CLASS_MIN` buffers, enough for a client's queue of 1 MiB requests), and at
+/// most `POOL_BYTES` in all.
 mod pool {
     use super::*;
 
     const MIN_SHIFT: u32 = 12;
     const MAX_SHIFT: u32 = 20;
     const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
-    /// Bytes one size class may keep (at least 8 buffers of it).
     const CLASS_BYTES: usize = 8 << 20;
+    const CLASS_MIN: usize = 16;
+    const POOL_BYTES: usize = 32 << 20;
 
-    /// The kept buffers of each class; freed when the thread ends.
+    /// The kept buffers of each class and their bytes; freed when the thread ends.
     #[derive(Default)]
-    struct Free([Vec<NonNull<u8>>; CLASSES]);
+    struct Free {
+        lists: [Vec<NonNull<u8>>; CLASSES],
+        bytes: usize,
+    }
 
     impl Drop for Free {
         fn drop(&mut self) {
-            for (class, list) in self.0.iter_mut().enumerate() {
+            for (class, list) in self.lists.iter_mut().enumerate() {
                 let layout = AlignedBuf::layout(1 << (class as u32 + MIN_SHIFT));
                 for ptr in list.drain(..) {
                     // SAFETY: every kept pointer came from `alloc_zeroed(layout)` of its class.
@@ -267,9 +273,14 @@ mod pool {
     /// A kept buffer of exactly `len` bytes (allocated with `AlignedBuf::layout(len)`).
     pub(super) fn take(len: usize) -> Option<NonNull<u8>> {
         let class = class(len)?;
-        FREE.try_with(|free| free.borrow_mut().0[class].pop())
-            .ok()
-            .flatten()
+        FREE.try_with(|free| {
+            let mut free = free.borrow_mut();
+            let ptr = free.lists[class].pop()?;
+            free.bytes -= len;
+            Some(ptr)
+        })
+        .ok()
+        .flatten()
     }
 
     /// Keeps `ptr` (a buffer of `len` bytes) for reuse; false when it is not kept and must be
@@ -278,11 +289,15 @@ mod pool {
         let Some(class) = class(len) else {
             return false;
         };
-        let depth = (CLASS_BYTES / len).max(8);
+        let depth = (CLASS_BYTES / len).max(CLASS_MIN);
         FREE.try_with(|free| {
             let mut free = free.borrow_mut();
-            let list = &mut free.0[class];
-            (list.len() < depth).then(|| list.push(ptr)).is_some()
+            if free.lists[class].len() >= depth || free.bytes + len > POOL_BYTES {
+                return false;
+            }
+            free.lists[class].push(ptr);
+            free.bytes += len;
+            true
         })
         .unwrap_or(false)
     }

@@ -18,6 +18,7 @@ pub mod cache;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod fasthash;
 pub mod inspect;
 pub mod layout;
 pub mod member;

@@ -14,7 +14,9 @@
 //!   `destage_done` whether it was written again meanwhile, in which case it stays dirty.
 //! - No clocks: time is whatever `u64` ticks the caller passes in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use crate::fasthash::U64Map;
 use std::ops::Range;
 
 /// Cache granularity in bytes; a block number is an array byte offset divided by this.
@@ -100,7 +102,7 @@ struct StripeCount {
 pub struct CacheIndex {
     slot_count: u32,
     blocks_per_stripe: u64,
-    entries: HashMap<u64, Entry>,
+    entries: U64Map<Entry>,
     /// Clean blocks only: LRU sequence number -> block (first = least recently used).
     lru: BTreeMap<u64, u64>,
     next_lru: u64,
@@ -108,11 +110,11 @@ pub struct CacheIndex {
     /// Dirty blocks: (dirty_since, block).
     by_age: BTreeSet<(u64, u64)>,
     /// Stripes with dirty blocks only.
-    stripes: HashMap<u64, StripeCount>,
+    stripes: U64Map<StripeCount>,
     dirty_blocks: u64,
     /// Blocks invalidated while a destage was reading their slot: the slot is held until
     /// `destage_done`, and the block is not destaged again before then.
-    orphans: HashMap<u64, Slot>,
+    orphans: U64Map<Slot>,
     stats: CacheStats,
 }
 
@@ -129,14 +131,14 @@ impl CacheIndex {
         CacheIndex {
             slot_count,
             blocks_per_stripe: stripe_bytes / BLOCK_SIZE,
-            entries: HashMap::new(),
+            entries: U64Map::default(),
             lru: BTreeMap::new(),
             next_lru: 0,
             free: (0..slot_count).rev().collect(),
             by_age: BTreeSet::new(),
-            stripes: HashMap::new(),
+            stripes: U64Map::default(),
             dirty_blocks: 0,
-            orphans: HashMap::new(),
+            orphans: U64Map::default(),
             stats: CacheStats::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! Tests of the cache index (kept apart: the rules are many, the code is not).
 use super::*;
 use proptest::prelude::*;
+use std::collections::HashMap;
 
 fn index(slots: u64, blocks_per_stripe: u64) -> CacheIndex {
     CacheIndex::new(slots * BLOCK_SIZE, blocks_per_stripe * BLOCK_SIZE)

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::handshake::Negotiated;
 use super::proto::*;
-use super::sock::{write_all, write_message, BufferedReader, MAX_HEAD};
+use super::sock::{write_all, write_messages, BufferedReader, Message};
 use super::Export;
 use crate::buf::{AlignedBuf, BufSlice};
 use crate::reactor::{spawn, AsyncMutex, Semaphore};
@@ -40,6 +40,12 @@ pub(super) struct Conn<V: Volume> {
     pub export: Rc<Export>,
     pub negotiated: Negotiated,
     write_lock: AsyncMutex,
+    /// Replies waiting for the writer, and the sequence numbers of the last one queued and
+    /// the last one written: whoever holds `write_lock` writes everything queued so far in one
+    /// `writev`, and the others find theirs written when they get the lock.
+    outbox: std::cell::RefCell<Vec<Message>>,
+    queued_seq: Cell<u64>,
+    written_seq: Cell<u64>,
     in_flight: Semaphore,
     budget: Semaphore,
     server_budget: Rc<Semaphore>,
@@ -64,6 +70,9 @@ impl<V: Volume + 'static> Conn<V> {
             export,
             negotiated,
             write_lock: AsyncMutex::default(),
+            outbox: Default::default(),
+            queued_seq: Cell::new(0),
+            written_seq: Cell::new(0),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             budget: Semaphore::new(CONNECTION_BUDGET_MIB),
             server_budget,
@@ -363,14 +372,22 @@ impl<V: Volume + 'static> Conn<V> {
             .await
     }
 
-    /// Sends one reply of a short header and an optional payload (see `write_message`).
+    /// Sends one reply of a short header and an optional payload; returns once it is written
+    /// (replies queued meanwhile by other requests go out in the same `writev`).
     async fn send_message(&self, head: &[u8], data: Option<BufSlice>) {
-        debug_assert!(head.len() <= MAX_HEAD);
+        self.outbox.borrow_mut().push(Message::new(head, data));
+        let seq = self.queued_seq.get() + 1;
+        self.queued_seq.set(seq);
         let _guard = self.write_lock.lock().await;
+        if self.written_seq.get() >= seq {
+            return;
+        }
+        let batch = std::mem::take(&mut *self.outbox.borrow_mut());
+        self.written_seq.set(self.queued_seq.get());
         if self.broken.get() {
             return;
         }
-        if let Err(e) = write_message(self.fd, head, data).await {
+        if let Err(e) = write_messages(self.fd, batch).await {
             self.broke(e);
         }
     }

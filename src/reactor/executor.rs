@@ -62,9 +62,31 @@ pub struct Reactor {
     live_tasks: Cell<usize>,
 }
 
+/// Reactor turns with tasks ready that may pass without entering the kernel.
+const MAX_TURNS_WITHOUT_KERNEL: u32 = 4;
+/// Queued entries that make the reactor enter the kernel even with tasks ready.
+const MAX_UNSUBMITTED: usize = 32;
+
+/// The ring of one reactor thread. Only this thread submits and reaps, so completions' work
+/// is deferred to when it asks for them (DEFER_TASKRUN, Linux 6.1+): no interrupt of the thread
+/// for each completion (measured: 10% of the daemon's CPU went to reschedule interrupts).
+/// Older kernels refuse the flags; they get a plain ring.
+fn new_ring() -> std::io::Result<IoUring> {
+    let deferred = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES);
+    match deferred {
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(RING_ENTRIES),
+        Err(e) => Err(e),
+    }
+}
+
 impl Reactor {
     fn new() -> std::io::Result<Rc<Reactor>> {
-        let ring = IoUring::new(RING_ENTRIES)?;
+        let ring = new_ring()?;
         Ok(Rc::new(Reactor {
             ring: RefCell::new(ring),
             ops: OpTable::default(),
@@ -223,6 +245,7 @@ where
     F::Output: 'static,
 {
     let handle = spawn(future);
+    let mut turns_without_kernel = 0;
     loop {
         reactor.run_ready();
         if let Some(out) = handle.state.borrow_mut().result.take() {
@@ -235,8 +258,19 @@ where
                 "reactor stalled: tasks wait but no I/O is in flight",
             ));
         }
-        // With tasks still ready, only reap what has completed; otherwise sleep until
-        // something does.
+        // With tasks still ready, take what has completed without a system call, and let a
+        // few turns' submissions gather into one; the kernel is entered at least every
+        // `MAX_TURNS_WITHOUT_KERNEL` turns (so tasks that keep yielding cannot hold back I/O)
+        // and whenever nothing is ready, to sleep until something completes.
+        if more
+            && turns_without_kernel < MAX_TURNS_WITHOUT_KERNEL
+            && reactor.ops.unsubmitted(&reactor.ring) < MAX_UNSUBMITTED
+        {
+            turns_without_kernel += 1;
+            reactor.ops.reap(&reactor.ring);
+            continue;
+        }
+        turns_without_kernel = 0;
         reactor
             .ops
             .submit_and_wait(&reactor.ring, usize::from(!more))?;

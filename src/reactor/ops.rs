@@ -35,6 +35,8 @@ pub(crate) struct OpTable {
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     in_flight: std::cell::Cell<usize>,
+    /// The completions of one reap, kept so reaping allocates nothing.
+    scratch: std::cell::Cell<Vec<(u64, i32)>>,
 }
 
 impl OpTable {
@@ -87,15 +89,20 @@ impl OpTable {
         Ok(())
     }
 
-    fn reap(&self, ring: &RefCell<IoUring>) {
-        let completions: Vec<(u64, i32)> = {
+    /// Entries queued for the kernel but not submitted yet.
+    pub(crate) fn unsubmitted(&self, ring: &RefCell<IoUring>) -> usize {
+        ring.borrow_mut().submission().len()
+    }
+
+    /// Takes the completions the kernel has posted, without a system call.
+    pub(crate) fn reap(&self, ring: &RefCell<IoUring>) {
+        let mut completions = self.scratch.take();
+        {
             let mut ring = ring.borrow_mut();
-            ring.completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect()
-        };
+            completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        }
         let mut slots = self.slots.borrow_mut();
-        for (user_data, result) in completions {
+        for &(user_data, result) in &completions {
             let id = user_data as usize;
             let Some(slot) = slots.get_mut(id) else {
                 continue;
@@ -115,6 +122,9 @@ impl OpTable {
             }
             self.in_flight.set(self.in_flight.get() - 1);
         }
+        drop(slots);
+        completions.clear();
+        self.scratch.replace(completions);
     }
 
     /// Cancels every operation still in flight (accepts and reads that would never finish on

@@ -5,7 +5,7 @@
 //! that spans stripes takes them in ascending order, which rules out deadlock.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -24,7 +24,7 @@ struct LockQueue {
 /// Exclusive locks keyed by a number (stripe index).
 #[derive(Default)]
 pub struct KeyedLocks {
-    held: RefCell<HashMap<u64, LockQueue>>,
+    held: RefCell<crate::fasthash::U64Map<LockQueue>>,
 }
 
 impl KeyedLocks {
