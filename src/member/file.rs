@@ -32,6 +32,11 @@ pub struct FileMember {
     /// On a filesystem that lives in memory (tmpfs, ramfs): I/O is a copy to or from the page
     /// cache that never waits for a device, done inline (see `rw`).
     in_memory: bool,
+    /// Set when a write, discard or zeroing completes, cleared when a flush starts: a FLUSH
+    /// with nothing written since the last one costs no fdatasync.
+    unflushed: std::cell::Cell<bool>,
+    /// fdatasyncs issued (for tests and counters).
+    syncs: std::cell::Cell<u64>,
     _claim: Option<Claim>,
 }
 
@@ -73,6 +78,8 @@ impl FileMember {
             direct,
             block_device,
             in_memory,
+            unflushed: std::cell::Cell::new(true),
+            syncs: std::cell::Cell::new(0),
             _claim: claim,
         })
     }
@@ -86,6 +93,39 @@ impl FileMember {
         self.block_device
     }
 
+    /// How many fdatasyncs `flush` has issued.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.get()
+    }
+
+    /// Makes everything written so far durable: one fdatasync (data, and the metadata needed
+    /// to read it back; all a member file needs), and none when nothing was written since the
+    /// last flush began. A write that completes while the sync runs marks the member again.
+    async fn sync_data(&self) -> io::Result<()> {
+        if !self.unflushed.replace(false) {
+            return Ok(());
+        }
+        self.syncs.set(self.syncs.get() + 1);
+        let entry = opcode::Fsync::new(self.fd())
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        let res = submit(entry, None).await;
+        if res < 0 {
+            self.unflushed.set(true);
+            return Err(io::Error::from_raw_os_error(-res));
+        }
+        Ok(())
+    }
+
+    /// `result` of a write-like operation; a success marks the member as having unflushed
+    /// data.
+    fn wrote<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if result.is_ok() {
+            self.unflushed.set(true);
+        }
+        result
+    }
+
     /// Synchronous read for the control plane (assembly, examine). `buf` must be aligned.
     pub fn read_exact_at(&self, buf: &mut AlignedBuf, offset: u64) -> io::Result<()> {
         self.file
@@ -95,9 +135,8 @@ impl FileMember {
 
     /// Synchronous write for the control plane (create).
     pub fn write_all_at(&self, buf: &AlignedBuf, offset: u64) -> io::Result<()> {
-        self.file
-            .write_all_at(buf.as_slice(), offset)
-            .map_err(|e| annotate(&self.path, e))
+        let result = self.file.write_all_at(buf.as_slice(), offset);
+        self.wrote(result).map_err(|e| annotate(&self.path, e))
     }
 
     /// Synchronous fsync for the control plane.
@@ -231,22 +270,16 @@ impl Member for FileMember {
         Box::pin(self.rw(offset, buf, false, false))
     }
     fn write(&self, offset: u64, buf: BufSlice, fua: bool) -> LocalFuture<'_, io::Result<()>> {
-        Box::pin(self.rw(offset, buf, true, fua))
+        Box::pin(async move { self.wrote(self.rw(offset, buf, true, fua).await) })
     }
     fn flush(&self) -> LocalFuture<'_, io::Result<()>> {
-        Box::pin(async move {
-            let res = submit(opcode::Fsync::new(self.fd()).build(), None).await;
-            if res < 0 {
-                return Err(io::Error::from_raw_os_error(-res));
-            }
-            Ok(())
-        })
+        Box::pin(self.sync_data())
     }
     fn discard(&self, offset: u64, len: u64) -> LocalFuture<'_, io::Result<()>> {
-        Box::pin(self.punch(offset, len))
+        Box::pin(async move { self.wrote(self.punch(offset, len).await) })
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> LocalFuture<'_, io::Result<()>> {
-        Box::pin(self.zero_range(offset, len))
+        Box::pin(async move { self.wrote(self.zero_range(offset, len).await) })
     }
 }
 
@@ -359,6 +392,37 @@ mod tests {
             let e = past.unwrap_err().to_string();
             assert!(e.contains("past the end") && e.contains("m.img"), "{e}");
             member.flush().await.unwrap();
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Goal: a FLUSH syncs a member only when something was written to it since the last
+    /// flush began (fdatasync), and every write, discard or zeroing marks it again.
+    #[test]
+    fn flush_syncs_only_what_was_written_since() {
+        let dir = std::env::temp_dir().join(format!("raidctl-flush-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.img").to_string_lossy().into_owned();
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let member = FileMember::open(&path, OpenOptions::default()).unwrap();
+        block_on(async move {
+            member.flush().await.unwrap();
+            assert_eq!(member.syncs(), 1, "opened members are synced once");
+            member.flush().await.unwrap();
+            assert_eq!(member.syncs(), 1, "nothing written: no sync");
+            member
+                .write(0, BufSlice::zeroed(4096), false)
+                .await
+                .unwrap();
+            member.flush().await.unwrap();
+            assert_eq!(member.syncs(), 2);
+            member.write_zeroes(8192, 4096).await.unwrap();
+            member.flush().await.unwrap();
+            member.discard(16384, 4096).await.unwrap();
+            member.flush().await.unwrap();
+            member.flush().await.unwrap();
+            assert_eq!(member.syncs(), 4);
         })
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
