@@ -13,7 +13,7 @@ use crate::devices::{open_members, prepare_files, undo};
 
 pub fn run(args: CreateArgs) -> Result<i32> {
     let opts = validate(&args)?;
-    let label = level_label(&opts.kind, args.devices.len());
+    let label = opts.kind.level_label(args.devices.len());
     let size = args
         .size
         .as_deref()
@@ -65,14 +65,6 @@ pub fn run(args: CreateArgs) -> Result<i32> {
 
 fn opts_level(args: &CreateArgs) -> Result<Level> {
     parse_level(&args.level)
-}
-
-/// "raid6", or "ec 4+2" for a k+m array of 6 members.
-fn level_label(kind: &LayoutKind, members: usize) -> String {
-    match kind {
-        LayoutKind::Ec { parity } => format!("ec {}+{parity}", members.saturating_sub(*parity)),
-        other => other.level().to_string(),
-    }
 }
 
 pub fn parse_level(text: &str) -> Result<Level> {

@@ -98,12 +98,7 @@ impl StatusReport {
             name: array.name().to_string(),
             uuid: control.uuid_text(),
             state: format!("{:?}", array.state()).to_lowercase(),
-            level: match geo.kind() {
-                crate::layout::LayoutKind::Ec { parity } => {
-                    format!("ec {}+{parity}", geo.members() - parity)
-                }
-                kind => kind.level().to_string(),
-            },
+            level: geo.kind().level_label(geo.members()),
             placement: geo.placement(),
             layout: crate::metadata::superblock_layout_name(&sb).unwrap_or_default(),
             size_bytes: array.size_bytes(),

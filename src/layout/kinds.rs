@@ -99,11 +99,6 @@ impl Level {
         }
     }
 
-    /// Whether rows of this level carry parity chunks (RAID5, RAID6, k+m).
-    pub fn has_parity(self) -> bool {
-        matches!(self, Level::Raid5 | Level::Raid6 | Level::Ec)
-    }
-
     /// Fewest members we offer when creating a new array: a one-disk RAID0 is pointless.
     pub fn min_create_members(self) -> usize {
         match self {
@@ -529,6 +524,17 @@ impl LayoutKind {
             LayoutKind::Raid6(algorithm) => algorithm.to_md(),
             LayoutKind::Raid10(layout) => layout.to_md(),
             LayoutKind::Ec { parity } => *parity as u32,
+        }
+    }
+
+    /// The level as `create` and `status` name it with `members` members: "raid6", or
+    /// "ec 4+2" for a k+m array of 6.
+    pub fn level_label(&self, members: usize) -> String {
+        match self {
+            LayoutKind::Ec { parity } => {
+                format!("ec {}+{parity}", members.saturating_sub(*parity))
+            }
+            other => other.level().to_string(),
         }
     }
 

@@ -54,6 +54,40 @@ pub async fn discard(fd: RawFd, mut len: u64) -> io::Result<()> {
 }
 
 /// Writes every byte of every slice, in order (one `writev` per round, no copying).
+/// What is left of `parts` once the first `sent` bytes went out; a write that took nothing
+/// means the peer stopped reading.
+fn after_sent(parts: Vec<BufSlice>, mut sent: usize) -> io::Result<Vec<BufSlice>> {
+    if sent == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "peer stopped reading",
+        ));
+    }
+    let mut rest = Vec::new();
+    for p in parts {
+        if sent >= p.len() {
+            sent -= p.len();
+        } else {
+            rest.push(p.slice(sent, p.len() - sent));
+            sent = 0;
+        }
+    }
+    Ok(rest)
+}
+
+/// Finishes `messages` after a `writev` that took only `sent` of their bytes (rare on a
+/// socket): the rest piece by piece, headers copied into buffers of their own.
+async fn finish_short_write<'a>(
+    fd: RawFd,
+    messages: impl Iterator<Item = &'a Message>,
+    sent: usize,
+) -> io::Result<()> {
+    let parts: Vec<BufSlice> = messages
+        .flat_map(|m| std::iter::once(BufSlice::copy_of(m.head())).chain(m.data.clone()))
+        .collect();
+    write_all(fd, &after_sent(parts, sent)?).await
+}
+
 pub async fn write_all(fd: RawFd, parts: &[BufSlice]) -> io::Result<()> {
     let mut parts: Vec<BufSlice> = parts.iter().filter(|p| !p.is_empty()).cloned().collect();
     while !parts.is_empty() {
@@ -69,24 +103,8 @@ pub async fn write_all(fd: RawFd, parts: &[BufSlice]) -> io::Result<()> {
         let entry =
             opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), iovecs.len() as u32).build();
         let keep: Box<(Box<Vec<libc::iovec>>, Vec<BufSlice>)> = Box::new((iovecs, parts.clone()));
-        let mut n = check(submit(entry, Some(keep)).await)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "peer stopped reading",
-            ));
-        }
-        // Drop what went out; keep the rest for the next round.
-        let mut rest = Vec::new();
-        for p in parts {
-            if n >= p.len() {
-                n -= p.len();
-            } else {
-                rest.push(p.slice(n, p.len() - n));
-                n = 0;
-            }
-        }
-        parts = rest;
+        let n = check(submit(entry, Some(keep)).await)?;
+        parts = after_sent(parts, n)?;
     }
     Ok(())
 }
@@ -95,63 +113,35 @@ pub async fn write_all(fd: RawFd, parts: &[BufSlice]) -> io::Result<()> {
 /// (a READ's offset, a BLOCK_STATUS descriptor).
 pub const MAX_HEAD: usize = 32;
 
-/// One message as the kernel reads it: the header bytes, the iovecs and the payload, in one
-/// box that the operation keeps until its completion.
+/// One message and its iovecs, in one box that the operation keeps until its completion.
 struct Outgoing {
-    head: [u8; MAX_HEAD],
+    message: Message,
     iov: [libc::iovec; 2],
-    _data: Option<BufSlice>,
 }
 
-/// Writes a header of at most [`MAX_HEAD`] bytes and an optional payload with one `writev`
-/// and one allocation (the hot path of every reply). A short write, rare on a socket, finishes
-/// through [`write_all`].
-pub async fn write_message(fd: RawFd, head: &[u8], data: Option<BufSlice>) -> io::Result<()> {
-    assert!(head.len() <= MAX_HEAD, "a header of {} bytes", head.len());
-    let data = data.filter(|d| !d.is_empty());
-    let mut msg = Box::new(Outgoing {
-        head: [0; MAX_HEAD],
+/// Writes one message with one `writev` and one allocation (the hot path of every reply).
+async fn write_message(fd: RawFd, message: Message) -> io::Result<()> {
+    let total = message.len();
+    let mut out = Box::new(Outgoing {
+        message,
         iov: [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; 2],
-        _data: data.clone(),
     });
-    msg.head[..head.len()].copy_from_slice(head);
-    msg.iov[0] = libc::iovec {
-        iov_base: msg.head.as_mut_ptr() as *mut libc::c_void,
-        iov_len: head.len(),
-    };
-    let mut count = 1;
-    if let Some(d) = &data {
-        msg.iov[1] = libc::iovec {
-            iov_base: d.as_mut_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        };
-        count = 2;
-    }
-    let total = head.len() + data.as_ref().map_or(0, |d| d.len());
-    // The iovecs point into the box's own heap memory, which does not move with the box.
-    let entry = opcode::Writev::new(types::Fd(fd), msg.iov.as_ptr(), count).build();
-    let n = check(submit(entry, Some(msg)).await)?;
+    let Outgoing { message, iov } = &mut *out;
+    let count = message.iovecs(iov);
+    // Kept for a short write: the box goes to the operation (a 32-byte copy and a reference
+    // count, no allocation).
+    let again = Message::new(message.head(), message.data.clone());
+    // The iovecs point into the box's own heap memory and the payload, neither of which
+    // moves with the box, which the operation keeps until its completion.
+    let entry = opcode::Writev::new(types::Fd(fd), iov.as_ptr(), count as u32).build();
+    let n = check(submit(entry, Some(out)).await)?;
     if n == total {
         return Ok(());
     }
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "peer stopped reading",
-        ));
-    }
-    let mut rest: Vec<BufSlice> = Vec::new();
-    if n < head.len() {
-        rest.push(BufSlice::copy_of(&head[n..]));
-    }
-    if let Some(d) = data {
-        let skip = n.saturating_sub(head.len());
-        rest.push(d.slice(skip, d.len() - skip));
-    }
-    write_all(fd, &rest).await
+    finish_short_write(fd, std::iter::once(&again), n).await
 }
 
 /// One reply waiting to be written: a short header and an optional payload.
@@ -176,6 +166,24 @@ impl Message {
     fn len(&self) -> usize {
         self.head_len + self.data.as_ref().map_or(0, |d| d.len())
     }
+
+    fn head(&self) -> &[u8] {
+        &self.head[..self.head_len]
+    }
+
+    /// Fills `iov` with the header and the payload (if any); returns how many it used.
+    fn iovecs(&mut self, iov: &mut [libc::iovec]) -> usize {
+        iov[0] = libc::iovec {
+            iov_base: self.head.as_mut_ptr() as *mut libc::c_void,
+            iov_len: self.head_len,
+        };
+        let Some(d) = &self.data else { return 1 };
+        iov[1] = libc::iovec {
+            iov_base: d.as_mut_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        };
+        2
+    }
 }
 
 /// Messages per `writev` (two iovecs each, well under the kernel's 1024).
@@ -194,8 +202,7 @@ pub async fn write_messages(fd: RawFd, mut messages: Vec<Message>) -> io::Result
     while !messages.is_empty() {
         let rest = messages.split_off(messages.len().min(BATCH_MESSAGES));
         if messages.len() == 1 {
-            let m = messages.pop().expect("one message");
-            write_message(fd, &m.head[..m.head_len], m.data).await?;
+            write_message(fd, messages.pop().expect("one message")).await?;
         } else {
             write_batch(fd, messages).await?;
         }
@@ -207,52 +214,29 @@ pub async fn write_messages(fd: RawFd, mut messages: Vec<Message>) -> io::Result
 async fn write_batch(fd: RawFd, messages: Vec<Message>) -> io::Result<()> {
     let total: usize = messages.iter().map(Message::len).sum();
     let mut batch = Batch {
+        iov: vec![
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            };
+            2 * messages.len()
+        ],
         messages,
-        iov: Vec::new(),
     };
+    let mut used = 0;
     for m in batch.messages.iter_mut() {
-        batch.iov.push(libc::iovec {
-            iov_base: m.head.as_mut_ptr() as *mut libc::c_void,
-            iov_len: m.head_len,
-        });
-        if let Some(d) = &m.data {
-            batch.iov.push(libc::iovec {
-                iov_base: d.as_mut_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            });
-        }
+        used += m.iovecs(&mut batch.iov[used..]);
     }
     // The iovecs point into the two vectors' heap memory and the payloads, which do not move
     // with the batch; the operation keeps one reference until its completion, we the other
     // for a short write.
-    let entry =
-        opcode::Writev::new(types::Fd(fd), batch.iov.as_ptr(), batch.iov.len() as u32).build();
+    let entry = opcode::Writev::new(types::Fd(fd), batch.iov.as_ptr(), used as u32).build();
     let batch = std::rc::Rc::new(batch);
     let n = check(submit(entry, Some(Box::new(batch.clone()))).await)?;
     if n == total {
         return Ok(());
     }
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "peer stopped reading",
-        ));
-    }
-    // A short write (rare on a socket): the rest, piece by piece.
-    let mut skip = n;
-    let mut rest = Vec::new();
-    for m in &batch.messages {
-        let head = BufSlice::copy_of(&m.head[..m.head_len]);
-        for part in std::iter::once(head).chain(m.data.clone()) {
-            if skip >= part.len() {
-                skip -= part.len();
-            } else {
-                rest.push(part.slice(skip, part.len() - skip));
-                skip = 0;
-            }
-        }
-    }
-    write_all(fd, &rest).await
+    finish_short_write(fd, batch.messages.iter(), n).await
 }
 
 /// Accepts one connection on a listening socket (close-on-exec).
@@ -397,7 +381,7 @@ mod tests {
             let want: Vec<u8> = messages
                 .iter()
                 .flat_map(|m| {
-                    let mut v = m.head[..m.head_len].to_vec();
+                    let mut v = m.head().to_vec();
                     v.extend(m.data.as_ref().map(BufSlice::to_vec).unwrap_or_default());
                     v
                 })
@@ -457,7 +441,8 @@ mod tests {
             got
         });
         let fd = ours.into_raw_fd();
-        block_on(async move { write_message(fd, &head, Some(payload)).await.unwrap() }).unwrap();
+        let message = Message::new(&head, Some(payload));
+        block_on(async move { write_messages(fd, vec![message]).await.unwrap() }).unwrap();
         assert!(reader.join().unwrap() == want, "bytes differ");
         // SAFETY: we own the fd (taken from the stream above).
         drop(unsafe { UnixStream::from_raw_fd(fd) });
